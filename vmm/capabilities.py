@@ -1,0 +1,165 @@
+"""Host capabilities, written once and shared by every tier.
+
+Each method checks its own grant first; a denied call records the denial (log
+line + counter naming listener, plugin and capability) and raises
+CapabilityDenied, which the tier turns into a trap for that connection only.
+Methods are synchronous: tiers call them from inside a running plugin,
+possibly on a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vmm.contract import LogLevel, SendError
+from vmm.kvstore import KvFull, KvStore
+from vmm.metrics import METRICS, Metrics
+from vmm.policy import EgressTarget, Grants, Limits
+
+PLUGIN_LOG = logging.getLogger("lightcell.plugin")
+LOG = logging.getLogger("lightcell.capabilities")
+
+MAX_LOG_MESSAGE = 4096
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_BYTES = 4096
+
+_LEVELS = {
+    LogLevel.TRACE: logging.DEBUG,
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARN: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
+
+
+class CapabilityDenied(Exception):
+    def __init__(self, capability: str) -> None:
+        super().__init__(f"capability {capability!r} not granted")
+        self.capability = capability
+
+
+class CapabilityMisuse(Exception):
+    """A granted capability was called with values the host refuses."""
+
+
+class DatagramSender(Protocol):
+    def send(self, target: EgressTarget, payload: bytes) -> bool:
+        """Queue a datagram; False if it cannot be queued. Thread-safe."""
+        ...
+
+
+@dataclass
+class HostCapabilities:
+    """The capabilities one connection's sandbox may call."""
+
+    listener: str
+    plugin: str
+    grants: Grants
+    limits: Limits
+    kv: KvStore
+    egress: DatagramSender | None = None
+    metrics: Metrics = METRICS
+    metadata: dict[str, str] = field(default_factory=dict)
+    denied: str | None = None
+    """The first capability refused on this connection, if any."""
+
+    def check(self, capability: str) -> None:
+        if self.grants.allows(capability):
+            return
+        if self.denied is None:
+            self.denied = capability
+        LOG.warning(
+            "denied capability listener=%s plugin=%s capability=%s",
+            self.listener, self.plugin, capability,
+        )
+        self.metrics.inc(
+            "capability_denied_total",
+            listener=self.listener, plugin=self.plugin, capability=capability,
+        )
+        raise CapabilityDenied(capability)
+
+    # log -------------------------------------------------------------------
+    def log(self, level: int, message: str) -> None:
+        self.check("log")
+        try:
+            lvl = _LEVELS[LogLevel(level)]
+        except ValueError:
+            lvl = logging.INFO
+        PLUGIN_LOG.log(lvl, "[%s/%s] %s", self.listener, self.plugin, message[:MAX_LOG_MESSAGE])
+
+    # clock -----------------------------------------------------------------
+    def wall_now(self) -> int:
+        self.check("clock")
+        return time.time_ns()
+
+    def monotonic_now(self) -> int:
+        self.check("clock")
+        return time.monotonic_ns()
+
+    # random ----------------------------------------------------------------
+    def random_u64(self) -> int:
+        self.check("random")
+        return int.from_bytes(os.urandom(8), "little")
+
+    def random_bytes(self, n: int) -> bytes:
+        self.check("random")
+        return os.urandom(n)
+
+    # kv --------------------------------------------------------------------
+    def kv_get(self, key: str) -> bytes | None:
+        self.check("kv")
+        return self.kv.get(key)
+
+    def kv_set(self, key: str, value: bytes) -> None:
+        self.check("kv")
+        try:
+            self.kv.set(key, value)
+        except KvFull as e:
+            raise CapabilityMisuse(f"kv.set: {e}") from e
+
+    def kv_delete(self, key: str) -> None:
+        self.check("kv")
+        self.kv.delete(key)
+
+    def kv_increment(self, key: str, delta: int) -> int:
+        self.check("kv")
+        try:
+            return self.kv.increment(key, delta)
+        except KvFull as e:
+            raise CapabilityMisuse(f"kv.increment: {e}") from e
+
+    # metadata --------------------------------------------------------------
+    def metadata_set(self, key: str, value: str) -> None:
+        self.check("metadata")
+        if key not in self.metadata and len(self.metadata) >= MAX_METADATA_ENTRIES:
+            raise CapabilityMisuse(f"more than {MAX_METADATA_ENTRIES} metadata keys")
+        if len(key) + len(value) > MAX_METADATA_BYTES:
+            raise CapabilityMisuse(f"metadata entry over {MAX_METADATA_BYTES} bytes")
+        self.metadata[key] = value
+
+    def take_metadata(self) -> dict[str, str]:
+        """Metadata set since the last call (the session sends it to Envoy)."""
+        taken, self.metadata = self.metadata, {}
+        return taken
+
+    # egress ----------------------------------------------------------------
+    def send_datagram(self, host: str, port: int, payload: bytes) -> SendError | None:
+        self.check("egress")
+        target = EgressTarget(host, port)
+        if target not in self.grants.egress_allow:
+            LOG.warning(
+                "egress refused listener=%s plugin=%s target=%s (not in allow list)",
+                self.listener, self.plugin, target,
+            )
+            self.metrics.inc("egress_refused_total", listener=self.listener, plugin=self.plugin)
+            return SendError.DENIED
+        if len(payload) > self.limits.max_datagram_bytes:
+            return SendError.TOO_LARGE
+        if self.egress is None or not self.egress.send(target, payload):
+            return SendError.UNREACHABLE
+        self.metrics.inc("egress_datagrams_total", listener=self.listener, plugin=self.plugin)
+        return None

@@ -1,0 +1,60 @@
+"""What a listener grants its plugin and the limits it runs under.
+
+Pure values: parsed from the Envoy config by extproc.config, consumed by the
+tiers and by vmm.capabilities.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+CAPABILITIES = frozenset({"log", "clock", "random", "kv", "metadata", "egress"})
+
+
+class Tier(enum.Enum):
+    AUTO = "auto"  # microvm where /dev/kvm works, else wasmtime
+    MICROVM = "microvm"
+    WASMTIME = "wasmtime"
+
+
+@dataclass(frozen=True, slots=True)
+class EgressTarget:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """Capabilities a listener hands its plugin. Default: nothing."""
+
+    capabilities: frozenset[str] = frozenset()
+    egress_allow: frozenset[EgressTarget] = frozenset()
+
+    def allows(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    memory_bytes: int = 16 * 1024 * 1024
+    """Cap on the plugin's linear memory (and the micro-VM's wasm heap)."""
+    event_cpu_ms: int = 50
+    """Wall-clock CPU budget for one hook call (open, one chunk, close)."""
+    max_datagram_bytes: int = 1400
+    kv_max_value_bytes: int = 64 * 1024
+    kv_max_keys: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything a tier needs to load one listener's plugin."""
+
+    listener: str
+    plugin_path: str
+    grants: Grants = field(default_factory=Grants)
+    limits: Limits = field(default_factory=Limits)
+    plugin_config: str = ""
