@@ -1,0 +1,94 @@
+"""What a host function needs to know about the hook call it serves.
+
+wasmtime-py host functions are defined once per linker, not per sandbox, so
+the running call is found through a thread-local: a sandbox's hook runs on
+exactly one worker thread from start to end (see _runner.py).
+
+Host functions record the reason they refuse a call here before trapping.
+wasmtime-py also stashes the Python exception in a process-global slot that
+another thread's trap could pick up first; the record here is per call, so
+classification never depends on that slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import wasmtime
+
+from vmm.capabilities import HostCapabilities
+from vmm.contract import LogLevel
+
+__all__ = ["CallContext", "LineBuffer", "current", "enter", "leave"]
+
+MAX_PENDING_LINE = 4096
+
+
+class LineBuffer:
+    """Turns stdout/stderr writes into log lines (partial lines wait)."""
+
+    def __init__(self, host: HostCapabilities, level: LogLevel) -> None:
+        self._host = host
+        self._level = level
+        self._pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._pending += data
+        *lines, rest = self._pending.split(b"\n")
+        for line in lines:
+            self._emit(bytes(line))
+        self._pending = bytearray(rest)
+        if len(self._pending) >= MAX_PENDING_LINE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = bytes(self._pending), bytearray()
+            self._emit(line)
+
+    def _emit(self, line: bytes) -> None:
+        self._host.log(self._level, line.decode("utf-8", errors="replace"))
+
+
+@dataclass
+class CallContext:
+    host: HostCapabilities
+    memory: wasmtime.Memory | None = None
+    realloc: wasmtime.Func | None = None
+    error: BaseException | None = None
+    """Why a host function refused the call (set before it traps)."""
+    outputs: dict[int, LineBuffer] = field(default_factory=dict)
+
+    def output(self, fd: int) -> LineBuffer:
+        buf = self.outputs.get(fd)
+        if buf is None:
+            level = LogLevel.INFO if fd == 1 else LogLevel.WARN
+            buf = self.outputs[fd] = LineBuffer(self.host, level)
+        return buf
+
+    def flush_outputs(self) -> None:
+        for buf in self.outputs.values():
+            # The grant was checked when the bytes were written.
+            with contextlib.suppress(Exception):
+                buf.flush()
+
+
+_local = threading.local()
+
+
+def enter(ctx: CallContext) -> None:
+    ctx.error = None
+    _local.ctx = ctx
+
+
+def leave() -> None:
+    _local.ctx = None
+
+
+def current() -> CallContext:
+    ctx: CallContext | None = getattr(_local, "ctx", None)
+    if ctx is None:
+        raise RuntimeError("host function called outside a hook call")
+    return ctx

@@ -1,0 +1,263 @@
+"""Host functions for core plugins: the contract's imports and the WASI p1 subset.
+
+Each one checks its grant first (so an ungranted call is DENIED whatever its
+arguments), then validates every guest address through GuestMemory, then
+calls HostCapabilities. Any refusal is recorded on the call context and
+re-raised, which traps the plugin (see _context.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import wasmtime
+
+from vmm.capabilities import CapabilityDenied, CapabilityMisuse
+from vmm.contract import IMPORT_MODULE, OPTION_LIST_AREA_SIZE, RESULT_ENUM_AREA_SIZE, LogLevel
+from vmm.wasm_module import CONTRACT_IMPORTS, WASI_P1_MODULE, WASI_P1_SIGS, FuncSig
+from vmm.wasmtime_tier._context import CallContext, current
+from vmm.wasmtime_tier._faults import AbiViolation, ProcExit
+from vmm.wasmtime_tier._memory import GuestMemory, u32
+
+__all__ = ["define_imports"]
+
+_VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
+
+# WASI preview1 errno values.
+_ESUCCESS, _EBADF, _EINVAL = 0, 8, 28
+_IOV_MAX = 1024
+
+HostFn = Callable[..., Any]
+
+
+def _signed64(value: int) -> int:
+    value &= 0xFFFFFFFFFFFFFFFF
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _guarded(fn: Callable[..., Any]) -> HostFn:
+    """Record our own refusals on the call context before they trap the guest."""
+
+    @functools.wraps(fn)
+    def wrapper(caller: wasmtime.Caller, *args: int) -> Any:
+        ctx = current()
+        try:
+            return fn(ctx, caller, *args)
+        except (CapabilityDenied, CapabilityMisuse, AbiViolation, ProcExit) as e:
+            ctx.error = e
+            raise
+
+    return wrapper
+
+
+def _mem(ctx: CallContext, caller: wasmtime.Caller) -> GuestMemory:
+    assert ctx.memory is not None
+    return GuestMemory(ctx.memory, caller)
+
+
+# --- lightcell:filter/* --------------------------------------------------------
+
+
+def _log(ctx: CallContext, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+    ctx.host.check("log")
+    if not 0 <= level <= max(LogLevel):
+        raise AbiViolation(f"log level {level} out of range")
+    ctx.host.log(level, _mem(ctx, caller).read_str(ptr, length, "log message"))
+
+
+def _wall_now(ctx: CallContext, caller: wasmtime.Caller) -> int:
+    return _signed64(ctx.host.wall_now())
+
+
+def _monotonic_now(ctx: CallContext, caller: wasmtime.Caller) -> int:
+    return _signed64(ctx.host.monotonic_now())
+
+
+def _get_u64(ctx: CallContext, caller: wasmtime.Caller) -> int:
+    return _signed64(ctx.host.random_u64())
+
+
+def _kv_get(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, retptr: int) -> None:
+    ctx.host.check("kv")
+    mem = _mem(ctx, caller)
+    key = mem.read_str(kptr, klen, "kv key")
+    mem.span(retptr, OPTION_LIST_AREA_SIZE, 4, "kv.get return area")
+    value = ctx.host.kv_get(key)
+    if value is None:
+        mem.write_u8(retptr, 0)
+        return
+    # The list belongs to the guest: allocate it with the guest's allocator
+    # (this re-enters the plugin), then re-read the memory, which may have moved.
+    assert ctx.realloc is not None
+    ptr = ctx.realloc(caller, 0, 0, 1, len(value))
+    mem = _mem(ctx, caller)
+    mem.write(ptr, value, "kv.get value (from cabi_realloc)")
+    ret = u32(retptr)
+    mem.write_u8(ret, 1)
+    mem.write_u32(ret + 4, u32(ptr))
+    mem.write_u32(ret + 8, len(value))
+
+
+def _kv_set(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, vptr: int, vlen: int) -> None:
+    ctx.host.check("kv")
+    mem = _mem(ctx, caller)
+    ctx.host.kv_set(mem.read_str(kptr, klen, "kv key"), mem.read(vptr, vlen, "kv value"))
+
+
+def _kv_delete(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int) -> None:
+    ctx.host.check("kv")
+    ctx.host.kv_delete(_mem(ctx, caller).read_str(kptr, klen, "kv key"))
+
+
+def _kv_increment(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, delta: int) -> int:
+    ctx.host.check("kv")
+    return ctx.host.kv_increment(_mem(ctx, caller).read_str(kptr, klen, "kv key"), delta)
+
+
+def _metadata_set(
+    ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, vptr: int, vlen: int
+) -> None:
+    ctx.host.check("metadata")
+    mem = _mem(ctx, caller)
+    ctx.host.metadata_set(
+        mem.read_str(kptr, klen, "metadata key"), mem.read_str(vptr, vlen, "metadata value")
+    )
+
+
+def _send_datagram(
+    ctx: CallContext,
+    caller: wasmtime.Caller,
+    hptr: int,
+    hlen: int,
+    port: int,
+    pptr: int,
+    plen: int,
+    retptr: int,
+) -> None:
+    ctx.host.check("egress")
+    mem = _mem(ctx, caller)
+    host = mem.read_str(hptr, hlen, "egress host")
+    if not 0 <= port <= 0xFFFF:
+        raise AbiViolation(f"egress port {port} is not a u16")
+    payload = mem.read(pptr, plen, "egress payload")
+    mem.span(retptr, RESULT_ENUM_AREA_SIZE, 1, "send-datagram return area")
+    err = ctx.host.send_datagram(host, port, payload)
+    ret = u32(retptr)
+    mem.write_u8(ret, 0 if err is None else 1)
+    mem.write_u8(ret + 1, 0 if err is None else int(err))
+
+
+_CONTRACT: dict[tuple[str, str], Callable[..., Any]] = {
+    (IMPORT_MODULE["log"], "log"): _log,
+    (IMPORT_MODULE["clock"], "wall-now"): _wall_now,
+    (IMPORT_MODULE["clock"], "monotonic-now"): _monotonic_now,
+    (IMPORT_MODULE["random"], "get-u64"): _get_u64,
+    (IMPORT_MODULE["kv"], "get"): _kv_get,
+    (IMPORT_MODULE["kv"], "set"): _kv_set,
+    (IMPORT_MODULE["kv"], "delete"): _kv_delete,
+    (IMPORT_MODULE["kv"], "increment"): _kv_increment,
+    (IMPORT_MODULE["metadata"], "set"): _metadata_set,
+    (IMPORT_MODULE["egress"], "send-datagram"): _send_datagram,
+}
+assert set(_CONTRACT) == set(CONTRACT_IMPORTS)
+
+
+# --- wasi_snapshot_preview1 (the subset in vmm.contract.WASI_P1_GRANTS) ---------
+
+
+def _fd_write(
+    ctx: CallContext, caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int
+) -> int:
+    if fd not in (1, 2):
+        return _EBADF  # no files, no sockets: only stdout/stderr exist
+    ctx.host.check("log")
+    count = u32(iovs_len)
+    if count > _IOV_MAX:
+        return _EINVAL
+    mem = _mem(ctx, caller)
+    base = u32(iovs)
+    mem.span(base, 8 * count, 1, "iovec array")  # checked whole, so base + 8*i cannot wrap
+    data = b"".join(
+        mem.read(
+            mem.read_u32(base + 8 * i, "iovec ptr", 1),
+            mem.read_u32(base + 8 * i + 4, "iovec len", 1),
+            "iovec buffer",
+        )
+        for i in range(count)
+    )
+    mem.write_u32(nwritten, len(data), "fd_write nwritten", 1)
+    ctx.output(fd).write(data)
+    return _ESUCCESS
+
+
+def _clock_time_get(
+    ctx: CallContext, caller: wasmtime.Caller, clock_id: int, precision: int, out: int
+) -> int:
+    ctx.host.check("clock")
+    if clock_id == 0:
+        now = ctx.host.wall_now()
+    elif clock_id in (1, 2, 3):  # monotonic; process/thread CPU time approximated by it
+        now = ctx.host.monotonic_now()
+    else:
+        return _EINVAL
+    _mem(ctx, caller).write_u64(out, now, "clock_time_get result", 1)
+    return _ESUCCESS
+
+
+def _clock_res_get(ctx: CallContext, caller: wasmtime.Caller, clock_id: int, out: int) -> int:
+    ctx.host.check("clock")
+    if not 0 <= clock_id <= 3:
+        return _EINVAL
+    _mem(ctx, caller).write_u64(out, 1000, "clock_res_get result", 1)
+    return _ESUCCESS
+
+
+def _random_get(ctx: CallContext, caller: wasmtime.Caller, buf: int, length: int) -> int:
+    ctx.host.check("random")
+    mem = _mem(ctx, caller)
+    mem.span(buf, length, 1, "random_get buffer")
+    mem.write(buf, ctx.host.random_bytes(u32(length)), "random_get buffer")
+    return _ESUCCESS
+
+
+def _sizes_zero(ctx: CallContext, caller: wasmtime.Caller, count_out: int, size_out: int) -> int:
+    mem = _mem(ctx, caller)
+    mem.write_u32(count_out, 0, "count", 1)
+    mem.write_u32(size_out, 0, "size", 1)
+    return _ESUCCESS
+
+
+def _nothing(ctx: CallContext, caller: wasmtime.Caller, a: int, b: int) -> int:
+    return _ESUCCESS  # zero args, zero environment variables: nothing to write
+
+
+def _proc_exit(ctx: CallContext, caller: wasmtime.Caller, code: int) -> None:
+    raise ProcExit(code)
+
+
+_WASI: dict[str, Callable[..., Any]] = {
+    "fd_write": _fd_write,
+    "clock_time_get": _clock_time_get,
+    "clock_res_get": _clock_res_get,
+    "random_get": _random_get,
+    "args_sizes_get": _sizes_zero,
+    "args_get": _nothing,
+    "environ_sizes_get": _sizes_zero,
+    "environ_get": _nothing,
+    "proc_exit": _proc_exit,
+}
+assert set(_WASI) == set(WASI_P1_SIGS)
+
+
+def _functype(sig: FuncSig) -> wasmtime.FuncType:
+    return wasmtime.FuncType([_VALTYPES[t]() for t in sig.params], [_VALTYPES[t]() for t in sig.results])
+
+
+def define_imports(linker: wasmtime.Linker) -> None:
+    """Define every contract and WASI p1 host function in `linker`."""
+    for (module, name), fn in _CONTRACT.items():
+        linker.define_func(module, name, _functype(CONTRACT_IMPORTS[(module, name)]), _guarded(fn), True)
+    for name, fn in _WASI.items():
+        linker.define_func(WASI_P1_MODULE, name, _functype(WASI_P1_SIGS[name]), _guarded(fn), True)

@@ -1,0 +1,119 @@
+"""Loading a plugin file into a SandboxFactory of the wasmtime tier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import wasmtime
+
+from vmm.capabilities import HostCapabilities
+from vmm.policy import SandboxSpec
+from vmm.sandbox import PluginLoadError
+from vmm.wasm_module import (
+    WASM_PAGE,
+    BinaryKind,
+    ContractError,
+    WasmFormatError,
+    check_contract,
+    classify,
+    unwrap_core,
+)
+from vmm.wasmtime_tier._cache import cache_dir, compile_component, compile_module
+from vmm.wasmtime_tier._component import ComponentProgram, ComponentSandbox, component_capabilities
+from vmm.wasmtime_tier._core import CoreProgram, CoreSandbox
+from vmm.wasmtime_tier._engine import engine, ticker
+
+__all__ = ["WasmtimeFactory", "load_sync"]
+
+
+class WasmtimeFactory:
+    """A loaded plugin; every new_sandbox() is a fresh Store and instance."""
+
+    def __init__(
+        self, spec: SandboxSpec, program: CoreProgram | ComponentProgram, imports: frozenset[str]
+    ) -> None:
+        self.spec = spec
+        self._program = program
+        self._imports = imports
+        self._closed = False
+        ticker.acquire()
+
+    @property
+    def tier(self) -> str:
+        return "wasmtime"
+
+    @property
+    def imports(self) -> frozenset[str]:
+        return self._imports
+
+    @property
+    def path(self) -> str:
+        """ "core" (canonical-ABI calls) or "component" (component API)."""
+        return "core" if isinstance(self._program, CoreProgram) else "component"
+
+    async def new_sandbox(self, host: HostCapabilities) -> CoreSandbox | ComponentSandbox:
+        if self._closed:
+            raise RuntimeError("factory is closed")
+        return await self._program.new_sandbox(host, self.spec.limits).create()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            ticker.release()
+
+
+def load_sync(spec: SandboxSpec, cache: Path | None = None) -> WasmtimeFactory:
+    path = Path(spec.plugin_path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PluginLoadError(f"{path}: cannot read plugin: {e.strerror or e}") from e
+    try:
+        kind = classify(data)
+        core = unwrap_core(data)
+    except WasmFormatError as e:
+        raise PluginLoadError(f"{path}: malformed wasm: {e}") from e
+    directory = cache_dir(cache)
+    try:
+        if core is not None:
+            return _load_core(spec, core, directory)
+        assert kind is BinaryKind.COMPONENT
+        return _load_component(spec, data, directory)
+    except ContractError as e:
+        raise PluginLoadError(f"{path}: does not implement the lightcell contract: {e}") from e
+    except WasmFormatError as e:
+        raise PluginLoadError(f"{path}: malformed wasm: {e}") from e
+    except wasmtime.WasmtimeError as e:
+        raise PluginLoadError(f"{path}: invalid plugin: {str(e).strip()}") from e
+
+
+def _load_core(spec: SandboxSpec, core: bytes, directory: Path) -> WasmtimeFactory:
+    contract = check_contract(core)
+    minimum = contract.info.memory_min_pages
+    if minimum is not None and minimum * WASM_PAGE > spec.limits.memory_bytes:
+        raise PluginLoadError(
+            f"{spec.plugin_path}: needs {minimum * WASM_PAGE} bytes of memory at start, "
+            f"over the limit of {spec.limits.memory_bytes}"
+        )
+    module = compile_module(engine(), core, directory)
+    return WasmtimeFactory(spec, CoreProgram(module, contract), contract.capabilities)
+
+
+def _load_component(spec: SandboxSpec, data: bytes, directory: Path) -> WasmtimeFactory:
+    component = compile_component(engine(), data, directory)
+    imports, foreign = component_capabilities(component)
+    if foreign:
+        raise PluginLoadError(
+            f"{spec.plugin_path}: imports outside the contract and WASI 0.2: {', '.join(foreign)}"
+        )
+    program = ComponentProgram(component)
+    # Link once now so a missing import or export is a load error, not a
+    # failure on the first connection.
+    store = wasmtime.Store(engine())
+    store.set_wasi(wasmtime.WasiConfig())
+    store.set_epoch_deadline(1 << 40)
+    instance = program.instantiate(store)
+    for name in ("on-open", "on-data", "on-close"):
+        if instance.get_func(store, name) is None:
+            raise PluginLoadError(f"{spec.plugin_path}: component has no export {name!r}")
+    return WasmtimeFactory(spec, program, imports)

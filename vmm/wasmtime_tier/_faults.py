@@ -1,0 +1,78 @@
+"""Turning what went wrong inside a hook call into one PluginFault.
+
+Precedence, first match wins:
+1. the host refused or rejected something the plugin asked for (recorded on
+   the call context by the host function before it trapped): DENIED / ABI;
+2. the plugin called proc_exit: TRAP;
+3. the epoch deadline interrupted it: BUDGET;
+4. its memory is at the cap (a refused memory.grow returns -1 to the guest,
+   which then aborts or faults; wasmtime-py cannot report the refusal itself,
+   so the store's size is compared to the cap): MEMORY;
+5. any other trap: TRAP.
+"""
+
+from __future__ import annotations
+
+import wasmtime
+
+from vmm.capabilities import CapabilityDenied, CapabilityMisuse
+from vmm.sandbox import FaultKind, PluginFault
+
+__all__ = ["AbiViolation", "ProcExit", "classify_failure", "near_memory_cap"]
+
+
+class AbiViolation(Exception):
+    """The plugin broke the canonical ABI (bad pointer, bad tag, bad UTF-8)."""
+
+
+class ProcExit(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"plugin called proc_exit({code})")
+        self.code = code
+
+
+# A failed memory.grow means the request did not fit under the cap; C
+# allocators ask for what they need rounded to pages, so headroom below this
+# many bytes at fault time is taken as "the cap was hit".
+MEMORY_SLACK_BYTES = 1 << 20
+
+
+def near_memory_cap(memory_bytes: int, cap: int) -> bool:
+    return cap - memory_bytes < min(MEMORY_SLACK_BYTES, max(65536, cap // 8))
+
+
+def classify_failure(
+    hook: str,
+    error: BaseException,
+    host_error: BaseException | None,
+    memory_bytes: int | None,
+    cap: int,
+) -> PluginFault:
+    if isinstance(error, PluginFault):
+        return error
+    cause = host_error if host_error is not None else error
+    if isinstance(cause, CapabilityDenied):
+        return PluginFault(FaultKind.DENIED, f"{hook}: {cause}")
+    if isinstance(cause, AbiViolation | CapabilityMisuse):
+        return PluginFault(FaultKind.ABI, f"{hook}: {cause}")
+    if isinstance(cause, ProcExit):
+        return PluginFault(FaultKind.TRAP, f"{hook}: {cause}")
+    if isinstance(error, wasmtime.Trap) and error.trap_code is wasmtime.TrapCode.INTERRUPT:
+        return PluginFault(FaultKind.BUDGET, f"{hook}: CPU budget exhausted")
+    if memory_bytes is not None and near_memory_cap(memory_bytes, cap):
+        return PluginFault(
+            FaultKind.MEMORY,
+            f"{hook}: memory cap of {cap} bytes hit ({memory_bytes} in use): {_first_line(error)}",
+        )
+    if isinstance(error, wasmtime.Trap | wasmtime.WasmtimeError):
+        if "interrupt" in str(error):
+            return PluginFault(FaultKind.BUDGET, f"{hook}: CPU budget exhausted")
+        return PluginFault(FaultKind.TRAP, f"{hook}: {_first_line(error)}")
+    return PluginFault(FaultKind.INTERNAL, f"{hook}: {type(error).__name__}: {error}")
+
+
+def _first_line(error: BaseException) -> str:
+    if isinstance(error, wasmtime.Trap) and error.trap_code is not None:
+        return f"wasm trap: {error.trap_code.name.lower().replace('_', ' ')}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
