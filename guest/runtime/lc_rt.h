@@ -39,6 +39,10 @@ enum lc_abi_detail {
     LC_ABI_UNALIGNED = 8     /* a return area not aligned as the ABI requires */
 };
 
+/* LC_HOST_LOG with a0 = LC_LOG_STREAM | fd carries raw WASI stdout (1) or
+ * stderr (2) bytes; the host assembles lines (vmm/microvm/hostcall.py). */
+#define LC_LOG_STREAM (1ull << 32)
+
 /* Bytes of the scratch buffer for host-call results (kv.get values, WASI
  * random_get, fd_write line assembly). Larger kv values are an ABI fault. */
 #define LC_RT_SCRATCH_BYTES 65536u

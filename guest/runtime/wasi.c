@@ -13,38 +13,26 @@
 #define WASI_EBADF 8u
 #define WASI_EINVAL 28u
 
-#define LOG_LEVEL_STDOUT 2u /* info */
-#define LOG_LEVEL_STDERR 3u /* warn */
+#define WASI_IOV_MAX 1024u
 
-/* Log each complete line of scratch[0, *len) and keep the unfinished tail. */
-static void log_lines(uint32_t level, uint32_t *len, int flush) {
-    uint32_t start = 0;
-    for (uint32_t i = 0; i < *len; i++) {
-        if (lc_rt_scratch[i] == '\n') {
-            lc_rt_host(LC_HOST_LOG, level, lc_rt_scratch + start, i - start, 0, 0, 0, 0, 0);
-            start = i + 1;
-        }
-    }
-    if (flush && start < *len) {
-        lc_rt_host(LC_HOST_LOG, level, lc_rt_scratch + start, *len - start, 0, 0, 0, 0, 0);
-        start = *len;
-    }
-    memmove(lc_rt_scratch, lc_rt_scratch + start, *len - start);
-    *len -= start;
-}
-
-/* fd_write(fd, iovs: *ciovec, iovs_len, nwritten: *u32) -> errno. One log
- * line per '\n'; a trailing partial line is logged at the end of the call
- * (wasi-libc flushes whole lines, so this rarely splits a line). */
+/* fd_write(fd, iovs: *ciovec, iovs_len, nwritten: *u32) -> errno. The bytes
+ * go to the host unchanged (LC_HOST_LOG with a0 = LC_LOG_STREAM | fd, needs
+ * the log grant), which assembles them into log lines exactly as the
+ * wasmtime tier does: a line per '\n', a partial line at the end of the hook.
+ * One host call per 64 KiB, at least one per call (so the grant is checked
+ * even for an empty write). */
 uint32_t lc_wasi_fd_write(uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nwritten) {
-    const uint8_t *vec = lc_rt_guest(iovs, (uint64_t)iovs_len * 8u);
-    uint8_t *nw = lc_rt_guest(nwritten, 4);
     if (fd != 1 && fd != 2) {
         return WASI_EBADF;
     }
-    uint32_t level = fd == 1 ? LOG_LEVEL_STDOUT : LOG_LEVEL_STDERR;
+    if (iovs_len > WASI_IOV_MAX) {
+        return WASI_EINVAL;
+    }
+    const uint8_t *vec = lc_rt_guest(iovs, (uint64_t)iovs_len * 8u);
+    (void)lc_rt_guest(nwritten, 4);
     uint64_t total = 0;
     uint32_t have = 0;
+    int sent = 0;
     for (uint32_t i = 0; i < iovs_len; i++) {
         uint32_t buf = lc_rt_ld32(vec + 8u * i), blen = lc_rt_ld32(vec + 8u * i + 4);
         const uint8_t *src = lc_rt_guest(buf, blen);
@@ -58,28 +46,30 @@ uint32_t lc_wasi_fd_write(uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_
             have += n;
             src += n;
             blen -= n;
-            log_lines(level, &have, have == LC_RT_SCRATCH_BYTES);
+            if (have == LC_RT_SCRATCH_BYTES) {
+                lc_rt_host(LC_HOST_LOG, LC_LOG_STREAM | fd, lc_rt_scratch, have, 0, 0, 0, 0, 0);
+                have = 0;
+                sent = 1;
+            }
         }
     }
-    log_lines(level, &have, 1);
+    if (have || !sent) {
+        lc_rt_host(LC_HOST_LOG, LC_LOG_STREAM | fd, lc_rt_scratch, have, 0, 0, 0, 0, 0);
+    }
     if (total > UINT32_MAX) {
         return WASI_EINVAL;
     }
     lc_rt_st32(lc_rt_guest(nwritten, 4), (uint32_t)total);
-    (void)nw;
     return WASI_ESUCCESS;
 }
 
-/* clock ids: 0 realtime, 1 monotonic; the CPU-time clocks are not offered. */
+/* clock ids: 0 realtime, 1 monotonic, 2/3 process/thread CPU time
+ * (approximated by the monotonic clock, as in the wasmtime tier). Unknown
+ * ids still need the grant (the host call checks it), then EINVAL. */
 uint32_t lc_wasi_clock_time_get(uint32_t id, uint64_t precision, uint32_t out) {
     (void)precision;
-    (void)lc_rt_guest(out, 8);
-    uint64_t t;
-    if (id == 0) {
-        t = lc_rt_host(LC_HOST_WALL_NOW, 0, 0, 0, 0, 0, 0, 0, 0);
-    } else if (id == 1) {
-        t = lc_rt_host(LC_HOST_MONOTONIC_NOW, 0, 0, 0, 0, 0, 0, 0, 0);
-    } else {
+    uint64_t t = lc_rt_host(id == 0 ? LC_HOST_WALL_NOW : LC_HOST_MONOTONIC_NOW, 0, 0, 0, 0, 0, 0, 0, 0);
+    if (id > 3) {
         return WASI_EINVAL;
     }
     lc_rt_st64(lc_rt_guest(out, 8), t);
@@ -88,17 +78,19 @@ uint32_t lc_wasi_clock_time_get(uint32_t id, uint64_t precision, uint32_t out) {
 
 /* Needs the clock grant like clock_time_get: the host call checks it. */
 uint32_t lc_wasi_clock_res_get(uint32_t id, uint32_t out) {
-    (void)lc_rt_guest(out, 8);
-    if (id > 1) {
+    (void)lc_rt_host(LC_HOST_MONOTONIC_NOW, 0, 0, 0, 0, 0, 0, 0, 0);
+    if (id > 3) {
         return WASI_EINVAL;
     }
-    (void)lc_rt_host(LC_HOST_MONOTONIC_NOW, 0, 0, 0, 0, 0, 0, 0, 0);
-    lc_rt_st64(lc_rt_guest(out, 8), 1);
+    lc_rt_st64(lc_rt_guest(out, 8), 1000);
     return WASI_ESUCCESS;
 }
 
 uint32_t lc_wasi_random_get(uint32_t buf, uint32_t len) {
     (void)lc_rt_guest(buf, len);
+    if (len == 0) { /* still needs the grant */
+        lc_rt_host(LC_HOST_RANDOM_BYTES, 0, 0, 0, 0, 0, lc_rt_scratch, 0, 0);
+    }
     uint32_t done = 0;
     while (done < len) {
         uint32_t n = len - done > 4096u ? 4096u : len - done;

@@ -17,11 +17,11 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from vmm.capabilities import HostCapabilities
-from vmm.microvm.hostcall import HostcallResult, HostcallStatus, serve
+from vmm.microvm.hostcall import HostcallResult, HostcallServer, HostcallStatus
 
 __all__ = ["HostHandler", "NativeInstance", "Response", "Status", "Op"]
 
@@ -59,18 +59,10 @@ _HOST_FN = ctypes.CFUNCTYPE(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     status: int
     detail: int
     data: bytes = b""
-
-
-def handler_for(host: HostCapabilities) -> HostHandler:
-    def handle(fn: int, a0: int, b0: bytes, b1: bytes, cap: int) -> HostcallResult:
-        return serve(host, fn, a0, b0, b1, cap)
-
-    return handle
 
 
 def _deny_all(fn: int, a0: int, b0: bytes, b1: bytes, cap: int) -> HostcallResult:
@@ -82,10 +74,12 @@ class NativeInstance:
 
     def __init__(self, library: Path, host: HostCapabilities | HostHandler | None = None, *,
                  heap_bytes: int = 16 << 20, in_cap: int = 128 << 10, out_cap: int = 128 << 10) -> None:
+        self.server: HostcallServer | None = None
         if host is None:
             self._handler: HostHandler = _deny_all
         elif isinstance(host, HostCapabilities):
-            self._handler = handler_for(host)
+            self.server = HostcallServer(host)
+            self._handler = self.server.serve
         else:
             self._handler = host
         self.hostcalls: list[tuple[int, int, bytes, bytes]] = []
@@ -148,6 +142,8 @@ class NativeInstance:
         ctypes.memmove(ctypes.addressof(self._in) + _REQ.size, payload, len(payload))
         self._lib.lcn_handle(ctypes.addressof(self._in), self._in_cap,
                              ctypes.addressof(self._out), self._out_cap)
+        if self.server is not None:
+            self.server.end_of_hook()
         self._reraise()
         status, detail, _, length = _RES.unpack_from(self._out, 0)
         data = b""
