@@ -110,14 +110,16 @@ class CoreSandbox(HookRunner):
         store = self._store
         assert store is not None
         store.set_epoch_deadline(self._ticks)
+        before = self._memory.data_len(store) if self._memory is not None else 0
         _context.enter(self._ctx)
         try:
             return call()
         except PluginFault:
             raise
         except Exception as e:
-            size = self._memory.data_len(store) if self._memory is not None else None
-            raise classify_failure(hook, e, self._ctx.error, size, self._limits.memory_bytes) from e
+            after = self._memory.data_len(store) if self._memory is not None else None
+            sizes = None if after is None else (before, after)
+            raise classify_failure(hook, e, self._ctx.error, sizes, self._limits.memory_bytes) from e
         finally:
             _context.leave()
             self._ctx.flush_outputs()

@@ -31,23 +31,29 @@ class ProcExit(Exception):
         self.code = code
 
 
-# A failed memory.grow means the request did not fit under the cap; C
-# allocators ask for what they need rounded to pages, so headroom below this
-# many bytes at fault time is taken as "the cap was hit".
+# A failed memory.grow means the request did not fit under the cap, but the
+# guest only sees -1 and wasmtime-py cannot report the refusal. So, after a
+# fault, the cap counts as hit when the headroom left is either tiny (below
+# the slack: C allocators ask for what they need, rounded to pages) or
+# smaller than what this very call already grew by (a plugin growing in big
+# steps whose next step cannot fit).
 MEMORY_SLACK_BYTES = 1 << 20
 
 
-def near_memory_cap(memory_bytes: int, cap: int) -> bool:
-    return cap - memory_bytes < min(MEMORY_SLACK_BYTES, max(65536, cap // 8))
+def near_memory_cap(before: int, after: int, cap: int) -> bool:
+    headroom = cap - after
+    slack = min(MEMORY_SLACK_BYTES, max(65536, cap // 8))
+    return headroom < slack or (after > before and headroom < after - before)
 
 
 def classify_failure(
     hook: str,
     error: BaseException,
     host_error: BaseException | None,
-    memory_bytes: int | None,
+    memory: tuple[int, int] | None,
     cap: int,
 ) -> PluginFault:
+    """`memory`: linear memory size (before, after) the call, if known."""
     if isinstance(error, PluginFault):
         return error
     cause = host_error if host_error is not None else error
@@ -59,10 +65,10 @@ def classify_failure(
         return PluginFault(FaultKind.TRAP, f"{hook}: {cause}")
     if isinstance(error, wasmtime.Trap) and error.trap_code is wasmtime.TrapCode.INTERRUPT:
         return PluginFault(FaultKind.BUDGET, f"{hook}: CPU budget exhausted")
-    if memory_bytes is not None and near_memory_cap(memory_bytes, cap):
+    if memory is not None and near_memory_cap(memory[0], memory[1], cap):
         return PluginFault(
             FaultKind.MEMORY,
-            f"{hook}: memory cap of {cap} bytes hit ({memory_bytes} in use): {_first_line(error)}",
+            f"{hook}: memory cap of {cap} bytes hit ({memory[1]} in use): {_first_line(error)}",
         )
     if isinstance(error, wasmtime.Trap | wasmtime.WasmtimeError):
         if "interrupt" in str(error):

@@ -1,0 +1,391 @@
+"""The wasmtime tier with real plugins (plugins/build.py) and WAT fixtures (tests/wat)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+import vmm.wasmtime_tier as wt
+from vmm.capabilities import HostCapabilities
+from vmm.contract import DataEvent, Direction, Verdict, VerdictKind
+from vmm.kvstore import KvStore
+from vmm.metrics import METRICS
+from vmm.policy import EgressTarget, Grants, Limits, SandboxSpec
+from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
+
+ROOT = Path(__file__).resolve().parent.parent
+WAT_DIR = Path(__file__).resolve().parent / "wat"
+sys.path.insert(0, str(ROOT))
+from plugins import build as plugin_build  # noqa: E402
+
+READ, WRITE = Direction.READ, Direction.WRITE
+ALL = frozenset({"log", "clock", "random", "kv", "metadata", "egress"})
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lightcell-cache")
+
+
+@pytest.fixture(scope="session")
+def plugin() -> Callable[[str], Path]:
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = plugin_build.build(name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def wat(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    out = tmp_path_factory.mktemp("wat")
+
+    def get(name: str) -> Path:
+        path = out / f"{name}.wasm"
+        if not path.exists():
+            path.write_bytes(wasmtime.wat2wasm((WAT_DIR / f"{name}.wat").read_text()))
+        return path
+
+    return get
+
+
+class Sent:
+    """A DatagramSender that records what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.datagrams: list[tuple[EgressTarget, bytes]] = []
+
+    def send(self, target: EgressTarget, payload: bytes) -> bool:
+        self.datagrams.append((target, payload))
+        return True
+
+
+class Loaded:
+    """A factory plus the per-listener state a session would own (kv store)."""
+
+    def __init__(self, factory: wt.WasmtimeFactory, spec: SandboxSpec, name: str) -> None:
+        self.factory, self.spec, self.name = factory, spec, name
+        self.kv = KvStore(spec.limits.kv_max_keys, spec.limits.kv_max_value_bytes)
+        self.sent = Sent()
+
+    def host(self) -> HostCapabilities:
+        return HostCapabilities(
+            self.spec.listener, self.name, self.spec.grants, self.spec.limits, self.kv, self.sent
+        )
+
+    async def sandbox(self, config: str = "") -> wt.WasmtimeFactory:
+        sb = await self.factory.new_sandbox(self.host())
+        await sb.open(self.spec.listener, config)
+        return sb  # type: ignore[return-value]
+
+
+@pytest.fixture
+async def load(cache: Path) -> AsyncIterator[Callable[..., object]]:
+    opened: list[wt.WasmtimeFactory] = []
+
+    async def _load(
+        path: Path,
+        grants: frozenset[str] = frozenset(),
+        egress: frozenset[EgressTarget] = frozenset(),
+        listener: str = "test-listener",
+        **limits: int,
+    ) -> Loaded:
+        spec = SandboxSpec(listener, str(path), Grants(grants, egress), Limits(**limits))
+        factory = await wt.load(spec, cache)
+        opened.append(factory)
+        return Loaded(factory, spec, path.stem)
+
+    yield _load
+    for f in opened:
+        await f.aclose()
+
+
+def ev(data: bytes, direction: Direction = READ, eos: bool = False) -> DataEvent:
+    return DataEvent(direction, data, eos)
+
+
+# --- real plugins ---------------------------------------------------------------
+
+
+async def test_rewrite_both_ways_on_the_core_path(load, plugin) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("rewrite"))
+    assert p.factory.path == "core"  # a component wrapping one core module is unwrapped
+    assert p.factory.tier == "wasmtime"
+    assert p.factory.imports == frozenset()
+    sb = await p.sandbox("read=upper,write=rot13")
+    assert await sb.on_data(ev(b"hello")) == Verdict.replace(b"HELLO")
+    assert await sb.on_data(ev(b"hello", WRITE)) == Verdict.replace(b"uryyb")
+    assert (await sb.on_data(ev(b"x !close"))).kind is VerdictKind.CLOSE
+    assert (await sb.on_data(ev(b"x !reset", WRITE))).kind is VerdictKind.RESET
+    big = bytes(range(256)) * 256
+    out = await sb.on_data(ev(big, WRITE))
+    assert out.output(big) == bytes(range(256)).translate(
+        bytes.maketrans(
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            b"nopqrstuvwxyzabcdefghijklmNOPQRSTUVWXYZABCDEFGHIJKLM",
+        )
+    ) * 256
+    await sb.close()
+
+
+async def test_each_sandbox_starts_fresh(load, plugin) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("rewrite"))
+    identities = set()
+    for _ in range(3):
+        sb = await p.sandbox("read=number,write=pass")
+        identities.add(sb.identity)
+        assert (await sb.on_data(ev(b"a"))).data == b"1:a"
+        assert (await sb.on_data(ev(b"b"))).data == b"2:b"
+        await sb.close()
+    assert len(identities) == 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind"), [("trap", FaultKind.TRAP), ("loop", FaultKind.BUDGET), ("grow", FaultKind.MEMORY)]
+)
+async def test_faults_are_classified_and_poison_only_their_sandbox(load, plugin, mode, kind) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("faulty"), event_cpu_ms=20, memory_bytes=4 * 1024 * 1024)
+    before = METRICS.get("plugin_faults_total", plugin="faulty", kind=kind.value)
+    bad = await p.sandbox(f"mode={mode};after=2")
+    good = await p.sandbox("mode=ok")
+    assert (await bad.on_data(ev(b"first"))).kind is VerdictKind.PASS
+    with pytest.raises(PluginFault) as fault:
+        await bad.on_data(ev(b"second"))
+    assert fault.value.kind is kind
+    with pytest.raises(PluginFault) as again:  # poisoned: the plugin does not run again
+        await bad.on_data(ev(b"third"))
+    assert again.value.kind is kind and "poisoned" in again.value.message
+    await bad.close()  # skips on-close, never raises
+    assert (await good.on_data(ev(b"still here"))).kind is VerdictKind.PASS
+    await good.close()
+    assert METRICS.get("plugin_faults_total", plugin="faulty", kind=kind.value) == before + 1
+
+
+async def test_ungranted_capability_is_denied_and_counted(load, plugin) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("probe"), grants=frozenset({"log"}), listener="deny-listener")
+    assert p.factory.imports == ALL
+    labels = {"listener": "deny-listener", "plugin": "probe", "capability": "kv"}
+    before = METRICS.get("capability_denied_total", **labels)
+    sb = await p.sandbox("call=kv")
+    with pytest.raises(PluginFault) as fault:
+        await sb.on_data(ev(b"x"))
+    assert fault.value.kind is FaultKind.DENIED
+    assert METRICS.get("capability_denied_total", **labels) == before + 1
+    ok = await p.sandbox("call=log")
+    assert (await ok.on_data(ev(b"x"))).data == b"log=ok\n"
+    for s in (sb, ok):
+        await s.close()
+
+
+@pytest.mark.parametrize(
+    ("cap", "prefix"),
+    [("clock", b"clock="), ("random", b"random="), ("metadata", b"metadata=ok\n"), ("none", b"none=ok\n")],
+)
+async def test_granted_capabilities_work(load, plugin, cap, prefix) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("probe"), grants=ALL)
+    sb = await p.sandbox(f"call={cap}")
+    host_out = await sb.on_data(ev(b"x"))
+    assert host_out.data.startswith(prefix)
+    await sb.close()
+
+
+async def test_kv_is_shared_by_the_sandboxes_of_one_factory(load, plugin) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("probe"), grants=frozenset({"kv"}))
+    a, b = await p.sandbox("call=kv"), await p.sandbox("call=kv")
+    assert (await a.on_data(ev(b"x"))).data == b"kv=1\n"
+    assert (await b.on_data(ev(b"x"))).data == b"kv=2\n"  # also proves kv.get's list came back
+    assert (await a.on_data(ev(b"x"))).data == b"kv=3\n"
+    for s in (a, b):
+        await s.close()
+
+
+async def test_egress_allow_list(load, plugin) -> None:  # type: ignore[no-untyped-def]
+    allowed = EgressTarget("127.0.0.1", 9125)
+    p = await load(plugin("probe"), grants=frozenset({"egress"}), egress=frozenset({allowed}))
+    ok = await p.sandbox("call=egress:127.0.0.1:9125")
+    assert (await ok.on_data(ev(b"ping"))).data == b"egress=ok\n"
+    assert p.sent.datagrams == [(allowed, b"ping")]
+    refused = await p.sandbox("call=egress:10.0.0.1:53")
+    assert (await refused.on_data(ev(b"ping"))).data == b"egress=err0\n"  # send-error.denied
+    assert len(p.sent.datagrams) == 1
+    for s in (ok, refused):
+        await s.close()
+
+
+async def test_wasi_preview1_subset(load, plugin, caplog) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("wasi-log"), grants=frozenset({"log", "clock"}), listener="wasi-l")
+    assert p.factory.imports == frozenset({"log", "clock"})
+    sb = await p.sandbox()
+    with caplog.at_level(logging.INFO, logger="lightcell.plugin"):
+        assert (await sb.on_data(ev(b"abc"))).kind is VerdictKind.PASS
+    assert any("wasi-log: wasi-l read 3 bytes" in r.getMessage() for r in caplog.records)
+    await sb.close()
+    no_log = await load(plugin("wasi-log"), grants=frozenset({"clock"}))
+    sb = await no_log.sandbox()
+    with pytest.raises(PluginFault) as fault:
+        await sb.on_data(ev(b"abc"))
+    assert fault.value.kind is FaultKind.DENIED
+    await sb.close()
+
+
+async def test_python_counter_component_end_to_end(load, plugin) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("counter"), grants=frozenset({"kv"}))
+    assert p.factory.path == "component"
+    assert "kv" in p.factory.imports
+    a = await p.sandbox()
+    assert await a.on_data(ev(b"up", READ)) == Verdict.pass_()
+    assert (await a.on_data(ev(b"one", WRITE))).data == b"[conn 1 chunk 1] one"
+    assert (await a.on_data(ev(b"two", WRITE))).data == b"[conn 1 chunk 2] two"
+    b = await p.sandbox()
+    assert (await b.on_data(ev(b"x", WRITE))).data == b"[conn 2 chunk 1] x"
+    for s in (a, b):
+        await s.close()
+    denied = await load(plugin("counter"))  # no kv grant: on-open's increment is refused
+    with pytest.raises(PluginFault) as fault:
+        await denied.sandbox()
+    assert fault.value.kind is FaultKind.DENIED
+
+
+async def test_a_looping_plugin_does_not_stall_other_sandboxes(load, plugin) -> None:  # type: ignore[no-untyped-def]
+    p = await load(plugin("faulty"), event_cpu_ms=2000)
+    looping = await p.sandbox("mode=loop")
+    other = await p.sandbox("mode=ok")
+    stuck = asyncio.create_task(looping.on_data(ev(b"spin")))
+    await asyncio.sleep(0)
+    for i in range(20):
+        assert (await other.on_data(ev(b"%d" % i))).kind is VerdictKind.PASS
+    assert not stuck.done()  # 20 answers while the loop still holds its worker
+    with pytest.raises(PluginFault) as fault:
+        await stuck
+    assert fault.value.kind is FaultKind.BUDGET
+    for s in (looping, other):
+        await s.close()
+
+
+# --- WAT fixtures: edge cases real plugins never produce ---------------------------
+
+
+async def test_wat_plugin_runs_and_reports_imports(load, wat) -> None:  # type: ignore[no-untyped-def]
+    p = await load(wat("multi"))
+    assert p.factory.path == "core"
+    assert p.factory.imports == ALL
+    sb = await p.sandbox("u")
+    assert await sb.on_data(ev(b"abc")) == Verdict.replace(b"ABC")
+    assert await sb.on_data(ev(b"abc", WRITE)) == Verdict.pass_()
+    assert (await sb.on_data(ev(b"", eos=True))).data == b""
+    await sb.close()
+
+
+async def test_kv_get_allocates_the_list_in_the_guest(load, wat) -> None:  # type: ignore[no-untyped-def]
+    p = await load(wat("multi"), grants=frozenset({"kv"}))
+    setter = await p.sandbox("Skey")
+    assert (await setter.on_data(ev(b"stored value"))).kind is VerdictKind.PASS
+    getter = await p.sandbox("Gkey")
+    assert (await getter.on_data(ev(b"x"))).data == b"stored value"
+    missing = await p.sandbox("Gother")
+    assert (await missing.on_data(ev(b"x"))).data == b"none"
+    for s in (setter, getter, missing):
+        await s.close()
+
+
+@pytest.mark.parametrize("config", ["b", "o", "O", "v"])
+async def test_malicious_return_values_are_abi_faults(load, wat, config) -> None:  # type: ignore[no-untyped-def]
+    # b: return area out of bounds; o: ptr+len past the end; O: ptr+len wraps u32; v: bad tag
+    p = await load(wat("multi"))
+    sb = await p.sandbox(config)
+    with pytest.raises(PluginFault) as fault:
+        await sb.on_data(ev(b"x"))
+    assert fault.value.kind is FaultKind.ABI
+    await sb.close()
+
+
+async def test_wat_egress_and_memory_cap(load, wat) -> None:  # type: ignore[no-untyped-def]
+    p = await load(
+        wat("multi"),
+        grants=frozenset({"egress"}),
+        egress=frozenset({EgressTarget("127.0.0.1", 9125)}),
+        memory_bytes=2 * 1024 * 1024,
+    )
+    ok = await p.sandbox("e127.0.0.1")
+    assert (await ok.on_data(ev(b"d"))).data == b"ok"
+    refused = await p.sandbox("e10.1.1.1")
+    assert (await refused.on_data(ev(b"d"))).data == b"err0"
+    grow = await p.sandbox("g")
+    with pytest.raises(PluginFault) as fault:
+        await grow.on_data(ev(b"d"))
+    assert fault.value.kind is FaultKind.MEMORY
+    for s in (ok, refused, grow):
+        await s.close()
+
+
+async def test_wasi_proc_exit_random_and_clock(load, wat, caplog) -> None:  # type: ignore[no-untyped-def]
+    p = await load(wat("wasi"), grants=frozenset({"log", "clock", "random"}))
+    assert p.factory.imports == frozenset({"log", "clock", "random"})
+    for config in ("c", "r"):
+        sb = await p.sandbox(config)
+        with caplog.at_level(logging.INFO, logger="lightcell.plugin"):
+            assert (await sb.on_data(ev(b"line one\nline two"))).kind is VerdictKind.PASS
+        await sb.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("line one") for m in messages) and any(m.endswith("line two") for m in messages)
+    ex = await p.sandbox("x")
+    with pytest.raises(PluginFault) as fault:
+        await ex.on_data(ev(b"bye"))
+    assert fault.value.kind is FaultKind.TRAP and "proc_exit(3)" in fault.value.message
+    await ex.close()
+
+
+async def test_load_errors(load, wat, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "garbage.wasm"
+    bad.write_bytes(b"\0asm\x01\0\0\0\x01\xff\xff")
+    with pytest.raises(PluginLoadError, match="malformed"):
+        await load(bad)
+    not_wasm = tmp_path / "text.wasm"
+    not_wasm.write_bytes(b"hello world")
+    with pytest.raises(PluginLoadError, match="malformed"):
+        await load(not_wasm)
+    with pytest.raises(PluginLoadError, match="cannot read"):
+        await load(tmp_path / "missing.wasm")
+    with pytest.raises(PluginLoadError, match="fd_read"):
+        await load(wat("bad_wasi_import"))
+    with pytest.raises(PluginLoadError, match="on-close") as missing:
+        await load(wat("bad_exports"))
+    assert "on-data" in str(missing.value)
+    with pytest.raises(PluginLoadError, match="memory"):
+        await load(wat("multi"), memory_bytes=1024)
+
+
+async def test_compiled_module_is_cached_on_disk(wat, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec = SandboxSpec("l", str(wat("multi")))
+    first = await wt.load(spec, tmp_path)
+    entries = sorted(tmp_path.glob("*.cwasm"))
+    assert len(entries) == 1
+    stamp = entries[0].stat().st_mtime_ns
+    second = await wt.load(spec, tmp_path)
+    assert sorted(tmp_path.glob("*.cwasm")) == entries and entries[0].stat().st_mtime_ns == stamp
+    for f in (first, second):
+        await f.aclose()
+
+
+def test_cache_dir_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTCELL_CACHE", "/somewhere")
+    assert wt.cache_dir() == Path("/somewhere")
+    monkeypatch.delenv("LIGHTCELL_CACHE")
+    assert wt.cache_dir() == Path.home() / ".cache" / "lightcell"
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    yield
+    from vmm.wasmtime_tier._engine import ticker
+
+    assert not ticker.running  # every factory closed: the epoch ticker stopped
