@@ -124,10 +124,12 @@ float(copysignf)(float x, float y) {
 }
 
 /* ---- setjmp/longjmp: callee-saved registers, stack pointer, return address
- * (System V x86-64). No signal mask, no shadow stack. ------------------- */
+ * (System V x86-64). No signal mask, no shadow stack. Weak: guest/boot has
+ * its own (entry.S) and the image uses that one; the native harness uses
+ * these. --------------------------------------------------------------- */
 __asm__(
     ".text\n"
-    ".globl lc_setjmp\n"
+    ".weak lc_setjmp\n"
     ".type lc_setjmp,@function\n"
     "lc_setjmp:\n"
     "  movq %rbx, 0(%rdi)\n"
@@ -143,7 +145,7 @@ __asm__(
     "  xorl %eax, %eax\n"
     "  ret\n"
     ".size lc_setjmp, .-lc_setjmp\n"
-    ".globl lc_longjmp\n"
+    ".weak lc_longjmp\n"
     ".type lc_longjmp,@function\n"
     "lc_longjmp:\n"
     "  movl %esi, %eax\n"

@@ -55,8 +55,7 @@ void *lc_rt_alloc_top(uint64_t size, uint64_t align) {
         return 0;
     }
     g_down = (uint8_t *)p;
-    memset(g_down, 0, size);
-    return g_down;
+    return g_down; /* never used before: zero (see the heap note above) */
 }
 
 void lc_rt_event_begin(void) {
@@ -138,7 +137,6 @@ void wasm_rt_allocate_memory(wasm_rt_memory_t *mem, uint64_t initial_pages, uint
     mem->max_pages = max_pages;
     mem->page_size = page_size;
     mem->is64 = is64;
-    memset(mem->data, 0, bytes);
     g_up += round_up_page(bytes);
     g_last_mem = mem;
 }
@@ -176,7 +174,6 @@ uint64_t wasm_rt_grow_memory(wasm_rt_memory_t *mem, uint64_t delta) {
         g_up += round_up_page(new_bytes);
         g_last_mem = mem;
     }
-    memset(mem->data + mem->size, 0, new_bytes - mem->size);
     mem->size = new_bytes;
     mem->pages = old_pages + delta;
     mem->data_end = mem->data + new_bytes;
