@@ -1,0 +1,1 @@
+"""The micro-VM tier: one KVM micro-VM per connection, restored from a snapshot."""

@@ -1,0 +1,106 @@
+"""Python mirror of guest/include/lightcell_abi.h and lc_guest.h.
+
+tests/test_kvm_abi.py parses the headers and checks every value here.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+# lightcell_abi.h ---------------------------------------------------------
+LC_ABI_VERSION = 1
+LC_IMAGE_MAGIC = 0x4C4C4543
+LC_VECTOR_STUB_SIZE = 16
+
+LC_PORT_READY = 0x100
+LC_PORT_DONE = 0x104
+LC_PORT_HOSTCALL = 0x108
+LC_PORT_FAULT = 0x1F0
+
+LC_PAGE_TABLES = 0x00001000
+LC_GDT = 0x00080000
+LC_IDT = 0x00081000
+LC_TSS = 0x00082000
+LC_IMAGE_BASE = 0x00100000
+LC_RO_LIMIT = 0x40000000
+
+LC_RW_BASE = 0x40000000
+LC_KSTACK = 0x40000000
+LC_KSTACK_SIZE = 0x4000
+LC_DATA_BASE = 0x40010000
+LC_DATA_LIMIT = 0x400F0000
+LC_STACK_BASE = 0x40100000
+LC_STACK_SIZE = 0x100000
+LC_IN_BASE = 0x40200000
+LC_IN_SIZE = 0x100000
+LC_OUT_BASE = 0x40300000
+LC_OUT_SIZE = 0x100000
+LC_HEAP_BASE = 0x40400000
+
+LC_SEL_KCODE = 0x08
+LC_SEL_KDATA = 0x10
+LC_SEL_UDATA = 0x1B
+LC_SEL_UCODE = 0x23
+LC_SEL_TSS = 0x28
+
+IMAGE_HEADER = struct.Struct("<IIQ")  # struct lc_image_header
+
+# lc_guest.h --------------------------------------------------------------
+
+
+class Op(enum.IntEnum):
+    OPEN = 1
+    DATA = 2
+    CLOSE = 3
+    WARMUP = 4
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    TRAP = 1
+    MEMORY = 2
+    DENIED = 3
+    ABI = 4
+    EXIT = 5
+
+
+class Trap(enum.IntEnum):
+    UNREACHABLE = 1
+    OOB = 2
+    INT_OVERFLOW = 3
+    DIV_BY_ZERO = 4
+    INVALID_CONVERSION = 5
+    CALL_INDIRECT = 6
+    EXHAUSTION = 7
+    OTHER = 8
+
+
+class HostFn(enum.IntEnum):
+    LOG = 1
+    WALL_NOW = 2
+    MONOTONIC_NOW = 3
+    RANDOM_U64 = 4
+    RANDOM_BYTES = 5
+    KV_GET = 6
+    KV_SET = 7
+    KV_DELETE = 8
+    KV_INCREMENT = 9
+    METADATA_SET = 10
+    EGRESS_SEND = 11
+
+
+class HostcallStatus(enum.IntEnum):
+    OK = 0
+    DENIED = 1
+    MISUSE = 2
+
+
+REQUEST = struct.Struct("<IIII")  # struct lc_request: op, arg0, arg1, len
+RESPONSE = struct.Struct("<IIII")  # struct lc_response: status, detail, reserved, len
+HOSTCALL = struct.Struct("<IIIIQ")  # struct lc_hostcall: fn, len0, len1, reserved, a0
+HOSTCALL_RESULT = struct.Struct("<IIQ")  # struct lc_hostcall_result: status, len, value
+
+# The payload room behind each header in its buffer.
+MAX_REQUEST_PAYLOAD = LC_IN_SIZE - REQUEST.size
+MAX_RESPONSE_PAYLOAD = LC_OUT_SIZE - RESPONSE.size

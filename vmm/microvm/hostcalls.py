@@ -1,0 +1,111 @@
+"""Host calls from the guest, each mapped to one vmm.capabilities method.
+
+Every capability checks its own grant; a refused one answers
+LC_HOSTCALL_DENIED, refused arguments LC_HOSTCALL_MISUSE. An unknown function
+number is not an answer but a broken guest: the caller poisons the VM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmm.capabilities import CapabilityDenied, CapabilityMisuse, HostCapabilities
+from vmm.microvm.abi import HostcallStatus, HostFn
+
+MAX_RANDOM_BYTES = 64 * 1024
+_U64 = 2**64
+
+
+class UnknownHostFn(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HostcallResult:
+    status: HostcallStatus
+    value: int = 0
+    payload: bytes = b""
+
+
+_OK = HostcallStatus.OK
+
+
+def _text(blob: bytes) -> str:
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CapabilityMisuse(f"not UTF-8: {e}") from None
+
+
+def _log(h: HostCapabilities, a0: int, b0: bytes, _: bytes) -> HostcallResult:
+    h.log(a0 if a0 < 5 else 2, b0.decode("utf-8", "replace"))
+    return HostcallResult(_OK)
+
+
+def _random_bytes(h: HostCapabilities, a0: int, _b0: bytes, _b1: bytes) -> HostcallResult:
+    if a0 > MAX_RANDOM_BYTES:
+        raise CapabilityMisuse(f"random_bytes({a0}) over {MAX_RANDOM_BYTES}")
+    return HostcallResult(_OK, 0, h.random_bytes(a0))
+
+
+def _kv_get(h: HostCapabilities, _a0: int, b0: bytes, _b1: bytes) -> HostcallResult:
+    value = h.kv_get(_text(b0))
+    return HostcallResult(_OK, 0, b"") if value is None else HostcallResult(_OK, 1, value)
+
+
+def _kv_set(h: HostCapabilities, _a0: int, b0: bytes, b1: bytes) -> HostcallResult:
+    h.kv_set(_text(b0), b1)
+    return HostcallResult(_OK)
+
+
+def _kv_delete(h: HostCapabilities, _a0: int, b0: bytes, _b1: bytes) -> HostcallResult:
+    h.kv_delete(_text(b0))
+    return HostcallResult(_OK)
+
+
+def _kv_increment(h: HostCapabilities, a0: int, b0: bytes, _b1: bytes) -> HostcallResult:
+    delta = a0 - _U64 if a0 >= 2**63 else a0
+    return HostcallResult(_OK, h.kv_increment(_text(b0), delta) % _U64)
+
+
+def _metadata_set(h: HostCapabilities, _a0: int, b0: bytes, b1: bytes) -> HostcallResult:
+    h.metadata_set(_text(b0), _text(b1))
+    return HostcallResult(_OK)
+
+
+def _egress(h: HostCapabilities, a0: int, b0: bytes, b1: bytes) -> HostcallResult:
+    if a0 > 0xFFFF:
+        raise CapabilityMisuse(f"port {a0}")
+    err = h.send_datagram(_text(b0), a0, b1)
+    return HostcallResult(_OK, 0 if err is None else 1 + int(err))
+
+
+_HANDLERS: dict[int, Callable[[HostCapabilities, int, bytes, bytes], HostcallResult]] = {
+    HostFn.LOG: _log,
+    HostFn.WALL_NOW: lambda h, *_: HostcallResult(_OK, h.wall_now() % _U64),
+    HostFn.MONOTONIC_NOW: lambda h, *_: HostcallResult(_OK, h.monotonic_now() % _U64),
+    HostFn.RANDOM_U64: lambda h, *_: HostcallResult(_OK, h.random_u64() % _U64),
+    HostFn.RANDOM_BYTES: _random_bytes,
+    HostFn.KV_GET: _kv_get,
+    HostFn.KV_SET: _kv_set,
+    HostFn.KV_DELETE: _kv_delete,
+    HostFn.KV_INCREMENT: _kv_increment,
+    HostFn.METADATA_SET: _metadata_set,
+    HostFn.EGRESS_SEND: _egress,
+}
+
+
+def dispatch(host: HostCapabilities | None, fn: int, a0: int, blob0: bytes, blob1: bytes) -> HostcallResult:
+    """Run one host call. `host` is None outside a connection (boot, warm-up): all denied."""
+    handler = _HANDLERS.get(fn)
+    if handler is None:
+        raise UnknownHostFn(f"unknown host function {fn}")
+    if host is None:
+        return HostcallResult(HostcallStatus.DENIED)
+    try:
+        return handler(host, a0, blob0, blob1)
+    except CapabilityDenied:
+        return HostcallResult(HostcallStatus.DENIED)
+    except CapabilityMisuse:
+        return HostcallResult(HostcallStatus.MISUSE)

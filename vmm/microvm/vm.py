@@ -1,0 +1,225 @@
+"""One micro-VM: boot an image, run calls, serve host calls, poison on anything odd.
+
+A MicroVm must be driven from one thread (its vCPU thread, see worker.py):
+KVM_RUN from another thread costs 40-60 us on these machines. Any abnormal
+exit (guest exception, unknown port, bad length, bad response, deadline, KVM
+error) or any non-OK guest status poisons the VM; a poisoned VM refuses
+calls until snapshot.restore() rewrites its memory and registers.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from vmm.capabilities import HostCapabilities
+from vmm.kvm import GuestMemory, Interrupted, IoOut, KvmError, System, copy_struct
+from vmm.microvm import abi
+from vmm.microvm.hostcalls import UnknownHostFn, dispatch
+from vmm.microvm.layout import GuestRangeError, checked_range
+from vmm.microvm.machine import Template
+
+INTERRUPT_SIGNAL = signal.SIGRTMIN + 2
+"""Sent to a vCPU thread to make KVM_RUN return EINTR (the watchdog)."""
+
+
+def install_interrupt_handler() -> None:
+    """A no-op handler: the default action kills the process and SIG_IGN gives
+    no EINTR. Python lets only the main thread install handlers."""
+    current = signal.getsignal(INTERRUPT_SIGNAL)
+    if callable(current):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the micro-VM tier must first be set up from the main thread")
+    signal.signal(INTERRUPT_SIGNAL, lambda _sig, _frame: None)
+
+
+class FaultReason(enum.Enum):
+    GUEST_STATUS = "guest reported a failure"
+    EXCEPTION = "guest CPU exception"
+    BAD_PORT = "unknown or misused port"
+    BAD_LENGTH = "guest-supplied length or offset out of bounds"
+    BAD_RESPONSE = "malformed response"
+    BAD_HOSTCALL = "unknown host function"
+    DEADLINE = "event deadline exceeded"
+    DEAD = "guest shut down or KVM refused to run it"
+    POISONED = "VM is poisoned"
+
+
+class VmFault(Exception):
+    def __init__(self, reason: FaultReason, message: str, status: int | None = None,
+                 detail: int = 0) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.message = message
+        self.status = status  # enum lc_status for GUEST_STATUS
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    detail: int
+    payload: bytes
+
+
+T = TypeVar("T")
+_serials = itertools.count(1)
+_EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+                    10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
+                    18: "#MC", 19: "#XM"}
+
+
+class MicroVm:
+    """A KVM VM with one vCPU, the template's read-only slot and its own RW memfd."""
+
+    def __init__(self, system: System, template: Template) -> None:
+        self.template = template
+        self.serial = next(_serials)
+        self.incarnation = 0
+        self.poisoned: VmFault | None = None
+        self.thread_id: int | None = None
+        self.deadline_hit = False
+        layout = template.layout
+        self.vm = system.create_vm()
+        try:
+            self.mem = GuestMemory(layout.rw_size, f"lightcell-vm-{self.serial}")
+            self.vm.set_memory_region(0, 0, template.ro_size, template.ro.addr, readonly=True)
+            self.vm.set_memory_region(1, abi.LC_RW_BASE, layout.rw_size, self.mem.addr)
+            self.vcpu = self.vm.create_vcpu(0)
+        except BaseException:
+            self.vm.close()
+            if hasattr(self, "mem"):
+                self.mem.close()
+            raise
+        in_off = abi.LC_IN_BASE - abi.LC_RW_BASE
+        out_off = abi.LC_OUT_BASE - abi.LC_RW_BASE
+        self.in_buf = self.mem.view[in_off:in_off + abi.LC_IN_SIZE]
+        self.out_buf = self.mem.view[out_off:out_off + abi.LC_OUT_SIZE]
+        self.exits = 0
+
+    @property
+    def identity(self) -> str:
+        return f"microvm-{self.serial}.{self.incarnation}"
+
+    # -- boot ---------------------------------------------------------------
+    def boot(self) -> None:
+        """Cold boot from the image: load .data, set up the CPU, run to READY."""
+        t = self.template
+        for off, data in t.rw_init:
+            self.mem.view[off:off + len(data)] = data
+        self.vcpu.set_sregs(t.configure_sregs(self.vcpu.get_sregs()))
+        self.vcpu.set_fpu(t.initial_fpu())
+        self.vcpu.set_regs(t.initial_regs())
+        self._guarded(lambda: self._run_until(abi.LC_PORT_READY, None))
+        self._read_response(abi.Op.OPEN)  # init's status
+
+    # -- calls --------------------------------------------------------------
+    def call(self, op: abi.Op, arg0: int = 0, arg1: int = 0, payload: bytes = b"",
+             host: HostCapabilities | None = None) -> Response:
+        """One request -> one response (plus one exit per host call)."""
+        if self.poisoned is not None:
+            raise VmFault(FaultReason.POISONED, str(self.poisoned))
+        if len(payload) > abi.MAX_REQUEST_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds {abi.MAX_REQUEST_PAYLOAD}")
+        abi.REQUEST.pack_into(self.in_buf, 0, op, arg0, arg1, len(payload))
+        self.in_buf[abi.REQUEST.size:abi.REQUEST.size + len(payload)] = payload
+        self._guarded(lambda: self._run_until(abi.LC_PORT_DONE, host))
+        return self._guarded(lambda: self._read_response(op))
+
+    def _guarded(self, fn: Callable[[], T]) -> T:
+        """Run `fn`; any failure poisons the VM before it propagates."""
+        try:
+            return fn()
+        except VmFault as e:
+            self.poisoned = e
+            raise
+        except KvmError as e:
+            self.poisoned = VmFault(FaultReason.DEAD, str(e))
+            raise self.poisoned from e
+
+    # -- the vCPU loop: every exit is handled here --------------------------
+    def _run_until(self, port: int, host: HostCapabilities | None) -> None:
+        self.thread_id = threading.get_ident()
+        vcpu = self.vcpu
+        while True:
+            if self.deadline_hit:
+                raise VmFault(FaultReason.DEADLINE, "interrupted by the watchdog")
+            exit_ = vcpu.run()
+            self.exits += 1
+            if type(exit_) is IoOut and exit_.size == 4 and exit_.count == 1:
+                if exit_.port == port:
+                    if port == abi.LC_PORT_READY and exit_.value != abi.LC_ABI_VERSION:
+                        raise VmFault(FaultReason.BAD_RESPONSE,
+                                      f"guest speaks ABI {exit_.value}, host {abi.LC_ABI_VERSION}")
+                    return
+                if exit_.port == abi.LC_PORT_HOSTCALL and port == abi.LC_PORT_DONE:
+                    self._hostcall(host)
+                    continue
+            if type(exit_) is IoOut and exit_.port == abi.LC_PORT_FAULT:
+                regs = vcpu.get_regs()
+                name = _EXCEPTION_NAMES.get(regs.rax, f"vector {regs.rax}")
+                raise VmFault(FaultReason.EXCEPTION,
+                              f"{name} error={regs.rbx:#x} rip={regs.rcx:#x} cr2={regs.rsi:#x}",
+                              detail=int(regs.rax))
+            if type(exit_) is Interrupted:
+                continue  # a stray signal for another VM on this thread, or our deadline (top)
+            if type(exit_) is IoOut:
+                raise VmFault(FaultReason.BAD_PORT, f"out to port {exit_.port:#x} size {exit_.size}")
+            raise VmFault(FaultReason.DEAD, f"unexpected exit {exit_}")
+
+    def _hostcall(self, host: HostCapabilities | None) -> None:
+        fn, len0, len1, _, a0 = abi.HOSTCALL.unpack_from(self.out_buf, 0)
+        room = abi.LC_OUT_SIZE - abi.HOSTCALL.size
+        try:
+            s0, e0 = checked_range(abi.HOSTCALL.size, room, 0, len0)
+            s1, e1 = checked_range(abi.HOSTCALL.size, room, len0, len1)
+        except GuestRangeError as e:
+            raise VmFault(FaultReason.BAD_LENGTH, f"host call {fn}: {e}") from None
+        try:
+            result = dispatch(host, fn, a0, bytes(self.out_buf[s0:e0]), bytes(self.out_buf[s1:e1]))
+        except UnknownHostFn as e:
+            raise VmFault(FaultReason.BAD_HOSTCALL, str(e)) from None
+        n = len(result.payload)
+        if n > abi.LC_IN_SIZE - abi.HOSTCALL_RESULT.size:
+            raise VmFault(FaultReason.BAD_LENGTH, f"host call {fn} answer of {n} bytes")
+        abi.HOSTCALL_RESULT.pack_into(self.in_buf, 0, result.status, n, result.value)
+        self.in_buf[abi.HOSTCALL_RESULT.size:abi.HOSTCALL_RESULT.size + n] = result.payload
+
+    def _read_response(self, op: abi.Op) -> Response:
+        status, detail, _, length = abi.RESPONSE.unpack_from(self.out_buf, 0)
+        if status not in abi.Status._value2member_map_:
+            raise VmFault(FaultReason.BAD_RESPONSE, f"unknown status {status}")
+        try:
+            start, end = checked_range(abi.RESPONSE.size, abi.MAX_RESPONSE_PAYLOAD, 0, length)
+        except GuestRangeError as e:
+            raise VmFault(FaultReason.BAD_LENGTH, f"response: {e}") from None
+        if status != abi.Status.OK:
+            raise VmFault(FaultReason.GUEST_STATUS, f"{abi.Status(status).name} detail={detail}",
+                          status=status, detail=detail)
+        if op == abi.Op.DATA and detail > 3:
+            raise VmFault(FaultReason.BAD_RESPONSE, f"unknown verdict {detail}")
+        return Response(detail, bytes(self.out_buf[start:end]))
+
+    # -- watchdog side (any thread) -----------------------------------------
+    def interrupt(self) -> None:
+        """Stop the running guest: KVM_RUN returns EINTR and the call fails DEADLINE."""
+        self.deadline_hit = True
+        self.vcpu.immediate_exit = True
+        tid = self.thread_id
+        if tid is not None:
+            signal.pthread_kill(tid, INTERRUPT_SIGNAL)
+
+    def close(self) -> None:
+        self.in_buf.release()
+        self.out_buf.release()
+        self.vcpu.close()
+        self.vm.close()
+        self.mem.close()
+
+
+__all__ = ["FaultReason", "MicroVm", "Response", "VmFault", "copy_struct", "install_interrupt_handler"]
