@@ -247,6 +247,9 @@ async def test_python_counter_component_end_to_end(load, plugin) -> None:  # typ
     assert (await a.on_data(ev(b"two", WRITE))).data == b"[conn 1 chunk 2] two"
     b = await p.sandbox()
     assert (await b.on_data(ev(b"x", WRITE))).data == b"[conn 2 chunk 1] x"
+    big = bytes(range(256)) * 256  # 64 KiB through the fast list<u8> conversion, both ways
+    assert (await b.on_data(ev(big, WRITE))).data == b"[conn 2 chunk 2] " + big
+    assert (await b.on_data(ev(b"", WRITE, eos=True))) == Verdict.pass_()
     for s in (a, b):
         await s.close()
     denied = await load(plugin("counter"))  # no kv grant: on-open's increment is refused

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import wasmtime
-from wasmtime.component import Component, Instance, Linker, Variant
+from wasmtime.component import Component, Instance, Linker
 
 from vmm.capabilities import CapabilityDenied, CapabilityMisuse, HostCapabilities
 from vmm.contract import (
@@ -36,6 +36,7 @@ from vmm.contract import (
 from vmm.policy import Limits
 from vmm.sandbox import FaultKind, PluginFault
 from vmm.wasmtime_tier import _context
+from vmm.wasmtime_tier._component_bytes import call_on_data
 from vmm.wasmtime_tier._context import CallContext, LineBuffer
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
@@ -201,14 +202,24 @@ class ComponentSandbox(HookRunner):
         self._call("on-open", self._on_open, listener, config)
 
     def _data_sync(self, event: DataEvent) -> Verdict:
-        result = self._call(
-            "on-data", self._on_data, _DIRECTIONS[event.direction], bytes(event.data), event.end_of_stream
-        )
-        if not isinstance(result, Variant) or result.tag not in _VERDICT_TAGS:
-            raise PluginFault(FaultKind.ABI, f"on-data: unexpected verdict {result!r}")
-        kind = _VERDICT_TAGS[result.tag]
+        store = self._store
+        assert store is not None
+        on_data = self._on_data
+
+        def call() -> tuple[str, bytes | None]:
+            # list<u8> through the fast converter (see _component_bytes.py).
+            result = call_on_data(
+                on_data, store, _DIRECTIONS[event.direction], bytes(event.data), event.end_of_stream
+            )
+            on_data.post_return(store)
+            return result
+
+        case, payload = self._guest_call("on-data", call)
+        kind = _VERDICT_TAGS.get(case)
+        if kind is None:
+            raise PluginFault(FaultKind.ABI, f"on-data: unexpected verdict {case!r}")
         if kind is VerdictKind.REPLACE:
-            return Verdict.replace(bytes(result.payload or b""))
+            return Verdict.replace(payload or b"")
         return Verdict.pass_() if kind is VerdictKind.PASS else Verdict(kind)
 
     def _close_sync(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import wasmtime
@@ -56,7 +57,8 @@ class LineBuffer:
 class CallContext:
     host: HostCapabilities
     memory: wasmtime.Memory | None = None
-    realloc: wasmtime.Func | None = None
+    realloc: Callable[..., int | None] | None = None
+    """The guest's cabi_realloc (kv.get allocates its result with it)."""
     error: BaseException | None = None
     """Why a host function refused the call (set before it traps)."""
     outputs: dict[int, LineBuffer] = field(default_factory=dict)

@@ -36,6 +36,7 @@ from vmm.wasmtime_tier import _context
 from vmm.wasmtime_tier._context import CallContext
 from vmm.wasmtime_tier._core_imports import define_imports
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
+from vmm.wasmtime_tier._fastcall import RawFunc
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
 from vmm.wasmtime_tier._memory import GuestMemory, u32
 from vmm.wasmtime_tier._runner import HookRunner, new_identity
@@ -81,10 +82,12 @@ class CoreSandbox(HookRunner):
         instance = self._guest_call("instantiate", lambda: self._program.instantiate(store))
         exports = instance.exports(store)
 
-        def func(name: str) -> wasmtime.Func:
-            f = exports[name]
-            assert isinstance(f, wasmtime.Func)
-            return f
+        info = self._program.contract.info
+
+        def func(name: str) -> RawFunc:
+            f, e = exports[name], info.export(name)
+            assert isinstance(f, wasmtime.Func) and e is not None and e.sig is not None
+            return RawFunc(f, e.sig.params, e.sig.results)
 
         memory = exports[EXPORT_MEMORY]
         assert isinstance(memory, wasmtime.Memory)
@@ -135,7 +138,7 @@ class CoreSandbox(HookRunner):
     def _lower(self, data: bytes, what: str) -> int:
         """Give `data` to the guest as a list it owns (canonical-ABI lowering)."""
         assert self._store is not None
-        ptr = u32(self._realloc(self._live_store(), 0, 0, 1, len(data)))
+        ptr = u32(self._realloc(self._live_store(), 0, 0, 1, len(data)) or 0)
         self._mem().write(ptr, data, f"{what} (from cabi_realloc)")
         return ptr
 
@@ -161,6 +164,7 @@ class CoreSandbox(HookRunner):
             ptr = self._lower(data, "input data")
             store = self._live_store()
             ret = self._on_data(store, int(event.direction), ptr, len(data), int(event.end_of_stream))
+            assert ret is not None
             verdict = self._lift_verdict(ret)
             self._post_return(EXPORT_ON_DATA, ret)
             return verdict

@@ -91,7 +91,7 @@ def _kv_get(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, ret
     # The list belongs to the guest: allocate it with the guest's allocator
     # (this re-enters the plugin), then re-read the memory, which may have moved.
     assert ctx.realloc is not None
-    ptr = ctx.realloc(caller, 0, 0, 1, len(value))
+    ptr = ctx.realloc(caller, 0, 0, 1, len(value)) or 0
     mem = _mem(ctx, caller)
     mem.write(ptr, value, "kv.get value (from cabi_realloc)")
     ret = u32(retptr)
