@@ -71,7 +71,9 @@ __attribute__((noreturn)) void lc_fail(uint32_t status, uint32_t detail)
 }
 
 /* Host call: header and blobs into OUT, one exit, result from IN. Lengths are
- * checked here as well as by the host so a runtime bug fails only the event. */
+ * checked here as well as by the host so a runtime bug fails only the event.
+ * Clobbers both buffers: the request payload in IN and anything written to
+ * OUT so far; the response header is reset to OK/0/0 afterwards. */
 uint32_t lc_hostcall(uint32_t fn, uint64_t a0,
                      const void *blob0, uint32_t len0,
                      const void *blob1, uint32_t len1,
@@ -105,6 +107,8 @@ uint32_t lc_hostcall(uint32_t fn, uint64_t a0,
         *value = v;
     if (resp_len != NULL)
         *resp_len = len;
+    /* The call overwrote OUT (and IN): the event's response starts afresh. */
+    lc_set_response(LC_STATUS_OK, 0);
     return status;
 }
 

@@ -7,6 +7,20 @@ from vmm.kvm.memory import GuestMemory
 from vmm.kvm.structs import KvmFpu, KvmRegs, KvmSregs
 
 __all__ = [
-    "Exit", "GuestMemory", "Interrupted", "IoIn", "IoOut", "KvmError", "Mmio", "Other",
-    "KvmFpu", "KvmRegs", "KvmSregs", "Shutdown", "System", "Vcpu", "Vm", "copy_struct",
+    "Exit",
+    "GuestMemory",
+    "Interrupted",
+    "IoIn",
+    "IoOut",
+    "KvmError",
+    "KvmFpu",
+    "KvmRegs",
+    "KvmSregs",
+    "Mmio",
+    "Other",
+    "Shutdown",
+    "System",
+    "Vcpu",
+    "Vm",
+    "copy_struct",
 ]

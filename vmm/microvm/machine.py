@@ -16,7 +16,7 @@ from vmm.kvm import GuestMemory, KvmSregs
 from vmm.kvm.structs import KvmFpu, KvmRegs, KvmSegment
 from vmm.microvm import abi
 from vmm.microvm.image import Image
-from vmm.microvm.layout import PAGE, GuestAddr, Layout, RwOffset, page_up
+from vmm.microvm.layout import PAGE, Layout, RwOffset, page_up
 
 # Page-table entry bits. Accessed/Dirty are preset everywhere: the tables sit
 # in a read-only slot, so the page walker must never need to write them.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from vmm.capabilities import HostCapabilities
-from vmm.kvm import GuestMemory, Interrupted, IoOut, KvmError, System, copy_struct
+from vmm.kvm import GuestMemory, Interrupted, IoIn, IoOut, KvmError, System, copy_struct
 from vmm.microvm import abi
 from vmm.microvm.hostcalls import UnknownHostFn, dispatch
 from vmm.microvm.layout import GuestRangeError, checked_range
@@ -170,6 +170,8 @@ class MicroVm:
                 continue  # a stray signal for another VM on this thread, or our deadline (top)
             if type(exit_) is IoOut:
                 raise VmFault(FaultReason.BAD_PORT, f"out to port {exit_.port:#x} size {exit_.size}")
+            if type(exit_) is IoIn:
+                raise VmFault(FaultReason.BAD_PORT, f"in from port {exit_.port:#x}")
             raise VmFault(FaultReason.DEAD, f"unexpected exit {exit_}")
 
     def _hostcall(self, host: HostCapabilities | None) -> None:
@@ -204,6 +206,20 @@ class MicroVm:
         if op == abi.Op.DATA and detail > 3:
             raise VmFault(FaultReason.BAD_RESPONSE, f"unknown verdict {detail}")
         return Response(detail, bytes(self.out_buf[start:end]))
+
+    def flush_pending_exit(self) -> None:
+        """Let KVM finish an exit we never answered (an `in`, a mid-call exit).
+
+        KVM completes the last I/O exit at the start of the next KVM_RUN; on
+        PVM, completing an unanswered `in` after the registers were reset sent
+        the guest to rip 0. A KVM_RUN with immediate_exit completes it and
+        returns EINTR without entering the guest.
+        """
+        self.vcpu.immediate_exit = True
+        try:
+            self.vcpu.run()
+        finally:
+            self.vcpu.immediate_exit = False
 
     # -- watchdog side (any thread) -----------------------------------------
     def interrupt(self) -> None:

@@ -1,0 +1,187 @@
+"""A warm pool of restored micro-VMs for one plugin image.
+
+The image is booted once; its state after initialisation is snapshotted, and
+a warm-up call records the pages a first event touches. Every pooled VM is a
+separate KVM VM restored from that snapshot and warmed (so its guest mappings
+exist), then restored again: taking one is a deque pop, and its first event
+takes no page faults. A VM given back is restored on its vCPU thread in the
+background before it re-enters the pool, so nothing of one connection is ever
+visible to the next; a poisoned VM is restored the same way.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from vmm.kvm import System
+from vmm.microvm.machine import Template
+from vmm.microvm.snapshot import Snapshot, warm_up
+from vmm.microvm.vm import MicroVm
+from vmm.microvm.worker import BACKGROUND, ThreadSet, VcpuThread
+
+LOG = logging.getLogger("lightcell.microvm.pool")
+
+
+@dataclass(eq=False)
+class PooledVm:
+    vm: MicroVm
+    thread: VcpuThread
+    restores: int = 0
+    leased: bool = field(default=False)
+
+
+class VmPool:
+    def __init__(self, system: System, template: Template, threads: ThreadSet,
+                 target: int = 4, max_idle: int | None = None) -> None:
+        self.system = system
+        self.template = template
+        self.threads = threads
+        self.target = target
+        self.max_idle = max_idle if max_idle is not None else max(target * 2, 8)
+        self._ready: collections.deque[PooledVm] = collections.deque()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._closed = False
+        self._live: set[PooledVm] = set()
+        self.snapshot: Snapshot | None = None
+        self.created = 0
+
+    # -- set-up ---------------------------------------------------------------
+    def start(self) -> None:
+        """Cold-boot the image, snapshot it, keep the boot VM as the first pooled one."""
+        thread = self.threads.pick()
+        first = thread.run(lambda: self._boot_first(thread))
+        with self._lock:
+            self._ready.append(first)
+        self.refill()
+
+    def _boot_first(self, thread: VcpuThread) -> PooledVm:
+        vm = MicroVm(self.system, self.template)
+        try:
+            vm.boot()
+            snap = Snapshot.take(vm)
+            warm_up(vm)
+            snap.add_warm_pages(vm)
+            snap.restore(vm)
+        except BaseException:
+            vm.close()
+            raise
+        self.snapshot = snap
+        return self._track(PooledVm(vm, thread))
+
+    def _track(self, p: PooledVm) -> PooledVm:
+        with self._lock:
+            self._live.add(p)
+            self.created += 1
+        return p
+
+    def _fresh(self, thread: VcpuThread) -> PooledVm:
+        """A new VM from the snapshot, warmed then restored (runs on `thread`)."""
+        snap = self.snapshot
+        assert snap is not None
+        vm = MicroVm(self.system, self.template)
+        try:
+            snap.restore(vm)
+            warm_up(vm)
+            snap.restore(vm)
+        except BaseException:
+            vm.close()
+            raise
+        return self._track(PooledVm(vm, thread))
+
+    # -- lease ----------------------------------------------------------------
+    def take(self) -> PooledVm:
+        """A ready VM: from the pool, else made now on the caller's behalf (slow path)."""
+        with self._lock:
+            p = self._ready.popleft() if self._ready else None
+        if p is None:
+            thread = self.threads.pick()
+            p = thread.run(lambda: self._fresh(thread))
+        p.leased = True
+        self.refill()
+        return p
+
+    def give_back(self, p: PooledVm) -> Future[None]:
+        """Restore off the critical path, then pool (or destroy if enough are idle)."""
+        p.leased = False
+
+        def restore() -> None:
+            snap = self.snapshot
+            assert snap is not None
+            with self._lock:
+                keep = not self._closed and len(self._ready) < self.max_idle
+            if not keep:
+                self._destroy(p)
+                return
+            try:
+                snap.restore(p.vm)
+            except Exception:
+                LOG.exception("restore failed; destroying %s", p.vm.identity)
+                self._destroy(p)
+                return
+            p.restores += 1
+            with self._lock:
+                if self._closed:
+                    keep = False
+                else:
+                    self._ready.append(p)
+            if not keep:
+                self._destroy(p)
+
+        return p.thread.submit(restore, BACKGROUND)
+
+    def refill(self) -> None:
+        """Top the pool up to `target` in the background."""
+        with self._lock:
+            if self._closed or self.snapshot is None:
+                return
+            missing = self.target - len(self._ready) - self._pending
+            self._pending += max(missing, 0)
+        for _ in range(max(missing, 0)):
+            thread = self.threads.pick()
+            thread.submit(lambda t=thread: self._add_fresh(t), BACKGROUND)  # type: ignore[misc]
+
+    def _add_fresh(self, thread: VcpuThread) -> None:
+        try:
+            p = self._fresh(thread)
+        except Exception:
+            LOG.exception("could not make a pooled VM")
+            return
+        finally:
+            with self._lock:
+                self._pending -= 1
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._ready.append(p)
+        if closed:
+            self._destroy(p)
+
+    def _destroy(self, p: PooledVm) -> None:
+        with self._lock:
+            self._live.discard(p)
+        p.vm.close()
+
+    @property
+    def idle(self) -> int:
+        with self._lock:
+            return len(self._ready)
+
+    @property
+    def live(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def close(self) -> None:
+        """Destroy every VM, each on its own thread; waits for them."""
+        with self._lock:
+            self._closed = True
+            live = list(self._live)
+        futures = [p.thread.submit(lambda p=p: self._destroy(p), BACKGROUND)  # type: ignore[misc]
+                   for p in live]
+        for f in futures:
+            f.result()

@@ -1,0 +1,82 @@
+"""Per-event deadlines: a watchdog thread interrupts a vCPU that overruns.
+
+Interrupting = set `immediate_exit` and send a signal to the vCPU thread, so
+KVM_RUN returns EINTR whether the guest is running or just about to enter
+(MicroVm.interrupt). The call then fails with DEADLINE and the VM is
+poisoned; the pool restores it before any reuse. A late firing (the call
+finished as the deadline passed) also poisons: the event overran anyway.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from vmm.microvm.vm import FaultReason, MicroVm, VmFault, install_interrupt_handler
+
+T = TypeVar("T")
+
+
+class Watchdog:
+    def __init__(self) -> None:
+        install_interrupt_handler()
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, MicroVm] = {}
+        self._tokens = itertools.count()
+        self._closed = False
+        self.fired = 0
+        self._thread = threading.Thread(target=self._loop, name="lightcell-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, vm: MicroVm, seconds: float) -> int:
+        token = next(self._tokens)
+        with self._lock:
+            self._armed[token] = vm
+            heapq.heappush(self._heap, (time.monotonic() + seconds, token))
+            self._lock.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._lock:
+            self._armed.pop(token, None)
+
+    def run(self, vm: MicroVm, seconds: float, fn: Callable[[], T]) -> T:
+        """Run `fn` (one call on `vm`, on its vCPU thread) under a deadline."""
+        token = self.arm(vm, seconds)
+        try:
+            result = fn()
+        finally:
+            self.disarm(token)
+        if vm.deadline_hit:  # fired as the guest answered: the event overran all the same
+            vm.poisoned = VmFault(FaultReason.DEADLINE, f"event took over {seconds * 1000:.0f} ms")
+            raise vm.poisoned
+        return result
+
+    def _loop(self) -> None:
+        with self._lock:
+            while not self._closed:
+                while self._heap and self._heap[0][1] not in self._armed:
+                    heapq.heappop(self._heap)  # disarmed in time
+                if not self._heap:
+                    self._lock.wait()
+                    continue
+                deadline, token = self._heap[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._lock.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+                vm = self._armed.pop(token)
+                self.fired += 1
+                vm.interrupt()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=5)
