@@ -365,6 +365,8 @@ async def test_load_errors(load, wat, tmp_path) -> None:  # type: ignore[no-unty
     assert "on-data" in str(missing.value)
     with pytest.raises(PluginLoadError, match="memory"):
         await load(wat("multi"), memory_bytes=1024)
+    with pytest.raises(PluginLoadError, match="2 memories"):
+        await load(wat("two_memories"))
 
 
 async def test_compiled_module_is_cached_on_disk(wat, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -65,7 +65,13 @@ _COMPONENT_SECTION_COMPONENT = 4
 _SEC_TYPE, _SEC_IMPORT, _SEC_FUNCTION, _SEC_MEMORY, _SEC_EXPORT = 1, 2, 3, 5, 7
 
 _VALTYPES = {
-    0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128", 0x70: "funcref", 0x6F: "externref",
+    0x7F: "i32",
+    0x7E: "i64",
+    0x7D: "f32",
+    0x7C: "f64",
+    0x7B: "v128",
+    0x70: "funcref",
+    0x6F: "externref",
 }
 _EXTERN_KINDS = {0: "func", 1: "table", 2: "memory", 3: "global", 4: "tag"}
 
@@ -115,6 +121,8 @@ class CoreModuleInfo:
     exports: tuple[Export, ...]
     memory_min_pages: int | None
     """Minimum pages of the module's own (first, defined) memory."""
+    memory_count: int = 0
+    """Memories the module defines (imported ones are refused by the contract)."""
 
     def export(self, name: str) -> Export | None:
         for e in self.exports:
@@ -280,6 +288,7 @@ def parse_core(data: bytes) -> CoreModuleInfo:
     func_types: list[FuncSig | None] = []  # every function index: imported first
     exports: list[Export] = []
     memory_min: int | None = None
+    memory_count = 0
     for sid, start, end in _Reader(data, 8).sections():
         r = _Reader(data, start, end)
         if sid == _SEC_TYPE:
@@ -310,8 +319,8 @@ def parse_core(data: bytes) -> CoreModuleInfo:
             for _ in range(r.leb_u()):
                 func_types.append(_type_at(types, r.leb_u()))
         elif sid == _SEC_MEMORY:
-            count = r.leb_u()
-            if count:
+            memory_count = r.leb_u()
+            if memory_count:
                 memory_min = r.limits()[0]
         elif sid == _SEC_EXPORT:
             for _ in range(r.leb_u()):
@@ -326,7 +335,7 @@ def parse_core(data: bytes) -> CoreModuleInfo:
                         raise WasmFormatError(f"export {name!r} names missing function {index}")
                     fsig = func_types[index]
                 exports.append(Export(name, _EXTERN_KINDS[kind], fsig))
-    return CoreModuleInfo(tuple(imports), tuple(exports), memory_min)
+    return CoreModuleInfo(tuple(imports), tuple(exports), memory_min, memory_count)
 
 
 def _type_at(types: list[FuncSig | None], index: int) -> FuncSig | None:
@@ -438,6 +447,9 @@ def check_contract(core: bytes) -> CoreContract:
             capabilities.add(CAPABILITY_OF_MODULE[imp.module])
         if imp.sig != want:
             problems.append(f"{where}: signature {imp.sig}, contract says {want}")
+    if info.memory_count > 1:
+        # The memory cap applies per memory; one memory makes it a total.
+        problems.append(f"defines {info.memory_count} memories; a plugin may have one")
     memory = info.export(EXPORT_MEMORY)
     if memory is None or memory.kind != "memory":
         problems.append(f"missing export {EXPORT_MEMORY!r} (memory)")

@@ -16,19 +16,17 @@ import asyncio
 import os
 from pathlib import Path
 
+from vmm.policy import SandboxSpec
 from vmm.wasmtime_tier._cache import cache_dir
 from vmm.wasmtime_tier._factory import WasmtimeFactory, load_sync
 
 __all__ = ["WasmtimeFactory", "cache_dir", "load", "load_sync"]
 
 
-async def load(spec: "SandboxSpec", cache: str | os.PathLike[str] | None = None) -> WasmtimeFactory:  # noqa: UP037
+async def load(spec: SandboxSpec, cache: str | os.PathLike[str] | None = None) -> WasmtimeFactory:
     """Load, check and compile (or fetch from the cache) the plugin of `spec`.
 
     Raises vmm.sandbox.PluginLoadError for a missing, malformed or
     contract-breaking plugin. Compiling runs on a worker thread.
     """
     return await asyncio.to_thread(load_sync, spec, Path(cache) if cache is not None else None)
-
-
-from vmm.policy import SandboxSpec  # noqa: E402

@@ -152,7 +152,8 @@ class ComponentSandbox(HookRunner):
 
     def _instantiate_sync(self) -> None:
         store = wasmtime.Store(engine())
-        store.set_limits(memory_size=self._limits.memory_bytes)
+        # wasmtime caps each memory separately; componentize-py needs one.
+        store.set_limits(memory_size=self._limits.memory_bytes, table_elements=1 << 20, memories=1)
         store.set_wasi(self._wasi_config())
         self._store = store
         instance = self._guest_call("instantiate", lambda: self._program.instantiate(store))

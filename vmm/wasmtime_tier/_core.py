@@ -44,6 +44,7 @@ from vmm.wasmtime_tier._runner import HookRunner, new_identity
 __all__ = ["CoreProgram", "CoreSandbox"]
 
 T = TypeVar("T")
+TABLE_ELEMENTS = 1 << 20  # 8 MiB of host memory at most; C plugins use a handful
 _VERDICTS = {int(k): k for k in VerdictKind}
 
 
@@ -77,7 +78,11 @@ class CoreSandbox(HookRunner):
     # on a worker thread, under the budget; see create().
     def _instantiate_sync(self) -> None:
         store = wasmtime.Store(engine())
-        store.set_limits(memory_size=self._limits.memory_bytes)
+        # wasmtime caps each memory separately: one memory (checked at load)
+        # and one instance make memory_size the sandbox's total.
+        store.set_limits(
+            memory_size=self._limits.memory_bytes, table_elements=TABLE_ELEMENTS, instances=1, memories=1
+        )
         self._store = store
         instance = self._guest_call("instantiate", lambda: self._program.instantiate(store))
         exports = instance.exports(store)
