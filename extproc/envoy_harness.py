@@ -480,6 +480,7 @@ class Upstream:
     greeting: bytes = b"hello from upstream\n"
     port: int = 0
     received: list[bytearray] = field(default_factory=list)
+    _closed: list[asyncio.Event] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -497,7 +498,9 @@ class Upstream:
         assert task is not None
         self._tasks.add(task)
         buf = bytearray()
+        closed = asyncio.Event()
         self.received.append(buf)
+        self._closed.append(closed)
         try:
             if self.mode is UpstreamMode.GREET_CLOSE:
                 writer.write(self.greeting)
@@ -516,7 +519,14 @@ class Upstream:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
+            closed.set()
             self._tasks.discard(task)
+
+    async def wait_closed(self, index: int) -> None:
+        """Until upstream connection `index` (in accept order) has ended."""
+        while len(self._closed) <= index:
+            await asyncio.sleep(0.01)
+        await self._closed[index].wait()
 
     async def stop(self) -> None:
         if self._server is not None:
