@@ -20,7 +20,8 @@ from vmm.policy import EgressTarget
 READ, WRITE = 0, 1
 PASS, REPLACE, CLOSE, RESET = 0, 1, 2, 3
 TRAP_UNREACHABLE, TRAP_OOB, TRAP_EXHAUSTION = 1, 2, 7
-ABI_BAD_POINTER, ABI_BAD_VERDICT, ABI_BAD_REQUEST, ABI_TOO_LARGE, ABI_NO_LEAVE, ABI_UNALIGNED = 1, 2, 3, 4, 7, 8
+ABI_BAD_POINTER, ABI_BAD_VERDICT, ABI_BAD_REQUEST, ABI_TOO_LARGE = 1, 2, 3, 4
+ABI_NO_LEAVE, ABI_UNALIGNED = 7, 8
 
 
 @pytest.fixture(scope="session")
@@ -33,17 +34,14 @@ def lib(compiler: Compiler) -> Callable[[str], Path]:
     """name -> native library; names are example plugins or WAT fixtures ("wat:multi")."""
 
     def get(name: str) -> Path:
-        if name.startswith("wat:"):
-            wasm = compiler.wasm_of_wat(name[4:])
-        else:
-            wasm = compiler.example(name)
+        wasm = compiler.wasm_of_wat(name[4:]) if name.startswith("wat:") else compiler.example(name)
         return compiler.native(wasm).image
 
     return get
 
 
 def started(lib: Path, config: str, grants: frozenset[str] = ALL_GRANTS, **kw: object) -> NativeInstance:
-    inst = NativeInstance(lib, host(grants, **kw), )  # type: ignore[arg-type]
+    inst = NativeInstance(lib, host(grants, **kw))  # type: ignore[arg-type]
     assert inst.init_result.status == Status.OK
     assert inst.open("test-listener", config).status == Status.OK
     return inst
@@ -189,7 +187,9 @@ def test_multi_close_reset_and_state(lib: Callable[[str], Path]) -> None:
     assert [inst.data(READ, b"q").data for _ in range(3)] == [b"1:q", b"2:q", b"3:q"]
 
 
-def test_wasi_fd_write_becomes_log_lines(lib: Callable[[str], Path], caplog: pytest.LogCaptureFixture) -> None:
+def test_wasi_fd_write_becomes_log_lines(
+    lib: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
     inst = started(lib("wat:wasi"), "")
     with caplog.at_level(logging.INFO, logger="lightcell.plugin"):
         assert inst.data(READ, b"line one\nline ").detail == PASS
@@ -268,7 +268,8 @@ UNALIGNED_AND_DEEP = """
   (func $rec (param i32) (result i32) (i32.add (call $rec (local.get 0)) (i32.const 1)))
   (func (export "on-data") (param i32 i32 i32 i32) (result i32)
     (if (i32.eq (global.get $mode) (i32.const 1)) (then (return (i32.const 1026))))
-    (if (i32.eq (global.get $mode) (i32.const 2)) (then (call $get (i32.const 0) (i32.const 1) (i32.const 1030))))
+    (if (i32.eq (global.get $mode) (i32.const 2))
+      (then (call $get (i32.const 0) (i32.const 1) (i32.const 1030))))
     (if (i32.eq (global.get $mode) (i32.const 3)) (then (drop (call $rec (i32.const 0)))))
     (if (i32.eq (global.get $mode) (i32.const 4)) (then (drop (i32.load (i32.const 65534)))))
     (i32.const 1024))

@@ -15,10 +15,6 @@
 
 #include "lc_rt.h"
 
-wasm_rt_memory_t *lc_rt_memory;
-uint8_t *lc_rt_scratch;
-int lc_rt_may_leave = 1;
-
 uint32_t lc_rt_alloc_in_plugin(uint32_t size, uint32_t align) {
     lc_rt_may_leave = 0;
     uint32_t ptr = lc_bind_realloc(0, 0, align, size);

