@@ -131,9 +131,9 @@ def bench_budget_mechanisms(wat: Path, calls: int) -> None:
 
     Calls are interleaved round-robin so a change in machine load hits all three alike.
     """
-    wasm = wasmtime.wat2wasm(wat.read_text())
+    wasm = bytes(wasmtime.wat2wasm(wat.read_text()))
     data = b"a" * (1 << 20)  # large enough that the guest loop dominates the call overhead
-    runs = {}
+    runs: dict[str, tuple[wasmtime.Store, wasmtime.Func, int, list[float]]] = {}
     for mech in ("none", "epoch", "fuel"):
         cfg = wasmtime.Config()
         cfg.epoch_interruption = mech == "epoch"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from vmm.contract import DataEvent, Direction, Verdict, VerdictKind
 from vmm.kvstore import KvStore
 from vmm.metrics import METRICS
 from vmm.policy import EgressTarget, Grants, Limits, SandboxSpec
-from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
+from vmm.sandbox import FaultKind, PluginFault, PluginLoadError, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 WAT_DIR = Path(__file__).resolve().parent / "wat"
@@ -82,14 +82,18 @@ class Loaded:
             self.spec.listener, self.name, self.spec.grants, self.spec.limits, self.kv, self.sent
         )
 
-    async def sandbox(self, config: str = "") -> wt.WasmtimeFactory:
+    async def sandbox(self, config: str = "") -> Sandbox:
         sb = await self.factory.new_sandbox(self.host())
         await sb.open(self.spec.listener, config)
-        return sb  # type: ignore[return-value]
+        return sb
+
+
+LoadFn = Callable[..., Awaitable[Loaded]]
+PathFn = Callable[[str], Path]
 
 
 @pytest.fixture
-async def load(cache: Path) -> AsyncIterator[Callable[..., object]]:
+async def load(cache: Path) -> AsyncIterator[LoadFn]:
     opened: list[wt.WasmtimeFactory] = []
 
     async def _load(
@@ -116,7 +120,7 @@ def ev(data: bytes, direction: Direction = READ, eos: bool = False) -> DataEvent
 # --- real plugins ---------------------------------------------------------------
 
 
-async def test_rewrite_both_ways_on_the_core_path(load, plugin) -> None:  # type: ignore[no-untyped-def]
+async def test_rewrite_both_ways_on_the_core_path(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("rewrite"))
     assert p.factory.path == "core"  # a component wrapping one core module is unwrapped
     assert p.factory.tier == "wasmtime"
@@ -128,16 +132,20 @@ async def test_rewrite_both_ways_on_the_core_path(load, plugin) -> None:  # type
     assert (await sb.on_data(ev(b"x !reset", WRITE))).kind is VerdictKind.RESET
     big = bytes(range(256)) * 256
     out = await sb.on_data(ev(big, WRITE))
-    assert out.output(big) == bytes(range(256)).translate(
-        bytes.maketrans(
-            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
-            b"nopqrstuvwxyzabcdefghijklmNOPQRSTUVWXYZABCDEFGHIJKLM",
+    assert (
+        out.output(big)
+        == bytes(range(256)).translate(
+            bytes.maketrans(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                b"nopqrstuvwxyzabcdefghijklmNOPQRSTUVWXYZABCDEFGHIJKLM",
+            )
         )
-    ) * 256
+        * 256
+    )
     await sb.close()
 
 
-async def test_each_sandbox_starts_fresh(load, plugin) -> None:  # type: ignore[no-untyped-def]
+async def test_each_sandbox_starts_fresh(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("rewrite"))
     identities = set()
     for _ in range(3):
@@ -152,7 +160,9 @@ async def test_each_sandbox_starts_fresh(load, plugin) -> None:  # type: ignore[
 @pytest.mark.parametrize(
     ("mode", "kind"), [("trap", FaultKind.TRAP), ("loop", FaultKind.BUDGET), ("grow", FaultKind.MEMORY)]
 )
-async def test_faults_are_classified_and_poison_only_their_sandbox(load, plugin, mode, kind) -> None:  # type: ignore[no-untyped-def]
+async def test_faults_are_classified_and_poison_only_their_sandbox(
+    load: LoadFn, plugin: PathFn, mode: str, kind: FaultKind
+) -> None:
     p = await load(plugin("faulty"), event_cpu_ms=20, memory_bytes=4 * 1024 * 1024)
     before = METRICS.get("plugin_faults_total", plugin="faulty", kind=kind.value)
     bad = await p.sandbox(f"mode={mode};after=2")
@@ -170,7 +180,7 @@ async def test_faults_are_classified_and_poison_only_their_sandbox(load, plugin,
     assert METRICS.get("plugin_faults_total", plugin="faulty", kind=kind.value) == before + 1
 
 
-async def test_ungranted_capability_is_denied_and_counted(load, plugin) -> None:  # type: ignore[no-untyped-def]
+async def test_ungranted_capability_is_denied_and_counted(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("probe"), grants=frozenset({"log"}), listener="deny-listener")
     assert p.factory.imports == ALL
     labels = {"listener": "deny-listener", "plugin": "probe", "capability": "kv"}
@@ -190,7 +200,7 @@ async def test_ungranted_capability_is_denied_and_counted(load, plugin) -> None:
     ("cap", "prefix"),
     [("clock", b"clock="), ("random", b"random="), ("metadata", b"metadata=ok\n"), ("none", b"none=ok\n")],
 )
-async def test_granted_capabilities_work(load, plugin, cap, prefix) -> None:  # type: ignore[no-untyped-def]
+async def test_granted_capabilities_work(load: LoadFn, plugin: PathFn, cap: str, prefix: bytes) -> None:
     p = await load(plugin("probe"), grants=ALL)
     sb = await p.sandbox(f"call={cap}")
     host_out = await sb.on_data(ev(b"x"))
@@ -198,7 +208,7 @@ async def test_granted_capabilities_work(load, plugin, cap, prefix) -> None:  # 
     await sb.close()
 
 
-async def test_kv_is_shared_by_the_sandboxes_of_one_factory(load, plugin) -> None:  # type: ignore[no-untyped-def]
+async def test_kv_is_shared_by_the_sandboxes_of_one_factory(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("probe"), grants=frozenset({"kv"}))
     a, b = await p.sandbox("call=kv"), await p.sandbox("call=kv")
     assert (await a.on_data(ev(b"x"))).data == b"kv=1\n"
@@ -208,7 +218,7 @@ async def test_kv_is_shared_by_the_sandboxes_of_one_factory(load, plugin) -> Non
         await s.close()
 
 
-async def test_egress_allow_list(load, plugin) -> None:  # type: ignore[no-untyped-def]
+async def test_egress_allow_list(load: LoadFn, plugin: PathFn) -> None:
     allowed = EgressTarget("127.0.0.1", 9125)
     p = await load(plugin("probe"), grants=frozenset({"egress"}), egress=frozenset({allowed}))
     ok = await p.sandbox("call=egress:127.0.0.1:9125")
@@ -221,7 +231,7 @@ async def test_egress_allow_list(load, plugin) -> None:  # type: ignore[no-untyp
         await s.close()
 
 
-async def test_wasi_preview1_subset(load, plugin, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_wasi_preview1_subset(load: LoadFn, plugin: PathFn, caplog: pytest.LogCaptureFixture) -> None:
     p = await load(plugin("wasi-log"), grants=frozenset({"log", "clock"}), listener="wasi-l")
     assert p.factory.imports == frozenset({"log", "clock"})
     sb = await p.sandbox()
@@ -237,7 +247,7 @@ async def test_wasi_preview1_subset(load, plugin, caplog) -> None:  # type: igno
     await sb.close()
 
 
-async def test_python_counter_component_end_to_end(load, plugin) -> None:  # type: ignore[no-untyped-def]
+async def test_python_counter_component_end_to_end(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("counter"), grants=frozenset({"kv"}))
     assert p.factory.path == "component"
     assert "kv" in p.factory.imports
@@ -258,7 +268,7 @@ async def test_python_counter_component_end_to_end(load, plugin) -> None:  # typ
     assert fault.value.kind is FaultKind.DENIED
 
 
-async def test_a_looping_plugin_does_not_stall_other_sandboxes(load, plugin) -> None:  # type: ignore[no-untyped-def]
+async def test_a_looping_plugin_does_not_stall_other_sandboxes(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("faulty"), event_cpu_ms=2000)
     looping = await p.sandbox("mode=loop")
     other = await p.sandbox("mode=ok")
@@ -277,7 +287,7 @@ async def test_a_looping_plugin_does_not_stall_other_sandboxes(load, plugin) -> 
 # --- WAT fixtures: edge cases real plugins never produce ---------------------------
 
 
-async def test_wat_plugin_runs_and_reports_imports(load, wat) -> None:  # type: ignore[no-untyped-def]
+async def test_wat_plugin_runs_and_reports_imports(load: LoadFn, wat: PathFn) -> None:
     p = await load(wat("multi"))
     assert p.factory.path == "core"
     assert p.factory.imports == ALL
@@ -288,7 +298,7 @@ async def test_wat_plugin_runs_and_reports_imports(load, wat) -> None:  # type: 
     await sb.close()
 
 
-async def test_kv_get_allocates_the_list_in_the_guest(load, wat) -> None:  # type: ignore[no-untyped-def]
+async def test_kv_get_allocates_the_list_in_the_guest(load: LoadFn, wat: PathFn) -> None:
     p = await load(wat("multi"), grants=frozenset({"kv"}))
     setter = await p.sandbox("Skey")
     assert (await setter.on_data(ev(b"stored value"))).kind is VerdictKind.PASS
@@ -300,8 +310,18 @@ async def test_kv_get_allocates_the_list_in_the_guest(load, wat) -> None:  # typ
         await s.close()
 
 
+async def test_host_refusing_a_granted_call_is_an_abi_fault(load: LoadFn, wat: PathFn) -> None:
+    p = await load(wat("multi"), grants=frozenset({"kv"}), kv_max_value_bytes=4)
+    sb = await p.sandbox("Skey")
+    assert (await sb.on_data(ev(b"tiny"))).kind is VerdictKind.PASS
+    with pytest.raises(PluginFault) as fault:  # kv.set over the value limit: CapabilityMisuse
+        await sb.on_data(ev(b"too large"))
+    assert fault.value.kind is FaultKind.ABI
+    await sb.close()
+
+
 @pytest.mark.parametrize("config", ["b", "o", "O", "v"])
-async def test_malicious_return_values_are_abi_faults(load, wat, config) -> None:  # type: ignore[no-untyped-def]
+async def test_malicious_return_values_are_abi_faults(load: LoadFn, wat: PathFn, config: str) -> None:
     # b: return area out of bounds; o: ptr+len past the end; O: ptr+len wraps u32; v: bad tag
     p = await load(wat("multi"))
     sb = await p.sandbox(config)
@@ -311,7 +331,7 @@ async def test_malicious_return_values_are_abi_faults(load, wat, config) -> None
     await sb.close()
 
 
-async def test_wat_egress_and_memory_cap(load, wat) -> None:  # type: ignore[no-untyped-def]
+async def test_wat_egress_and_memory_cap(load: LoadFn, wat: PathFn) -> None:
     p = await load(
         wat("multi"),
         grants=frozenset({"egress"}),
@@ -330,7 +350,9 @@ async def test_wat_egress_and_memory_cap(load, wat) -> None:  # type: ignore[no-
         await s.close()
 
 
-async def test_wasi_proc_exit_random_and_clock(load, wat, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_wasi_proc_exit_random_and_clock(
+    load: LoadFn, wat: PathFn, caplog: pytest.LogCaptureFixture
+) -> None:
     p = await load(wat("wasi"), grants=frozenset({"log", "clock", "random"}))
     assert p.factory.imports == frozenset({"log", "clock", "random"})
     for config in ("c", "r"):
@@ -347,7 +369,7 @@ async def test_wasi_proc_exit_random_and_clock(load, wat, caplog) -> None:  # ty
     await ex.close()
 
 
-async def test_load_errors(load, wat, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_load_errors(load: LoadFn, wat: PathFn, tmp_path: Path) -> None:
     bad = tmp_path / "garbage.wasm"
     bad.write_bytes(b"\0asm\x01\0\0\0\x01\xff\xff")
     with pytest.raises(PluginLoadError, match="malformed"):
@@ -369,7 +391,7 @@ async def test_load_errors(load, wat, tmp_path) -> None:  # type: ignore[no-unty
         await load(wat("two_memories"))
 
 
-async def test_compiled_module_is_cached_on_disk(wat, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_compiled_module_is_cached_on_disk(wat: PathFn, tmp_path: Path) -> None:
     spec = SandboxSpec("l", str(wat("multi")))
     first = await wt.load(spec, tmp_path)
     entries = sorted(tmp_path.glob("*.cwasm"))
