@@ -168,10 +168,6 @@ class ComponentSandbox(HookRunner):
         self._on_data = func(EXPORT_ON_DATA)
         self._on_close = func(EXPORT_ON_CLOSE)
 
-    async def create(self) -> ComponentSandbox:
-        await self._run("instantiate", self._instantiate_sync)
-        return self
-
     def _guest_call(self, hook: str, call: Callable[[], T]) -> T:
         store = self._store
         assert store is not None

@@ -75,7 +75,7 @@ class CoreSandbox(HookRunner):
         self._memory: wasmtime.Memory | None = None
 
     # Instantiation runs plugin code (_initialize), so it is a hook call too:
-    # on a worker thread, under the budget; see create().
+    # on a worker thread, under the budget (HookRunner runs it before on-open).
     def _instantiate_sync(self) -> None:
         store = wasmtime.Store(engine())
         # wasmtime caps each memory separately: one memory (checked at load)
@@ -108,10 +108,6 @@ class CoreSandbox(HookRunner):
         if self._program.contract.has_initialize:
             init = func(EXPORT_INITIALIZE)
             self._guest_call("_initialize", lambda: init(store))
-
-    async def create(self) -> CoreSandbox:
-        await self._run("instantiate", self._instantiate_sync)
-        return self
 
     def _guest_call(self, hook: str, call: Callable[[], T]) -> T:
         """Run plugin code with the budget set and failures classified."""

@@ -54,7 +54,9 @@ class WasmtimeFactory:
     async def new_sandbox(self, host: HostCapabilities) -> CoreSandbox | ComponentSandbox:
         if self._closed:
             raise RuntimeError("factory is closed")
-        return await self._program.new_sandbox(host, self.spec.limits).create()
+        # Cheap: the Store and instance are created by the sandbox's first
+        # hook call (open), on a worker thread, under the CPU budget.
+        return self._program.new_sandbox(host, self.spec.limits)
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -57,6 +57,7 @@ class HookRunner(ABC):
         self._plugin = plugin
         self._fault: PluginFault | None = None
         self._closed = False
+        self._instantiated = False
         self._order = asyncio.Lock()
         self._guard = threading.Lock()
 
@@ -71,6 +72,10 @@ class HookRunner(ABC):
 
     # --- what a tier implements (run on a worker thread, under _guard) --------
     @abstractmethod
+    def _instantiate_sync(self) -> None:
+        """Create the Store and instance (runs plugin start code, so it is budgeted)."""
+
+    @abstractmethod
     def _open_sync(self, listener: str, config: str) -> None: ...
 
     @abstractmethod
@@ -84,11 +89,22 @@ class HookRunner(ABC):
         """Drop the store and instance. Must not raise."""
 
     # --- Sandbox protocol -----------------------------------------------------
+    # Instantiation happens in the same worker round trip as on-open: one
+    # thread hop per new connection instead of two (~0.2 ms saved, see the
+    # benchmark); a plugin that cannot instantiate fails its open().
     async def open(self, listener: str, config: str) -> None:
-        await self._run("on-open", lambda: self._open_sync(listener, config))
+        def call() -> None:
+            self._ensure_instance()
+            self._open_sync(listener, config)
+
+        await self._run("on-open", call)
 
     async def on_data(self, event: DataEvent) -> Verdict:
-        return await self._run("on-data", lambda: self._data_sync(event))
+        def call() -> Verdict:
+            self._ensure_instance()
+            return self._data_sync(event)
+
+        return await self._run("on-data", call)
 
     async def close(self) -> None:
         if self._closed:
@@ -131,6 +147,11 @@ class HookRunner(ABC):
             self._check_usable()
             return call()
 
+    def _ensure_instance(self) -> None:
+        if not self._instantiated:
+            self._instantiate_sync()
+            self._instantiated = True
+
     def _poison(self, fault: PluginFault) -> None:
         if self._fault is None:
             self._fault = fault
@@ -142,7 +163,7 @@ class HookRunner(ABC):
     def _close_locked(self) -> None:
         with self._guard:
             try:
-                if self._fault is None:
+                if self._fault is None and self._instantiated:
                     self._close_sync()
             except PluginFault as fault:
                 self._poison(fault)
