@@ -479,6 +479,7 @@ class Upstream:
     mode: UpstreamMode = UpstreamMode.ECHO
     greeting: bytes = b"hello from upstream\n"
     port: int = 0
+    host: str = "127.0.0.1"
     received: list[bytearray] = field(default_factory=list)
     _closed: list[asyncio.Event] = field(default_factory=list)
     _server: asyncio.Server | None = None
@@ -489,7 +490,7 @@ class Upstream:
         return b"".join(bytes(r) for r in self.received)
 
     async def start(self) -> Upstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -549,3 +550,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def _serve_echo(host: str, port: int) -> None:
+    async with Upstream(host=host, port=port) as up:
+        print(f"echo upstream on {host}:{up.port}", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m extproc.envoy_harness echo [--host H] [--port P]`: the demo's echo upstream alone."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m extproc.envoy_harness")
+    parser.add_argument("command", choices=["echo"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    opts = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_echo(opts.host, opts.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

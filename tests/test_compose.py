@@ -1,0 +1,135 @@
+"""The deployment files are well formed: docker-compose.yml, Dockerfile, the Envoy configs.
+
+No Docker daemon is needed: the compose file is parsed and cross-checked
+against the repository, and every Envoy config is validated by the real Envoy
+(`--mode validate`).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+SOCKET_DIR = "/run/lightcell"
+APP_DIR = "/app"  # where the Dockerfile puts the repository
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _flag(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def _envoy_config(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _pipe_paths(config: dict[str, Any]) -> list[str]:
+    return [
+        ep["endpoint"]["address"]["pipe"]["path"]
+        for c in config["static_resources"]["clusters"]
+        for group in c["load_assignment"]["endpoints"]
+        for ep in group["lb_endpoints"]
+        if "pipe" in ep["endpoint"]["address"]
+    ]
+
+
+def test_services_volumes_devices(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"envoy", "lightcell", "echo"} <= set(services)
+    assert services["envoy"]["image"] == "envoyproxy/envoy:v1.40-latest"
+    assert services["lightcell"]["build"]["dockerfile"] == "Dockerfile"
+    assert "/dev/kvm:/dev/kvm" in services["lightcell"]["devices"]
+    # Envoy and Lightcell share the socket's directory through one named volume.
+    assert "lightcell-socket" in compose["volumes"]
+    for name in ("envoy", "lightcell"):
+        assert f"lightcell-socket:{SOCKET_DIR}" in services[name]["volumes"], name
+
+
+def test_socket_path_agrees_everywhere(compose: dict[str, Any]) -> None:
+    command = compose["services"]["lightcell"]["command"]
+    socket_path = _flag(command, "--socket")
+    assert socket_path.startswith(SOCKET_DIR + "/")
+    config_in_image = _flag(command, "--envoy-config")
+    assert config_in_image.startswith(APP_DIR + "/")
+    config = _envoy_config(ROOT / config_in_image.removeprefix(APP_DIR + "/"))
+    assert _pipe_paths(config) == [socket_path]
+
+
+def test_envoy_mounts_the_same_config_lightcell_reads(compose: dict[str, Any]) -> None:
+    mounts = [v for v in compose["services"]["envoy"]["volumes"] if v.endswith("/etc/envoy/envoy.yaml:ro")]
+    assert len(mounts) == 1
+    host_path = ROOT / mounts[0].split(":")[0]
+    lightcell_path = _flag(compose["services"]["lightcell"]["command"], "--envoy-config")
+    assert host_path.resolve() == (ROOT / lightcell_path.removeprefix(APP_DIR + "/")).resolve()
+    assert _flag(compose["services"]["envoy"]["command"], "-c") == "/etc/envoy/envoy.yaml"
+
+
+def test_published_ports_are_listeners(compose: dict[str, Any]) -> None:
+    config = _envoy_config(ROOT / "envoy-config" / "compose.yaml")
+    listener_ports = {
+        lst["address"]["socket_address"]["port_value"] for lst in config["static_resources"]["listeners"]
+    }
+    published = {int(p.rsplit(":", 1)[1]) for p in compose["services"]["envoy"]["ports"]}
+    assert published and published <= listener_ports
+
+
+def test_dockerfile_references_exist() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11", text, re.M)
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            sources = shlex.split(line)[1:-1]
+            for src in sources:
+                assert (ROOT / src).exists(), src
+    assert "plugins/build.py" in text and (ROOT / "plugins" / "build.py").is_file()
+    assert "lightcell" in text
+    assert (ROOT / "pyproject.toml").is_file()
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])
+def test_plugin_paths_are_built_examples(name: str) -> None:
+    """Policies point at files plugins/build.py produces (paths relative to the config)."""
+    from plugins import build as plugin_build
+
+    config = _envoy_config(ROOT / "envoy-config" / name)
+    out = plugin_build.DEFAULT_OUT.resolve()
+    policies = [
+        lst["metadata"]["filter_metadata"]["lightcell"]
+        for lst in config["static_resources"]["listeners"]
+        if "lightcell" in lst.get("metadata", {}).get("filter_metadata", {})
+    ]
+    assert policies
+    for policy in policies:
+        path = (ROOT / "envoy-config" / policy["plugin"]).resolve()
+        assert path.parent == out, policy["plugin"]
+        assert path.stem in plugin_build.PLUGINS, policy["plugin"]
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])
+def test_envoy_accepts_config(envoy_bin: Path, name: str) -> None:
+    result = subprocess.run(
+        [str(envoy_bin), "--mode", "validate", "-c", str(ROOT / "envoy-config" / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout + result.stderr
