@@ -13,7 +13,7 @@ import pytest
 from aot_support import ALL_GRANTS, Compiler, Sent, host
 
 from vmm.kvstore import KvStore
-from vmm.microvm.hostcall import HostFn
+from vmm.microvm.abi import HostFn
 from vmm.microvm.native import NativeInstance, Op, Status
 from vmm.policy import EgressTarget
 
@@ -236,9 +236,10 @@ def test_request_lengths_are_checked(lib: Callable[[str], Path]) -> None:
 
 
 def test_host_misuse_is_abi(lib: Callable[[str], Path]) -> None:
-    inst = started(lib("wat:multi"), "L")  # log(info, chunk): chunk must be UTF-8
-    assert inst.data(READ, "é".encode()).status == Status.OK
-    assert inst.data(READ, b"\xff\xfe").status == Status.ABI
+    assert started(lib("wat:multi"), "Ské").data(READ, b"v").status == Status.OK
+    inst = NativeInstance(lib("wat:multi"), host())
+    inst.request(Op.OPEN, 0, 3, b"S\xff\xfe")  # kv.set(key: not UTF-8, chunk)
+    assert inst.data(READ, b"v").status == Status.ABI
 
 
 IMPORT_FROM_REALLOC = """

@@ -13,6 +13,7 @@
  */
 #include <string.h>
 
+#include "lc_imports.h"
 #include "lc_rt.h"
 
 uint32_t lc_rt_alloc_in_plugin(uint32_t size, uint32_t align) {
@@ -128,6 +129,7 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
         uint32_t lptr = lower_bytes(payload, arg0);
         uint32_t cptr = lower_bytes(payload + arg0, arg1);
         lc_bind_on_open(lptr, arg0, cptr, arg1);
+        lc_wasi_flush_output();
         break;
     }
     case LC_OP_DATA: {
@@ -136,6 +138,9 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
         }
         uint32_t ptr = lower_bytes(payload, len);
         uint32_t retptr = lc_bind_on_data(arg0, ptr, len, arg1);
+        /* The hook's unfinished stdout/stderr line is logged when it ends
+         * (before lifting: a host call reuses the OUT buffer). */
+        lc_wasi_flush_output();
         lift_verdict(retptr, out, out_cap);
         res.detail = out->detail;
         res.len = out->len;
@@ -143,6 +148,7 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
     }
     case LC_OP_CLOSE:
         lc_bind_on_close();
+        lc_wasi_flush_output();
         break;
     case LC_OP_WARMUP:
         res.detail = warm_up();

@@ -32,5 +32,7 @@ uint32_t lc_wasi_args_get(uint32_t argv, uint32_t buf);
 uint32_t lc_wasi_environ_sizes_get(uint32_t count_out, uint32_t size_out);
 uint32_t lc_wasi_environ_get(uint32_t environ, uint32_t buf);
 __attribute__((noreturn)) void lc_wasi_proc_exit(uint32_t code);
+/* Log partial stdout/stderr lines at the end of a hook. */
+void lc_wasi_flush_output(void);
 
 #endif

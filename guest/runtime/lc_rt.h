@@ -39,9 +39,9 @@ enum lc_abi_detail {
     LC_ABI_UNALIGNED = 8     /* a return area not aligned as the ABI requires */
 };
 
-/* LC_HOST_LOG with a0 = LC_LOG_STREAM | fd carries raw WASI stdout (1) or
- * stderr (2) bytes; the host assembles lines (vmm/microvm/hostcall.py). */
-#define LC_LOG_STREAM (1ull << 32)
+/* log levels (WIT log-level) used for WASI stdout / stderr lines */
+#define LC_LOG_INFO 2u
+#define LC_LOG_WARN 3u
 
 /* Bytes of the scratch buffer for host-call results (kv.get values, WASI
  * random_get, fd_write line assembly). Larger kv values are an ABI fault. */

@@ -14,13 +14,29 @@
 #define WASI_EINVAL 28u
 
 #define WASI_IOV_MAX 1024u
+#define LINE_MAX_BYTES 4096u /* as the wasmtime tier's MAX_PENDING_LINE */
 
-/* fd_write(fd, iovs: *ciovec, iovs_len, nwritten: *u32) -> errno. The bytes
- * go to the host unchanged (LC_HOST_LOG with a0 = LC_LOG_STREAM | fd, needs
- * the log grant), which assembles them into log lines exactly as the
- * wasmtime tier does: a line per '\n', a partial line at the end of the hook.
- * One host call per 64 KiB, at least one per call (so the grant is checked
- * even for an empty write). */
+/* stdout (1) and stderr (2) become log lines: INFO and WARN, as in the
+ * wasmtime tier. Partial lines wait here until a newline, 4 KiB, or the end
+ * of the hook (lc_wasi_flush_output, called by contract.c). */
+static uint8_t g_line[2][LINE_MAX_BYTES];
+static uint32_t g_line_len[2];
+
+static void emit_line(uint32_t fd) {
+    uint32_t i = fd - 1;
+    lc_rt_host(LC_HOST_LOG, fd == 1 ? LC_LOG_INFO : LC_LOG_WARN, g_line[i], g_line_len[i], 0, 0, 0, 0, 0);
+    g_line_len[i] = 0;
+}
+
+void lc_wasi_flush_output(void) {
+    for (uint32_t fd = 1; fd <= 2; fd++) {
+        if (g_line_len[fd - 1]) {
+            emit_line(fd);
+        }
+    }
+}
+
+/* fd_write(fd, iovs: *ciovec, iovs_len, nwritten: *u32) -> errno. */
 uint32_t lc_wasi_fd_write(uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nwritten) {
     if (fd != 1 && fd != 2) {
         return WASI_EBADF;
@@ -31,30 +47,22 @@ uint32_t lc_wasi_fd_write(uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_
     const uint8_t *vec = lc_rt_guest(iovs, (uint64_t)iovs_len * 8u);
     (void)lc_rt_guest(nwritten, 4);
     uint64_t total = 0;
-    uint32_t have = 0;
-    int sent = 0;
+    uint8_t *line = g_line[fd - 1];
+    uint32_t *len = &g_line_len[fd - 1];
     for (uint32_t i = 0; i < iovs_len; i++) {
         uint32_t buf = lc_rt_ld32(vec + 8u * i), blen = lc_rt_ld32(vec + 8u * i + 4);
         const uint8_t *src = lc_rt_guest(buf, blen);
         total += blen;
-        while (blen) {
-            uint32_t n = LC_RT_SCRATCH_BYTES - have;
-            if (n > blen) {
-                n = blen;
+        for (uint32_t j = 0; j < blen; j++) {
+            if (src[j] == '\n') {
+                emit_line(fd);
+                continue;
             }
-            memcpy(lc_rt_scratch + have, src, n);
-            have += n;
-            src += n;
-            blen -= n;
-            if (have == LC_RT_SCRATCH_BYTES) {
-                lc_rt_host(LC_HOST_LOG, LC_LOG_STREAM | fd, lc_rt_scratch, have, 0, 0, 0, 0, 0);
-                have = 0;
-                sent = 1;
+            line[(*len)++] = src[j];
+            if (*len == LINE_MAX_BYTES) {
+                emit_line(fd);
             }
         }
-    }
-    if (have || !sent) {
-        lc_rt_host(LC_HOST_LOG, LC_LOG_STREAM | fd, lc_rt_scratch, have, 0, 0, 0, 0, 0);
     }
     if (total > UINT32_MAX) {
         return WASI_EINVAL;

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from vmm.capabilities import HostCapabilities
-from vmm.microvm.hostcall import HostcallResult, HostcallServer, HostcallStatus
+from vmm.microvm.abi import HostcallStatus
+from vmm.microvm.hostcalls import HostcallResult, UnknownHostFn, dispatch
 
 __all__ = ["HostHandler", "NativeInstance", "Op", "Response", "Status"]
 
@@ -65,6 +66,21 @@ class Response(NamedTuple):
     data: bytes = b""
 
 
+def _serve(host: HostCapabilities) -> HostHandler:
+    """The micro-VM tier's own host-call dispatch (vmm/microvm/hostcalls.py)."""
+
+    def serve(fn: int, a0: int, b0: bytes, b1: bytes, cap: int) -> HostcallResult:
+        try:
+            result = dispatch(host, fn, a0, b0, b1)
+        except UnknownHostFn:
+            return HostcallResult(HostcallStatus.MISUSE)
+        if len(result.payload) > cap:
+            return HostcallResult(HostcallStatus.MISUSE)
+        return result
+
+    return serve
+
+
 def _deny_all(fn: int, a0: int, b0: bytes, b1: bytes, cap: int) -> HostcallResult:
     return HostcallResult(HostcallStatus.DENIED)
 
@@ -74,12 +90,10 @@ class NativeInstance:
 
     def __init__(self, library: Path, host: HostCapabilities | HostHandler | None = None, *,
                  heap_bytes: int = 16 << 20, in_cap: int = 128 << 10, out_cap: int = 128 << 10) -> None:
-        self.server: HostcallServer | None = None
         if host is None:
             self._handler: HostHandler = _deny_all
         elif isinstance(host, HostCapabilities):
-            self.server = HostcallServer(host)
-            self._handler = self.server.serve
+            self._handler = _serve(host)
         else:
             self._handler = host
         self.hostcalls: list[tuple[int, int, bytes, bytes]] = []
@@ -142,8 +156,6 @@ class NativeInstance:
         ctypes.memmove(ctypes.addressof(self._in) + _REQ.size, payload, len(payload))
         self._lib.lcn_handle(ctypes.addressof(self._in), self._in_cap,
                              ctypes.addressof(self._out), self._out_cap)
-        if self.server is not None:
-            self.server.end_of_hook()
         self._reraise()
         status, detail, _, length = _RES.unpack_from(self._out, 0)
         data = b""
