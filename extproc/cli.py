@@ -1,0 +1,190 @@
+"""The `lightcell` command.
+
+    lightcell serve --envoy-config FILE [--socket PATH] [--port N] [--grace S] [--log-level LEVEL]
+    lightcell check --envoy-config FILE
+    lightcell demo [--once]            (extproc.demo)
+    lightcell compile ...              (vmm.microvm.compile)
+
+Configuration problems print one clear message per problem and exit 1,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO, cast
+
+from extproc.config import ConfigError, LightcellConfig, load_config
+from vmm.policy import Tier
+
+__all__ = ["main"]
+
+# Subcommands implemented elsewhere: their arguments are passed through untouched.
+_DELEGATED = {
+    "demo": ("extproc.demo", "run the demo: Envoy + Lightcell + example plugins on loopback"),
+    "compile": ("vmm.microvm.compile", "compile a plugin for the micro-VM tier"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in _DELEGATED:
+        return _delegate(args[0], args[1:])
+    parsed = _parser().parse_args(args)
+    command = cast(Callable[[argparse.Namespace], int], parsed.func)
+    return command(parsed)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightcell",
+        description="Run untrusted Envoy network filters as WebAssembly plugins, "
+        "each connection in its own sandbox.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve Envoy's network ext_proc streams")
+    _config_arg(serve)
+    serve.add_argument(
+        "--socket", type=Path, default=Path("/tmp/lightcell.sock"), metavar="PATH",
+        help="Unix socket to listen on, created mode 0600 (default: %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--no-socket", action="store_true", help="do not listen on a Unix socket (needs --port)"
+    )
+    serve.add_argument("--port", type=int, metavar="N", help="also listen on 127.0.0.1:N (0: any free port)")
+    serve.add_argument(
+        "--grace", type=float, default=3.0, metavar="S",
+        help="on SIGTERM/SIGINT, give open connections S seconds (default: %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="(default: %(default)s)",
+    )  # fmt: skip
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check", help="validate a configuration and report each listener's plugin")
+    _config_arg(check)
+    check.set_defaults(func=_check)
+
+    for name, (_, help_text) in _DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--envoy-config", type=Path, required=True, metavar="FILE",
+        help="the Envoy bootstrap YAML (listeners carry metadata.filter_metadata.lightcell)",
+    )  # fmt: skip
+
+
+def _fail(message: str) -> int:
+    print(f"lightcell: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from extproc.server import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    socket_path = None if args.no_socket else args.socket
+    if socket_path is None and args.port is None:
+        return _fail("--no-socket needs --port")
+    try:
+        config = load_config(args.envoy_config)
+        asyncio.run(serve(config, socket_path=socket_path, port=args.port, grace=args.grace))
+    except ConfigError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        return 130
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from extproc import plugins
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.envoy_config)
+        listeners = asyncio.run(_load_and_close(config))
+    except ConfigError as e:
+        return _fail(str(e))
+    _report(config, listeners, plugins.resolve_tier, sys.stdout)
+    return 0
+
+
+async def _load_and_close(config: LightcellConfig) -> dict[str, frozenset[str]]:
+    """Load every plugin (which checks it against the contract); its imports by listener."""
+    from extproc import plugins
+
+    loaded = await plugins.load_all(config)
+    try:
+        return {name: listener.factory.imports for name, listener in loaded.items()}
+    finally:
+        await plugins.close_all(loaded.values())
+
+
+def _report(
+    config: LightcellConfig,
+    imports: dict[str, frozenset[str]],
+    resolve: Callable[[Tier], Tier],
+    out: TextIO,
+) -> None:
+    print(f"{config.path}: OK, {len(config.listeners)} listener(s)", file=out)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=out)
+    for name, policy in config.listeners.items():
+        spec = policy.spec
+        granted = spec.grants.capabilities
+        used = imports[name]
+        missing = sorted(used - granted)
+        tier = resolve(policy.tier)
+        tier_text = policy.tier.value if tier is policy.tier else f"{policy.tier.value} -> {tier.value}"
+        print(f"\nlistener {name}", file=out)
+        print(f"  plugin        {spec.plugin_path}", file=out)
+        if spec.plugin_config:
+            print(f"  config        {spec.plugin_config!r}", file=out)
+        print(f"  tier          {tier_text}", file=out)
+        print(f"  failure_mode  {policy.failure_mode.value}", file=out)
+        imports_text = ", ".join(f"{cap} (needs grant {cap})" for cap in sorted(used)) or "none"
+        print(f"  imports       {imports_text}", file=out)
+        print(f"  grants        {', '.join(sorted(granted)) or 'none'}", file=out)
+        if spec.grants.egress_allow:
+            print(f"  egress_allow  {', '.join(sorted(map(str, spec.grants.egress_allow)))}", file=out)
+        if missing:
+            print(
+                f"  missing       {', '.join(missing)}: imported but not granted; allowed, "
+                "but every call will be denied at runtime (a fault for the connection)",
+                file=out,
+            )
+        else:
+            print("  missing       none", file=out)
+        unused = sorted(granted - used)
+        if unused:
+            print(f"  unused        {', '.join(unused)}: granted but never imported", file=out)
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    module_name, _ = _DELEGATED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        return _fail(f"`lightcell {command}` is not available in this build ({module_name}: {e})")
+    entry = getattr(module, "main", None)
+    if entry is None:
+        return _fail(f"`lightcell {command}` is not available yet ({module_name} has no main())")
+    result = entry(argv)
+    return int(result) if result is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The Lightcell gRPC server: network ext_proc + health, on a Unix socket (and optionally loopback TCP).
+
+In-process use (tests, the demo):
+
+    config = load_config("envoy.yaml")
+    server = await LightcellServer.start(config, socket_path=Path("/tmp/lc.sock"))
+    ...
+    await server.stop(grace=3.0)
+
+Order of start-up: the configuration is validated and every plugin loaded
+(all or nothing) *before* anything binds, so a socket that accepts
+connections is a server ready to filter. The health service then reports
+SERVING; on shutdown it reports NOT_SERVING while open streams drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from extproc import plugins, tcp_service
+from extproc.config import ConfigError, LightcellConfig
+from extproc.listener import Listener
+from vmm.egress import UdpEgress
+
+__all__ = ["DEFAULT_GRACE_S", "DEFAULT_SOCKET", "LightcellServer", "serve"]
+
+LOG = logging.getLogger("lightcell.server")
+
+DEFAULT_SOCKET = Path("/tmp/lightcell.sock")
+DEFAULT_GRACE_S = 3.0
+
+
+class LightcellServer:
+    """A running server. Create with `await LightcellServer.start(...)`."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health: HealthServicer,
+        listeners: Mapping[str, Listener],
+        egress: UdpEgress,
+        socket_path: Path | None,
+        port: int | None,
+    ) -> None:
+        self._server = server
+        self.health = health
+        self.listeners = listeners
+        self._egress = egress
+        self.socket_path = socket_path
+        self.port = port
+        """The bound loopback TCP port (the real one when 0 was asked for), or None."""
+        self._stopped = False
+
+    @classmethod
+    async def start(
+        cls,
+        config: LightcellConfig,
+        *,
+        socket_path: Path | None = DEFAULT_SOCKET,
+        port: int | None = None,
+        loaded: Mapping[str, Listener] | None = None,
+    ) -> LightcellServer:
+        """Load every plugin, bind, start serving. Raises ConfigError (nothing left running).
+
+        `loaded` skips plugin loading (tests hand in listeners with fake factories).
+        """
+        if socket_path is None and port is None:
+            raise ConfigError("nothing to listen on: give a Unix socket path or a TCP port")
+        if socket_path is not None:
+            _remove_stale_socket(socket_path)
+        listeners = dict(loaded) if loaded is not None else await plugins.load_all(config)
+        _warn_ungranted_imports(listeners)
+        egress = UdpEgress()
+        server = grpc.aio.server(options=tcp_service.grpc_options())
+        health = HealthServicer()
+        try:
+            await egress.start()
+            tcp_service.add_to_server(tcp_service.NetworkProcessor(listeners, egress), server)
+            health_pb2_grpc.add_HealthServicer_to_server(health, server)
+            for service in ("", tcp_service.SERVICE_NAME):
+                await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            bound_port = _bind(server, socket_path, port)
+            await server.start()
+            if socket_path is not None:
+                os.chmod(socket_path, 0o600)  # already created 0600 under the umask; belt and braces
+        except BaseException:
+            await server.stop(None)
+            await egress.aclose()
+            if loaded is None:
+                await plugins.close_all(listeners.values())
+            raise
+        for service in ("", tcp_service.SERVICE_NAME):
+            await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        where = [str(socket_path)] if socket_path is not None else []
+        if bound_port is not None:
+            where.append(f"127.0.0.1:{bound_port}")
+        LOG.info(
+            "serving %d listener(s) [%s] on %s", len(listeners), ", ".join(listeners), " and ".join(where)
+        )
+        return cls(server, health, listeners, egress, socket_path, bound_port)
+
+    async def stop(self, grace: float | None = DEFAULT_GRACE_S) -> None:
+        """Stop accepting streams, give open ones `grace` seconds, then release everything."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        # Streams still open after the grace are cancelled: Envoy sees a
+        # non-OK status and (failure_mode_allow: false) closes the connection.
+        await self._server.stop(grace)
+        await self._egress.aclose()
+        await plugins.close_all(self.listeners.values())
+        if self.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        LOG.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+def _bind(server: grpc.aio.Server, socket_path: Path | None, port: int | None) -> int | None:
+    if socket_path is not None:
+        _remove_stale_socket(socket_path)  # again: plugin loading may have taken a while
+        # The socket file is created by the bind: a umask of 0177 makes it 0600
+        # from the first instant (chmod afterwards would leave a window).
+        old = os.umask(0o177)
+        try:
+            server.add_insecure_port(f"unix:{socket_path}")
+        except RuntimeError as e:
+            raise ConfigError(f"{socket_path}: cannot listen on this socket: {e}") from e
+        finally:
+            os.umask(old)
+    if port is None:
+        return None
+    try:
+        bound: int = server.add_insecure_port(f"127.0.0.1:{port}")
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen on 127.0.0.1:{port}: {e}") from e
+    if bound == 0:
+        raise ConfigError(f"cannot bind 127.0.0.1:{port}")
+    return bound
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a server that died; refuse anything else."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"{path}: exists and is not a socket; refusing to replace it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # nobody listens: stale
+            LOG.info("removed stale socket %s", path)
+            return
+        except FileNotFoundError:
+            return
+    raise ConfigError(f"{path}: another server is listening on this socket")
+
+
+def _warn_ungranted_imports(listeners: Mapping[str, Listener]) -> None:
+    for listener in listeners.values():
+        missing = sorted(listener.factory.imports - listener.policy.spec.grants.capabilities)
+        if missing:
+            LOG.warning(
+                "listener %s: plugin %s imports %s without a grant: those calls will be denied",
+                listener.name, listener.policy.plugin, ", ".join(missing),
+            )  # fmt: skip
+
+
+async def serve(
+    config: LightcellConfig,
+    *,
+    socket_path: Path | None = DEFAULT_SOCKET,
+    port: int | None = None,
+    grace: float = DEFAULT_GRACE_S,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain gracefully. Raises ConfigError before serving."""
+    server = await LightcellServer.start(config, socket_path=socket_path, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        LOG.info("shutting down (grace %.1fs)", grace)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await server.stop(grace)

@@ -1,0 +1,127 @@
+"""One downstream connection: its listener's policy, failure mode and one sandbox.
+
+Envoy 1.40's network ext_proc has no "new connection" event, so the sandbox is
+created (and its open hook run) when the first message arrives. Every message
+gets exactly one reply, in order. Once the connection is condemned (a close or
+reset verdict, or a fault under failure mode close/reset) every later message
+is answered with the same CLOSE / CLOSE_RST and no bytes, so nothing more
+reaches either side even if Envoy still has data in flight.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from extproc import tcp_protocol
+from extproc.listener import FailureMode, Listener
+from vmm.capabilities import DatagramSender, HostCapabilities
+from vmm.contract import DataEvent, VerdictKind
+from vmm.metrics import METRICS, Metrics
+from vmm.sandbox import PluginFault, Sandbox
+
+__all__ = ["Session"]
+
+LOG = logging.getLogger("lightcell.session")
+
+
+class _State(enum.Enum):
+    FILTERING = "filtering"  # the plugin sees every chunk
+    BYPASS = "bypass"  # the plugin faulted under failure mode allow: pass through
+    CLOSED = "closed"  # condemned: CLOSE to everything
+    RESET = "reset"  # condemned: CLOSE_RST to everything
+
+
+class Session:
+    """Turns one connection's ProcessingRequests into ProcessingResponses.
+
+    Not re-entrant: the caller hands in one request at a time, in stream order.
+    """
+
+    def __init__(
+        self, listener: Listener, egress: DatagramSender | None = None, metrics: Metrics = METRICS
+    ) -> None:
+        self.listener = listener
+        self._egress = egress
+        self._metrics = metrics
+        self._state = _State.FILTERING
+        self._host: HostCapabilities | None = None
+        self._sandbox: Sandbox | None = None
+        self._started = False
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    async def handle(self, request: tcp_protocol.ProcessingRequest) -> tcp_protocol.ProcessingResponse:
+        """The reply to one request. Raises tcp_protocol.ProtocolError for a malformed request."""
+        event = tcp_protocol.event_of(request)
+        if self._state is _State.CLOSED or self._state is _State.RESET:
+            return tcp_protocol.close(reset=self._state is _State.RESET)
+        if self._state is _State.BYPASS:
+            return tcp_protocol.forward(event, event.data)
+        try:
+            sandbox = await self._ensure_sandbox()
+            verdict = await sandbox.on_data(event)
+        except PluginFault as fault:
+            return await self._fail(event, fault)
+        metadata = self._take_metadata()
+        if verdict.kind is VerdictKind.CLOSE or verdict.kind is VerdictKind.RESET:
+            reset = verdict.kind is VerdictKind.RESET
+            self._state = _State.RESET if reset else _State.CLOSED
+            self._metrics.inc(
+                "plugin_verdict_close_total", listener=self.listener.name, reset=str(reset).lower()
+            )
+            return tcp_protocol.close(reset=reset, metadata=metadata)
+        return tcp_protocol.forward(event, verdict.output(event.data), metadata)
+
+    async def aclose(self) -> None:
+        """Run the plugin's close hook (if it is still healthy) and release the sandbox."""
+        sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            await sandbox.close()
+
+    async def _ensure_sandbox(self) -> Sandbox:
+        if self._sandbox is not None:
+            return self._sandbox
+        if self._started:
+            # A fault under failure mode allow/close/reset moves the state on,
+            # so only a bug could bring us back here.
+            raise RuntimeError("session sandbox already released")
+        self._started = True
+        policy = self.listener.policy
+        self._metrics.inc("connections_total", listener=policy.name)
+        self._host = HostCapabilities(
+            listener=policy.name,
+            plugin=policy.plugin,
+            grants=policy.spec.grants,
+            limits=policy.spec.limits,
+            kv=self.listener.kv,
+            egress=self._egress,
+            metrics=self._metrics,
+        )
+        sandbox = await self.listener.factory.new_sandbox(self._host)
+        self._sandbox = sandbox
+        await sandbox.open(policy.name, policy.spec.plugin_config)
+        return sandbox
+
+    def _take_metadata(self) -> dict[str, str]:
+        return self._host.take_metadata() if self._host is not None else {}
+
+    async def _fail(self, event: DataEvent, fault: PluginFault) -> tcp_protocol.ProcessingResponse:
+        policy = self.listener.policy
+        mode = policy.failure_mode
+        LOG.warning(
+            "plugin fault listener=%s plugin=%s fault=%s failure_mode=%s: %s",
+            policy.name, policy.plugin, fault.kind.value, mode.value, fault.message,
+        )  # fmt: skip
+        self._metrics.inc(
+            "plugin_faults_total", listener=policy.name, plugin=policy.plugin, fault=fault.kind.value
+        )
+        # The sandbox is done either way: release it now, not at end of stream.
+        await self.aclose()
+        if mode is FailureMode.ALLOW:
+            self._state = _State.BYPASS
+            return tcp_protocol.forward(event, event.data)
+        self._state = _State.RESET if mode is FailureMode.RESET else _State.CLOSED
+        return tcp_protocol.close(reset=mode is FailureMode.RESET)

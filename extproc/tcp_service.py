@@ -1,0 +1,108 @@
+"""The gRPC servicer for Envoy's network ext_proc: one stream per downstream connection.
+
+Thin on purpose: it picks the listener from the stream's invocation metadata,
+then feeds each request to a Session in order and writes each reply back.
+
+How a stream ends matters to Envoy (shared/notes/envoy-ext-proc.md): ending it
+with OK while the connection is alive makes Envoy fail open. So the stream
+ends OK only after Envoy half-closed its side (the connection is over);
+anything going wrong on our side aborts with a non-OK status, which Envoy turns
+into a closed connection (failure_mode_allow: false).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+from envoy.service.network_ext_proc.v3 import network_external_processor_pb2_grpc as pb_grpc
+
+from extproc import tcp_protocol
+from extproc.config import LISTENER_METADATA_KEY
+from extproc.listener import Listener
+from extproc.session import Session
+from vmm.capabilities import DatagramSender
+from vmm.metrics import METRICS, Metrics
+
+__all__ = ["MAX_MESSAGE_BYTES", "SERVICE_NAME", "NetworkProcessor", "add_to_server", "grpc_options"]
+
+LOG = logging.getLogger("lightcell.service")
+
+SERVICE_NAME = "envoy.service.network_ext_proc.v3.NetworkExternalProcessor"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Envoy hands over up to ~1 MiB per message under load; a plugin may grow it."""
+
+
+def grpc_options() -> list[tuple[str, int]]:
+    """Server options every Lightcell gRPC server needs."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        listeners: Mapping[str, Listener],
+        egress: DatagramSender | None = None,
+        metrics: Metrics = METRICS,
+    ) -> None:
+        self._listeners = listeners
+        self._egress = egress
+        self._metrics = metrics
+
+    async def Process(  # the gRPC method name
+        self,
+        request_iterator: AsyncIterator[tcp_protocol.ProcessingRequest],
+        context: grpc.aio.ServicerContext[tcp_protocol.ProcessingRequest, tcp_protocol.ProcessingResponse],
+    ) -> AsyncIterator[tcp_protocol.ProcessingResponse]:
+        listener = await self._listener_of(context)
+        session = Session(listener, self._egress, self._metrics)
+        try:
+            async for request in request_iterator:
+                try:
+                    reply = await session.handle(request)
+                except tcp_protocol.ProtocolError as e:
+                    LOG.error("malformed request listener=%s: %s", listener.name, e)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                yield reply
+            # Envoy half-closed the stream: the connection is over, OK is safe now.
+        except asyncio.CancelledError:
+            # Envoy often resets the stream after its last message: not an error.
+            LOG.debug("stream cancelled listener=%s", listener.name)
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            LOG.exception("internal error listener=%s", listener.name)
+            self._metrics.inc("internal_errors_total", listener=listener.name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"lightcell internal error: {type(e).__name__}")
+        finally:
+            await session.aclose()
+
+    async def _listener_of(self, context: grpc.aio.ServicerContext[object, object]) -> Listener:
+        name = None
+        for key, value in context.invocation_metadata() or ():
+            if key == LISTENER_METADATA_KEY:
+                name = value if isinstance(value, str) else value.decode(errors="replace")
+                break
+        if name is None:
+            LOG.warning("stream refused: no %s metadata (peer %s)", LISTENER_METADATA_KEY, context.peer())
+            self._metrics.inc("streams_refused_total", reason="no_listener")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"missing {LISTENER_METADATA_KEY} metadata"
+            )
+        listener = self._listeners.get(name)  # type: ignore[arg-type]
+        if listener is None:
+            LOG.warning("stream refused: unknown listener %r (peer %s)", name, context.peer())
+            self._metrics.inc("streams_refused_total", reason="unknown_listener")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown listener {name!r}")
+        assert listener is not None  # abort() raised
+        return listener
+
+
+def add_to_server(processor: NetworkProcessor, server: grpc.aio.Server) -> None:
+    pb_grpc.add_NetworkExternalProcessorServicer_to_server(processor, server)
