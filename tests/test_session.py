@@ -1,0 +1,215 @@
+"""The per-connection session with a fake sandbox: verdicts, faults and failure modes."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+from _extproc_fakes import FakeFactory, fake_listener, fault_on, passing, upper
+from envoy.service.network_ext_proc.v3 import network_external_processor_pb2 as pb
+
+from extproc.listener import FailureMode
+from extproc.session import Session
+from vmm.capabilities import HostCapabilities
+from vmm.contract import DataEvent, Verdict, VerdictKind
+from vmm.metrics import Metrics
+from vmm.sandbox import FaultKind, PluginFault
+
+CLOSE = pb.ProcessingResponse.CLOSE
+CLOSE_RST = pb.ProcessingResponse.CLOSE_RST
+
+
+def read(data: bytes, eos: bool = False) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(read_data=pb.Data(data=data, end_of_stream=eos))
+
+
+def write(data: bytes, eos: bool = False) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(write_data=pb.Data(data=data, end_of_stream=eos))
+
+
+def carries_data(reply: pb.ProcessingResponse) -> bool:
+    return bool(reply.HasField("read_data") or reply.HasField("write_data"))
+
+
+def random_requests(rng: random.Random, n: int) -> list[pb.ProcessingRequest]:
+    return [
+        (read if rng.random() < 0.5 else write)(rng.randbytes(rng.randint(0, 64)), rng.random() < 0.2)
+        for _ in range(n)
+    ]
+
+
+async def test_sandbox_is_created_lazily_and_opened_with_listener_and_config() -> None:
+    factory = FakeFactory(upper)
+    session = Session(fake_listener("edge", factory, config="read=upper"))
+    assert factory.sandboxes == []  # no message, no sandbox (1.40 has no open event)
+    await session.handle(read(b"x"))
+    await session.handle(write(b"y"))
+    assert len(factory.sandboxes) == 1
+    assert factory.sandboxes[0].opened == ("edge", "read=upper")
+    await session.aclose()
+    await session.aclose()
+    assert factory.sandboxes[0].close_calls == 1
+
+
+async def test_closing_an_unused_session_creates_nothing() -> None:
+    factory = FakeFactory()
+    await Session(fake_listener(factory=factory)).aclose()
+    assert factory.sandboxes == []
+
+
+async def test_each_session_gets_its_own_sandbox_and_shares_the_kv_store() -> None:
+    factory = FakeFactory()
+    listener = fake_listener(factory=factory, grants=frozenset({"kv"}))
+    for _ in range(3):
+        session = Session(listener)
+        await session.handle(read(b"a"))
+        await session.aclose()
+    identities = {s.identity for s in factory.sandboxes}
+    assert len(identities) == 3
+    assert all(s.host.kv is listener.kv for s in factory.sandboxes)
+    assert all(s.host.grants.allows("kv") and not s.host.grants.allows("log") for s in factory.sandboxes)
+
+
+async def test_pass_forwards_the_original_bytes_in_order() -> None:
+    factory = FakeFactory(passing)
+    session = Session(fake_listener(factory=factory))
+    requests = [read(b"one"), write(b"two"), read(b"three"), read(b"", eos=True), write(b"", eos=True)]
+    replies = [await session.handle(r) for r in requests]
+    assert [(r.read_data.data, r.read_data.end_of_stream) for r in replies if r.HasField("read_data")] == [
+        (b"one", False), (b"three", False), (b"", True),
+    ]  # fmt: skip
+    assert [(r.write_data.data, r.write_data.end_of_stream) for r in replies if r.HasField("write_data")] == [
+        (b"two", False), (b"", True),
+    ]  # fmt: skip
+    # Every message, the empty end-of-stream ones too, reached the plugin once, in order.
+    assert [(e.data, e.end_of_stream) for e in factory.sandboxes[0].events] == [
+        (b"one", False), (b"two", False), (b"three", False), (b"", True), (b"", True),
+    ]  # fmt: skip
+
+
+async def test_replace_forwards_the_plugins_bytes() -> None:
+    session = Session(fake_listener(factory=FakeFactory(upper)))
+    reply = await session.handle(write(b"abc", eos=True))
+    assert (reply.write_data.data, reply.write_data.end_of_stream) == (b"ABC", True)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "status"), [(Verdict(VerdictKind.CLOSE), CLOSE), (Verdict(VerdictKind.RESET), CLOSE_RST)]
+)
+async def test_close_and_reset_verdicts_end_the_connection(verdict: Verdict, status: int) -> None:
+    async def behave(event: DataEvent, host: HostCapabilities) -> Verdict:
+        return verdict if b"bye" in event.data else Verdict.pass_()
+
+    factory = FakeFactory(behave)
+    session = Session(fake_listener(factory=factory))
+    assert (await session.handle(read(b"hello"))).read_data.data == b"hello"
+    reply = await session.handle(read(b"bye now"))
+    assert reply.connection_status == status and not carries_data(reply)
+    # Whatever is still in flight gets the same answer, and the plugin is not asked again.
+    for later in random_requests(random.Random(1), 20):
+        again = await session.handle(later)
+        assert again.connection_status == status and not carries_data(again)
+    assert len(factory.sandboxes[0].events) == 2
+
+
+@pytest.mark.parametrize(("mode", "status"), [(FailureMode.CLOSE, CLOSE), (FailureMode.RESET, CLOSE_RST)])
+@pytest.mark.parametrize("kind", list(FaultKind))
+async def test_fault_fails_closed_and_never_forwards_another_byte(
+    mode: FailureMode, status: int, kind: FaultKind, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics()
+    factory = FakeFactory(fault_on(b"BOOM", kind))
+    session = Session(fake_listener("edge", factory, failure_mode=mode), metrics=metrics)
+    assert (await session.handle(read(b"fine"))).read_data.data == b"FINE"
+    with caplog.at_level(logging.WARNING, logger="lightcell.session"):
+        reply = await session.handle(write(b"xBOOMx"))
+    assert reply.connection_status == status
+    assert not carries_data(reply)
+    # The log line and the counter name the listener, the plugin and the fault.
+    [line] = [r.getMessage() for r in caplog.records if r.name == "lightcell.session"]
+    assert "listener=edge" in line and "plugin=edge-plugin" in line and f"fault={kind.value}" in line
+    assert metrics.get("plugin_faults_total", listener="edge", plugin="edge-plugin", fault=kind.value) == 1
+    # The sandbox is released at once.
+    assert factory.sandboxes[0].close_calls == 1
+    # Nothing after the fault is ever forwarded, in either direction, eos or not.
+    for later in random_requests(random.Random(kind.value), 50):
+        again = await session.handle(later)
+        assert again.connection_status == status
+        assert not carries_data(again)
+    assert len(factory.sandboxes[0].events) == 2
+    await session.aclose()
+    assert factory.sandboxes[0].close_calls == 1
+
+
+async def test_fault_with_allow_drops_the_plugin_and_passes_everything_through() -> None:
+    metrics = Metrics()
+    factory = FakeFactory(fault_on(b"BOOM"))
+    session = Session(fake_listener("edge", factory, failure_mode=FailureMode.ALLOW), metrics=metrics)
+    assert (await session.handle(read(b"up"))).read_data.data == b"UP"
+    faulted = await session.handle(read(b"a BOOM"))
+    # The chunk the plugin faulted on passes unchanged.
+    assert faulted.connection_status == pb.ProcessingResponse.CONTINUE
+    assert faulted.read_data.data == b"a BOOM"
+    for later in random_requests(random.Random(3), 30):
+        reply = await session.handle(later)
+        side = later.read_data if later.HasField("read_data") else later.write_data
+        got = reply.read_data if later.HasField("read_data") else reply.write_data
+        assert (got.data, got.end_of_stream) == (side.data, side.end_of_stream)
+        assert reply.connection_status == pb.ProcessingResponse.CONTINUE
+    assert len(factory.sandboxes[0].events) == 2  # the plugin never saw the rest
+    assert factory.sandboxes[0].close_calls == 1
+    assert metrics.get("plugin_faults_total", listener="edge") == 1
+
+
+@pytest.mark.parametrize("where", ["open", "new_sandbox"])
+async def test_fault_before_the_first_chunk_applies_the_failure_mode(where: str) -> None:
+    fault = PluginFault(FaultKind.MEMORY, "initial memory over the cap")
+    def faulting() -> FakeFactory:
+        if where == "open":
+            return FakeFactory(upper, open_fault=fault)
+        return FakeFactory(upper, new_fault=fault)
+
+    factory = faulting()
+    session = Session(fake_listener(factory=factory, failure_mode=FailureMode.RESET))
+    reply = await session.handle(read(b"first"))
+    assert reply.connection_status == CLOSE_RST and not carries_data(reply)
+    if where == "open":
+        assert factory.sandboxes[0].events == []
+        assert factory.sandboxes[0].close_calls == 1
+
+    session = Session(fake_listener(factory=faulting(), failure_mode=FailureMode.ALLOW))
+    assert (await session.handle(read(b"first"))).read_data.data == b"first"
+
+
+async def test_other_exceptions_propagate_to_the_service() -> None:
+    async def broken(event: DataEvent, host: HostCapabilities) -> Verdict:
+        raise RuntimeError("bug in a tier")
+
+    session = Session(fake_listener(factory=FakeFactory(broken), failure_mode=FailureMode.ALLOW))
+    with pytest.raises(RuntimeError, match="bug in a tier"):
+        await session.handle(read(b"x"))
+
+
+async def test_plugin_metadata_is_sent_with_the_reply() -> None:
+    async def tagging(event: DataEvent, host: HostCapabilities) -> Verdict:
+        host.metadata_set("seen", str(len(event.data)))
+        return Verdict.pass_()
+
+    session = Session(fake_listener(factory=FakeFactory(tagging), grants=frozenset({"metadata"})))
+    first = await session.handle(read(b"abcd"))
+    fields = first.dynamic_metadata.fields["lightcell"].struct_value.fields
+    assert fields["seen"].string_value == "4"
+
+
+async def test_metadata_without_grant_is_a_denied_fault() -> None:
+    async def tagging(event: DataEvent, host: HostCapabilities) -> Verdict:
+        try:
+            host.metadata_set("k", "v")
+        except Exception as e:  # what a tier does with CapabilityDenied
+            raise PluginFault(FaultKind.DENIED, str(e)) from e
+        return Verdict.pass_()
+
+    session = Session(fake_listener(factory=FakeFactory(tagging)))
+    reply = await session.handle(read(b"x"))
+    assert reply.connection_status == CLOSE and not carries_data(reply)
