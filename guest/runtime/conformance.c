@@ -63,7 +63,7 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
     }
     const uint32_t op = req->op, arg0 = req->arg0, arg1 = req->arg1, len = req->len;
     uint64_t args[CONF_MAX_SLOTS];
-    uint64_t results[CONF_MAX_SLOTS];
+    uint64_t results[CONF_MAX_SLOTS] = {0};
     memcpy(args, req + 1, len);
     uint32_t n = 0;
     if (op == LC_OP_CONF_INSTANTIATE) {
