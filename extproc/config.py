@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import ipaddress
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,7 @@ LOG = logging.getLogger("lightcell.config")
 
 POLICY_NAMESPACE = "lightcell"
 LISTENER_METADATA_KEY = "x-lightcell-listener"
-EXT_PROC_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor"
-)
+EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor"
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 
 _POLICY_KEYS = frozenset({"plugin", "config", "tier", "failure_mode", "grants", "egress_allow", "limits"})
@@ -64,10 +63,9 @@ def load_config(path: str | Path) -> LightcellConfig:
     """Read, validate and extract every listener policy from an Envoy bootstrap file."""
     path = Path(path)
     doc = _read_yaml(path)
-    _validate_bootstrap(path, doc)
     listeners = _listeners(path, doc)
     policies: dict[str, ListenerPolicy] = {}
-    warnings: list[str] = []
+    notes: list[str] = []
     for listener in listeners:
         name = listener.get("name")
         if not isinstance(name, str) or not name:
@@ -79,7 +77,7 @@ def load_config(path: str | Path) -> LightcellConfig:
             for where, config in filters:
                 named = _named_listener(config)
                 if named is not None:
-                    warnings.append(
+                    notes.append(
                         f"{path}: listener {name!r}: {where}: sends {LISTENER_METADATA_KEY}={named!r} "
                         f"but the listener has no filter_metadata.{POLICY_NAMESPACE} policy"
                     )
@@ -87,16 +85,18 @@ def load_config(path: str | Path) -> LightcellConfig:
         if name in policies:
             raise ctx.error("name", "two listeners carry the same name")
         policy = _parse_policy(ctx, raw)
-        warnings.extend(_check_filters(ctx, policy, filters))
+        notes.extend(_check_filters(ctx, policy, filters))
         policies[name] = policy
+    # After the policies, so that a policy mistake is reported with its listener and field.
+    _validate_bootstrap(path, doc)
     if not policies:
         raise ConfigError(
             f"{path}: no listener carries a metadata.filter_metadata.{POLICY_NAMESPACE} policy: "
             "nothing to serve"
         )
-    for warning in warnings:
-        LOG.warning("%s", warning)
-    return LightcellConfig(path, policies, tuple(warnings))
+    for note in notes:
+        LOG.warning("%s", note)
+    return LightcellConfig(path, policies, tuple(notes))
 
 
 # --------------------------------------------------------------------------- the Envoy file
@@ -144,14 +144,19 @@ def _register_type(path: Path, url: str) -> None:
 
 
 def _validate_bootstrap(path: Path, doc: dict[str, Any]) -> None:
-    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+    with warnings.catch_warnings():
+        # envoy-data-plane's generated models trip pydantic deprecation warnings on import.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
 
     for url in sorted(_type_urls(doc)):
-        _register_type(path, url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _register_type(path, url)
     try:
         Bootstrap.from_dict(doc)
     except Exception as e:  # the library raises KeyError/ValueError/TypeError and its own errors
-        detail = e.args[0] if isinstance(e, KeyError) and e.args else e
+        detail = e.args[0] if isinstance(e, KeyError) and e.args else str(e) or type(e).__name__
         raise ConfigError(f"{path}: not a valid Envoy bootstrap: {detail}") from e
 
 
@@ -203,7 +208,7 @@ def _check_filters(
             "filter_chains",
             "has a lightcell policy but no envoy.filters.network.ext_proc filter: the plugin would never run",
         )
-    warnings = []
+    notes = []
     for where, config in filters:
         named = _named_listener(config)
         if named is None:
@@ -218,12 +223,12 @@ def _check_filters(
                 f"{LISTENER_METADATA_KEY} is {named!r}, expected the listener's own name {ctx.listener!r}",
             )
         if config.get("failure_mode_allow") is True and policy.failure_mode is not FailureMode.ALLOW:
-            warnings.append(
+            notes.append(
                 f"{ctx.path}: listener {ctx.listener!r}: {where}.failure_mode_allow is true while "
                 f"failure_mode is {policy.failure_mode.value}: if Lightcell is unreachable Envoy "
                 "passes traffic unfiltered"
             )
-    return warnings
+    return notes
 
 
 # --------------------------------------------------------------------------- the listener policy

@@ -165,6 +165,7 @@ async def test_fault_with_allow_drops_the_plugin_and_passes_everything_through()
 @pytest.mark.parametrize("where", ["open", "new_sandbox"])
 async def test_fault_before_the_first_chunk_applies_the_failure_mode(where: str) -> None:
     fault = PluginFault(FaultKind.MEMORY, "initial memory over the cap")
+
     def faulting() -> FakeFactory:
         if where == "open":
             return FakeFactory(upper, open_fault=fault)
