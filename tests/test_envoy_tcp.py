@@ -1,0 +1,462 @@
+"""End to end: real Envoy 1.40 -> real `lightcell serve` -> real plugins, on real loopback sockets.
+
+One Envoy + one Lightcell serve the whole module: every scenario has its own
+listener (and, where a test inspects what reached the upstream, its own
+upstream server). Assertions are on bytes and on how a connection ended
+(FIN vs RST), never on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from extproc.envoy_harness import (
+    EnvoyProcess,
+    LightcellProcess,
+    ListenerSpec,
+    Upstream,
+    UpstreamMode,
+    lightcell_command,
+    render_bootstrap,
+    write_config,
+)
+
+pytestmark = [pytest.mark.envoy]
+
+TIER = "wasmtime"  # the tier every scenario here runs in (the microvm tier has its own tests)
+IO_TIMEOUT = 30.0  # generous: 2 shared cores; content is asserted, never timing
+FAULTS = ("trap", "loop", "grow")
+MODES = ("close", "reset", "allow")
+
+
+def policy(
+    plugin: Path,
+    config: str = "",
+    *,
+    failure: str = "close",
+    grants: tuple[str, ...] = (),
+    limits: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    return {
+        "plugin": str(plugin),
+        "config": config,
+        "tier": TIER,
+        "failure_mode": failure,
+        "grants": list(grants),
+        "limits": dict(limits or {"memory_mb": 16, "event_cpu_ms": 50}),
+    }
+
+
+@dataclass
+class Stack:
+    envoy: EnvoyProcess
+    lightcell: LightcellProcess
+    upstreams: dict[str, Upstream]
+    workdir: Path
+    lightcell_config: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def port(self, listener: str) -> int:
+        return self.envoy.ports[listener]
+
+
+def _listeners(plugins: dict[str, Path]) -> dict[str, tuple[dict[str, Any] | None, UpstreamMode]]:
+    """listener name -> (policy, upstream mode). Every listener gets its own upstream."""
+    rw, faulty, probe = plugins["rewrite"], plugins["faulty"], plugins["probe"]
+    echo = UpstreamMode.ECHO
+    table: dict[str, tuple[dict[str, Any] | None, UpstreamMode]] = {
+        "xform": (policy(rw, "read=upper,write=rot13", grants=("log",)), echo),
+        "passthru": (policy(rw, "read=pass,write=pass"), echo),
+        "number": (policy(rw, "read=pass,write=number"), echo),
+        "counter": (
+            policy(plugins["counter"], grants=("kv",), limits={"memory_mb": 128, "event_cpu_ms": 2000}),
+            echo,
+        ),
+        "greet": (policy(rw, "read=upper,write=rot13"), UpstreamMode.GREET_CLOSE),
+        "denied": (policy(probe, "call=kv"), echo),
+        "granted": (policy(probe, "call=kv", grants=("kv",)), echo),
+        "ghost": (policy(rw, "read=pass,write=pass"), echo),
+        "killme": (policy(rw, "read=pass,write=pass"), echo),
+    }
+    for fault in FAULTS:
+        for mode in MODES:
+            table[f"{fault}_{mode}"] = (policy(faulty, f"mode={fault};after=3", failure=mode), echo)
+    return table
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    built_plugins: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    workdir = tmp_path_factory.mktemp("envoy_tcp")
+    socket_path = workdir / "lightcell.sock"
+    table = _listeners(built_plugins)
+    upstreams = {name: await Upstream(mode).start() for name, (_, mode) in table.items()}
+    specs = [
+        ListenerSpec(
+            name,
+            upstreams[name].port,
+            pol,
+            # "ghost" names a listener Lightcell does not know.
+            lightcell_name="no-such-listener" if name == "ghost" else None,
+        )
+        for name, (pol, _) in table.items()
+    ]
+    # Lightcell gets only the listeners it should know; Envoy gets them all.
+    lightcell_config = write_config(
+        render_bootstrap([s for s in specs if s.name != "ghost"], socket_path), workdir / "lightcell.yaml"
+    )
+    lightcell = LightcellProcess(lightcell_config, socket_path, workdir / "lightcell.log")
+    envoy = EnvoyProcess(render_bootstrap(specs, socket_path), workdir)
+    try:
+        await lightcell.start()
+        await envoy.start()
+        yield Stack(envoy, lightcell, upstreams, workdir, lightcell_config)
+    finally:
+        await envoy.stop()
+        await lightcell.stop()
+        for up in upstreams.values():
+            await up.stop()
+
+
+# ----------------------------------------------------------------------------- client helpers
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), IO_TIMEOUT)
+
+
+async def read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
+    return await asyncio.wait_for(reader.readexactly(n), IO_TIMEOUT)
+
+
+async def read_to_end(reader: asyncio.StreamReader) -> tuple[bytes, str]:
+    """Everything until the connection ends, and how it ended: "eof" (FIN) or "reset" (RST)."""
+    data = bytearray()
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), IO_TIMEOUT):
+            data += chunk
+    except ConnectionResetError:
+        return bytes(data), "reset"
+    return bytes(data), "eof"
+
+
+async def exchange(port: int, payload: bytes) -> bytes:
+    """Send, half-close, read the whole reply until FIN."""
+    reader, writer = await connect(port)
+    writer.write(payload)
+    writer.write_eof()
+    data, how = await read_to_end(reader)
+    writer.close()
+    assert how == "eof"
+    return data
+
+
+def try_write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+        writer.write(data)
+
+
+async def upstream_done(up: Upstream, index: int = 0) -> bytes:
+    """What upstream connection `index` received, once Envoy has closed it."""
+    await asyncio.wait_for(up.wait_closed(index), IO_TIMEOUT)
+    return bytes(up.received[index])
+
+
+ROT13 = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    b"NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm",
+)
+
+
+# ----------------------------------------------------------------------------- transformation
+
+
+async def test_transforms_both_directions(stack: Stack) -> None:
+    # read=upper on the way in, the echo sends "HELLO WORLD", write=rot13 on the way out.
+    assert await exchange(stack.port("xform"), b"hello world\n") == b"URYYB JBEYQ\n"
+    assert bytes(stack.upstreams["xform"].received[-1]) == b"HELLO WORLD\n"
+
+
+async def test_pass_through(stack: Stack) -> None:
+    payload = bytes(range(256)) * 4
+    assert await exchange(stack.port("passthru"), payload) == payload
+
+
+async def test_close_verdict_sends_fin(stack: Stack) -> None:
+    reader, writer = await connect(stack.port("xform"))
+    writer.write(b"ok\n")
+    assert await read_exactly(reader, 3) == b"BX\n"
+    writer.write(b"please !close now\n")
+    data, how = await read_to_end(reader)
+    writer.close()
+    assert (data, how) == (b"", "eof")
+
+
+async def test_reset_verdict_sends_rst(stack: Stack) -> None:
+    reader, writer = await connect(stack.port("xform"))
+    writer.write(b"please !reset now\n")
+    data, how = await read_to_end(reader)
+    writer.close()
+    assert (data, how) == (b"", "reset")
+
+
+# ----------------------------------------------------------------------------- stream edges
+
+
+async def test_client_half_close_still_reads_reply(stack: Stack) -> None:
+    reader, writer = await connect(stack.port("xform"))
+    writer.write(b"abc")
+    writer.write_eof()  # our side is done; the reply must still arrive
+    data, how = await read_to_end(reader)
+    writer.close()
+    assert (data, how) == (b"NOP", "eof")
+
+
+async def test_upstream_closes_first(stack: Stack) -> None:
+    up = stack.upstreams["greet"]
+    index = len(up.received)
+    reader, writer = await connect(stack.port("greet"))
+    writer.write(b"hi")  # the ext_proc stream opens on the first data
+    greeting = await read_exactly(reader, len(up.greeting))
+    assert greeting == up.greeting.translate(ROT13)
+    assert await asyncio.wait_for(reader.read(1), IO_TIMEOUT) == b""  # upstream's FIN reached us
+    writer.write(b" after upstream fin")  # our direction is still open
+    writer.write_eof()
+    assert await upstream_done(up, index) == b"HI AFTER UPSTREAM FIN"
+    writer.close()
+
+
+async def test_connect_and_close_without_data(stack: Stack) -> None:
+    reader, writer = await connect(stack.port("xform"))
+    writer.write_eof()
+    data, how = await read_to_end(reader)
+    writer.close()
+    assert (data, how) == (b"", "eof")
+
+
+@pytest.mark.parametrize("listener", ["passthru", "xform"])
+async def test_one_mib_in_random_writes(stack: Stack, listener: str) -> None:
+    rng = random.Random(7)
+    payload = rng.randbytes(1 << 20)
+    expected = payload if listener == "passthru" else payload.upper().translate(ROT13)
+    reader, writer = await connect(stack.port(listener))
+
+    async def send() -> None:
+        pos = 0
+        while pos < len(payload):
+            n = rng.randint(1, 64 * 1024)
+            writer.write(payload[pos : pos + n])
+            await writer.drain()
+            pos += n
+        writer.write_eof()
+
+    sender = asyncio.create_task(send())
+    data, how = await read_to_end(reader)
+    await sender
+    writer.close()
+    assert how == "eof"
+    assert len(data) == len(expected)
+    assert data == expected
+
+
+# ----------------------------------------------------------------------------- one instance per connection
+
+
+async def test_200_concurrent_connections_each_get_a_fresh_instance(stack: Stack) -> None:
+    conns = await asyncio.gather(*(connect(stack.port("number")) for _ in range(200)))
+    for i, (_, writer) in enumerate(conns):
+        writer.write(f"conn {i}\n".encode())
+    replies = await asyncio.gather(
+        *(read_exactly(reader, len(f"1:conn {i}\n")) for i, (reader, _) in enumerate(conns))
+    )
+    for _, writer in conns:
+        writer.close()
+    # A reused instance would have counted earlier chunks: every first chunk must be number 1.
+    assert replies == [f"1:conn {i}\n".encode() for i in range(200)]
+
+
+async def test_counter_python_plugin_numbers_200_connections(stack: Stack) -> None:
+    async def one(i: int) -> int:
+        reader, writer = await connect(stack.port("counter"))
+        writer.write(f"c{i}".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"] "), IO_TIMEOUT)
+        rest = await read_exactly(reader, len(f"c{i}"))
+        writer.close()
+        assert rest == f"c{i}".encode()
+        assert head.startswith(b"[conn ") and head.endswith(b" chunk 1] ")
+        return int(head.split()[1])
+
+    numbers = await asyncio.gather(*(one(i) for i in range(200)))
+    assert len(set(numbers)) == 200
+
+
+# ----------------------------------------------------------------------------- plugin failures
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_plugin_fault_gives_failure_mode(stack: Stack, fault: str, mode: str) -> None:
+    name = f"{fault}_{mode}"
+    up = stack.upstreams[name]
+    index = len(up.received)
+    reader, writer = await connect(stack.port(name))
+    writer.write(b"first\n")  # chunks 1 (read) and 2 (its echo) pass; faulty misbehaves from chunk 3
+    assert await read_exactly(reader, 6) == b"first\n"
+    writer.write(b"second\n")  # the plugin faults on this one
+    if mode == "allow":
+        # Fail open: the connection lives on and data passes unmodified.
+        assert await read_exactly(reader, 7) == b"second\n"
+        writer.write(b"third\n")
+        assert await read_exactly(reader, 6) == b"third\n"
+        writer.write_eof()
+        assert await read_to_end(reader) == (b"", "eof")
+        writer.close()
+        assert await upstream_done(up, index) == b"first\nsecond\nthird\n"
+        return
+    data, how = await read_to_end(reader)
+    assert (data, how) == (b"", "eof" if mode == "close" else "reset")
+    try_write(writer, b"third\n")
+    writer.close()
+    # Fail closed: not one byte after the fault reached the upstream.
+    assert await upstream_done(up, index) == b"first\n"
+
+
+async def test_ungranted_capability_is_denied(stack: Stack) -> None:
+    up = stack.upstreams["denied"]
+    index = len(up.received)
+    reader, writer = await connect(stack.port("denied"))
+    writer.write(b"what is in kv?\n")
+    data, how = await read_to_end(reader)
+    writer.close()
+    assert (data, how) == (b"", "eof")
+    assert await upstream_done(up, index) == b""
+
+
+async def test_granted_capability_works(stack: Stack) -> None:
+    reader, writer = await connect(stack.port("granted"))
+    writer.write(b"what is in kv?\n")
+    reply = await asyncio.wait_for(reader.readuntil(b"\n"), IO_TIMEOUT)
+    writer.close()
+    # read chunk -> "kv=<n>\n" to the upstream, echoed, write chunk -> "kv=<m>\n" back.
+    assert reply.startswith(b"kv=")
+    assert int(reply[3:-1]) >= 1
+    assert bytes(stack.upstreams["granted"].received[-1]).startswith(b"kv=")
+
+
+async def test_stream_for_unknown_listener_is_refused(stack: Stack) -> None:
+    up = stack.upstreams["ghost"]
+    index = len(up.received)
+    reader, writer = await connect(stack.port("ghost"))
+    writer.write(b"let me through\n")
+    data, how = await read_to_end(reader)
+    writer.close()
+    assert data == b"" and how in ("eof", "reset")
+    if len(up.received) > index:  # tcp_proxy may have connected before the refusal
+        assert await upstream_done(up, index) == b""
+
+
+# ----------------------------------------------------------------------------- bad configs
+
+
+def _bad_configs(plugins: dict[str, Path], tmp: Path) -> dict[str, tuple[str, list[str]]]:
+    """case -> (config file text, words the error message must contain)."""
+
+    def bootstrap(pol: dict[str, Any]) -> str:
+        spec = ListenerSpec("bad_listener", 9, pol)
+        return yaml.safe_dump(render_bootstrap([spec], tmp / "unused.sock"))
+
+    good = policy(plugins["rewrite"])
+    return {
+        "missing_plugin": (
+            bootstrap({**good, "plugin": str(tmp / "nope.wasm")}),
+            ["bad_listener", "nope.wasm"],
+        ),
+        "unknown_grant": (
+            bootstrap({**good, "grants": ["log", "teleport"]}),
+            ["bad_listener", "grants", "teleport"],
+        ),
+        "bad_failure_mode": (bootstrap({**good, "failure_mode": "maybe"}), ["bad_listener", "failure_mode"]),
+        "bad_tier": (bootstrap({**good, "tier": "quantum"}), ["bad_listener", "tier"]),
+        "not_wasm": (
+            bootstrap({**good, "plugin": str(Path(__file__))}),
+            ["bad_listener", Path(__file__).name],
+        ),
+        "bad_limit": (bootstrap({**good, "limits": {"memory_mb": 0}}), ["bad_listener", "memory_mb"]),
+        "yaml_syntax": ("static_resources: {listeners: [\n", []),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_plugin",
+        "unknown_grant",
+        "bad_failure_mode",
+        "bad_tier",
+        "not_wasm",
+        "bad_limit",
+        "yaml_syntax",
+    ],
+)
+def test_bad_config_rejected_with_clear_message(
+    built_plugins: dict[str, Path], tmp_path: Path, case: str
+) -> None:
+    text, words = _bad_configs(built_plugins, tmp_path)[case]
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    result = subprocess.run(
+        [*lightcell_command(), "serve", "--envoy-config", str(config), "--socket", str(tmp_path / "s.sock")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    message = result.stdout + result.stderr
+    assert result.returncode != 0, message
+    for word in [str(config), *words]:  # always the file, then listener and field
+        assert word in message, f"{word!r} not in: {message}"
+    assert "Traceback" not in message, message  # a clear message, not a crash
+
+
+# ----------------------------------------------------------------------------- Lightcell dies (runs last)
+
+
+async def test_lightcell_killed_mid_connection_then_restarted(stack: Stack) -> None:
+    up = stack.upstreams["killme"]
+    index = len(up.received)
+    reader, writer = await connect(stack.port("killme"))
+    writer.write(b"one\n")
+    assert await read_exactly(reader, 4) == b"one\n"
+
+    stack.lightcell.kill()
+    await stack.lightcell.stop()
+    try_write(writer, b"two\n")
+    data, how = await read_to_end(reader)
+    writer.close()
+    # failure_mode_allow is false: Envoy ends the connection, nothing unfiltered gets through.
+    assert data == b"" and how in ("eof", "reset")
+    assert await upstream_done(up, index) == b"one\n"
+
+    restarted = LightcellProcess(
+        stack.lightcell_config, stack.lightcell.socket_path, stack.workdir / "lightcell-restarted.log"
+    )
+    stack.lightcell = restarted  # the fixture stops whichever is current
+    await restarted.start()
+    assert await exchange(stack.port("killme"), b"back again\n") == b"back again\n"
+    assert await exchange(stack.port("xform"), b"and here\n") == b"NAQ URER\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
