@@ -1,0 +1,172 @@
+"""The `lightcell` command: check's report, serve as a real subprocess, delegated subcommands."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc import cli
+from extproc.envoy_harness import lightcell_command, wait_for_unix_socket
+
+EXT_PROC = "type.googleapis.com/envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor"
+
+
+def _listener(name: str, policy: dict[str, Any], failure_mode_allow: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "metadata": {"filter_metadata": {"lightcell": policy}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.ext_proc",
+                        "typed_config": {
+                            "@type": EXT_PROC,
+                            "stat_prefix": name,
+                            "failure_mode_allow": failure_mode_allow,
+                            "grpc_service": {
+                                "envoy_grpc": {"cluster_name": "lightcell"},
+                                "initial_metadata": [{"key": "x-lightcell-listener", "value": name}],
+                            },
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def good_config(tmp_path: Path, built_plugins: dict[str, Path]) -> Path:
+    listeners = [
+        _listener(
+            "probe_kv",
+            {"plugin": str(built_plugins["probe"]), "config": "call=kv", "grants": ["kv", "log"]},
+            failure_mode_allow=True,
+        ),
+        _listener(
+            "upper",
+            {"plugin": str(built_plugins["rewrite"]), "tier": "wasmtime", "failure_mode": "allow"},
+        ),
+    ]
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump({"static_resources": {"listeners": listeners}}))
+    return path
+
+
+def test_check_reports_each_listener(
+    good_config: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check", "--envoy-config", str(good_config)]) == 0
+    out = capsys.readouterr().out
+    assert f"{good_config}: OK, 2 listener(s)" in out
+    probe, upper = out.split("\nlistener probe_kv\n")[1].split("\nlistener upper\n")
+    # probe imports every capability; it is granted kv and log only.
+    assert str(built_plugins["probe"]) in probe
+    assert "tier          auto -> wasmtime" in probe
+    assert "config        'call=kv'" in probe
+    assert "kv (needs grant kv)" in probe and "egress (needs grant egress)" in probe
+    assert "grants        kv, log" in probe
+    missing = next(line for line in probe.splitlines() if line.strip().startswith("missing"))
+    assert "clock, egress, metadata, random" in missing
+    assert "denied at runtime" in missing and "allowed" in missing
+    # rewrite imports nothing: nothing missing; the explicit tier is shown as is.
+    assert "tier          wasmtime" in upper
+    assert "imports       none" in upper
+    assert "missing       none" in upper
+    assert "failure_mode  allow" in upper
+    # Envoy failure_mode_allow: true while probe_kv fails closed.
+    assert "warning:" in out and "failure_mode_allow" in out
+
+
+def test_check_bad_config_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    listener = _listener("edge", {"plugin": "missing.wasm"})
+    path.write_text(yaml.safe_dump({"static_resources": {"listeners": [listener]}}))
+    assert cli.main(["check", "--envoy-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lightcell: error: ")
+    assert str(path) in err and "'edge'" in err and "plugin" in err and "missing.wasm" in err
+
+
+def test_serve_subprocess_health_and_sigterm(good_config: Path, tmp_path: Path) -> None:
+    socket_path = tmp_path / "lc.sock"
+    argv = [*lightcell_command(), "serve", "--envoy-config", str(good_config), "--socket", str(socket_path)]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert asyncio.run(wait_for_unix_socket(socket_path, 60.0, lambda: proc.poll() is None)), (
+            log.read_text()
+        )
+
+        async def health() -> int:
+            async with grpc.aio.insecure_channel(f"unix:{socket_path}") as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)
+                return int(reply.status)
+
+        assert asyncio.run(health()) == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not socket_path.exists()
+    text = log.read_text()
+    assert "serving 2 listener(s)" in text and "shutting down" in text
+    # The ungranted imports are named once at start-up.
+    assert "probe_kv" in text and "without a grant" in text
+
+
+def test_serve_bad_config_exits_without_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump({"static_resources": {"listeners": [_listener("edge", {"grants": ["x"]})]}})
+    )
+    result = subprocess.run(
+        [*lightcell_command(), "serve", "--envoy-config", str(path), "--socket", str(tmp_path / "s.sock")],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "lightcell: error:" in result.stderr and "'edge'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_demo_is_delegated_with_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    fake = types.ModuleType("extproc.demo")
+    fake.main = lambda argv: seen.append(list(argv)) or 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "extproc.demo", fake)
+    assert cli.main(["demo", "--once"]) == 3
+    assert seen == [["--once"]]
+
+
+def test_compile_without_an_implementation_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "vmm.microvm.compile", types.ModuleType("vmm.microvm.compile"))
+    assert cli.main(["compile", "plugin.wasm"]) == 1
+    assert "lightcell compile` is not available yet" in capsys.readouterr().err
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("serve", "check", "demo", "compile"):
+        assert command in out
