@@ -148,8 +148,13 @@ def test_serve_bad_config_exits_without_traceback(tmp_path: Path) -> None:
 
 def test_demo_is_delegated_with_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(list(argv))
+        return 3
+
     fake = types.ModuleType("extproc.demo")
-    fake.main = lambda argv: seen.append(list(argv)) or 3  # type: ignore[attr-defined]
+    fake.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "extproc.demo", fake)
     assert cli.main(["demo", "--once"]) == 3
     assert seen == [["--once"]]
