@@ -163,8 +163,11 @@ def _remove_stale_socket(path: Path) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise ConfigError(f"{path}: exists and is not a socket; refusing to replace it")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)  # a live server with a full backlog would block connect()
         try:
             probe.connect(str(path))
+        except TimeoutError:
+            raise ConfigError(f"{path}: a server holds this socket (connect timed out)") from None
         except ConnectionRefusedError:
             path.unlink()  # nobody listens: stale
             LOG.info("removed stale socket %s", path)

@@ -81,7 +81,8 @@ class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignor
             self._metrics.inc("internal_errors_total", listener=listener.name)
             await context.abort(grpc.StatusCode.INTERNAL, f"lightcell internal error: {type(e).__name__}")
         finally:
-            await session.aclose()
+            # Shielded: a second cancellation must not leave the sandbox half-released.
+            await asyncio.shield(session.aclose())
 
     async def _listener_of(self, context: grpc.aio.ServicerContext[object, object]) -> Listener:
         name = None
