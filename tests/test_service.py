@@ -418,3 +418,31 @@ async def test_regular_file_is_not_removed(tmp_path: Path) -> None:
         async with fake_server(tmp_path, FakeFactory()):
             pass
     assert precious.read_text() == "not a socket"
+
+
+# ----------------------------------------------------------------------------- UDP egress
+
+
+async def test_egress_from_worker_threads_and_a_full_queue(
+    udp_sink: asyncio_dgram.aio.DatagramServer,
+) -> None:
+    from vmm.egress import UdpEgress
+    from vmm.policy import EgressTarget
+
+    target = EgressTarget("127.0.0.1", udp_sink.sockname[1])
+    egress = UdpEgress(max_pending=4)
+    assert not egress.send(target, b"before start")  # no loop yet: refused, not lost silently
+    await egress.start()
+    try:
+        # Tiers call from worker threads: queued on the loop, delivered in order.
+        results = await asyncio.to_thread(lambda: [egress.send(target, f"t{i}".encode()) for i in range(3)])
+        assert results == [True, True, True]
+        got = [(await asyncio.wait_for(udp_sink.recv(), IO_TIMEOUT))[0] for _ in range(3)]
+        assert got == [b"t0", b"t1", b"t2"]
+        # Nothing drains while we hold the loop: the fifth datagram finds the queue full.
+        assert [egress.send(target, b"x") for _ in range(5)] == [True] * 4 + [False]
+        for _ in range(4):
+            assert (await asyncio.wait_for(udp_sink.recv(), IO_TIMEOUT))[0] == b"x"
+    finally:
+        await egress.aclose()
+    assert not egress.send(target, b"after close")
