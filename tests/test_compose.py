@@ -133,3 +133,19 @@ def test_envoy_accepts_config(envoy_bin: Path, name: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout + result.stderr
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])
+def test_lightcell_check_accepts_config(built_plugins: dict[str, Path], name: str) -> None:
+    """Lightcell itself loads every plugin these configs name (relative paths work from the repo too)."""
+    from extproc.envoy_harness import lightcell_command
+
+    result = subprocess.run(
+        [*lightcell_command(), "check", "--envoy-config", str(ROOT / "envoy-config" / name)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -430,6 +430,25 @@ def test_bad_config_rejected_with_clear_message(
     assert "Traceback" not in message, message  # a clear message, not a crash
 
 
+# ----------------------------------------------------------------------------- the demo
+
+
+def test_demo_once_runs_every_scenario() -> None:
+    """`lightcell demo --once`: its own Envoy + Lightcell + echo; exits 0 only if every scenario behaved."""
+    result = subprocess.run(
+        [*lightcell_command(), "demo", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert out.count("-> as expected") == 4, out
+    assert "URYYB SEBZ GUR PYVRAG" in out
+    assert "stopped envoy, lightcell and the echo upstream." in out
+
+
 # ----------------------------------------------------------------------------- Lightcell dies (runs last)
 
 
