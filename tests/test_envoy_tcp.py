@@ -92,6 +92,8 @@ def _listeners(plugins: dict[str, Path]) -> dict[str, tuple[dict[str, Any] | Non
     for fault in FAULTS:
         for mode in MODES:
             table[f"{fault}_{mode}"] = (policy(faulty, f"mode={fault};after=3", failure=mode), echo)
+        # A recording upstream never answers, so only client chunks count: fault on the 2nd.
+        table[f"{fault}_record"] = (policy(faulty, f"mode={fault};after=2"), UpstreamMode.RECORD)
     return table
 
 
@@ -330,6 +332,33 @@ async def test_plugin_fault_gives_failure_mode(stack: Stack, fault: str, mode: s
     try_write(writer, b"third\n")
     writer.close()
     # Fail closed: not one byte after the fault reached the upstream.
+    assert await upstream_done(up, index) == b"first\n"
+
+
+async def wait_received(up: Upstream, index: int, expected: bytes) -> None:
+    """Until upstream connection `index` has received `expected` (content, not a sleep)."""
+
+    async def poll() -> None:
+        while len(up.received) <= index or bytes(up.received[index]) != expected:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), IO_TIMEOUT)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_fail_closed_no_unfiltered_byte_reaches_recording_upstream(stack: Stack, fault: str) -> None:
+    up = stack.upstreams[f"{fault}_record"]
+    index = len(up.received)
+    reader, writer = await connect(stack.port(f"{fault}_record"))
+    writer.write(b"first\n")
+    await wait_received(up, index, b"first\n")
+    # The faulting chunk and a burst right behind it, before any verdict can come back.
+    writer.write(b"second\n" + b"more\n" * 100)
+    for _ in range(50):
+        try_write(writer, b"and more\n")
+    data, how = await read_to_end(reader)
+    writer.close()
+    assert (data, how) == (b"", "eof")
     assert await upstream_done(up, index) == b"first\n"
 
 
