@@ -50,13 +50,20 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def render_demo_config(source: Path, socket_path: Path, echo_port: int) -> dict[str, Any]:
-    """demo.yaml with the runtime's socket, echo port, absolute plugin paths, free ports."""
+def render_demo_config(
+    source: Path, socket_path: Path, echo_port: int, any_port: bool = False
+) -> dict[str, Any]:
+    """demo.yaml with the runtime's socket, echo port, absolute plugin paths, free ports.
+
+    The listeners keep the file's ports unless `any_port` or one of them is taken.
+    """
     config: dict[str, Any] = yaml.safe_load(source.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = 0
     listeners = config["static_resources"]["listeners"]
     ports = [lst["address"]["socket_address"]["port_value"] for lst in listeners]
-    keep_ports = all(_port_free(p) for p in ports)
+    keep_ports = not any_port and all(_port_free(p) for p in ports)
+    if not keep_ports and not any_port:
+        print(f"some of the ports in {source.name} are taken; using free ports instead", flush=True)
     for lst in listeners:
         if not keep_ports:
             lst["address"]["socket_address"]["port_value"] = 0
@@ -198,6 +205,9 @@ def _parse(args: Sequence[str] | argparse.Namespace | None) -> argparse.Namespac
     parser.add_argument(
         "--config", type=Path, default=DEMO_CONFIG, help="Envoy config with Lightcell policies"
     )
+    parser.add_argument(
+        "--any-port", action="store_true", help="listen on free ports instead of the config's ports"
+    )
     return parser.parse_args(list(args) if args is not None else None)
 
 
@@ -213,7 +223,7 @@ async def _wait_for_ctrl_c() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def run(once: bool, source: Path) -> int:
+async def run(once: bool, source: Path, any_port: bool = False) -> int:
     from plugins import build as plugin_build  # the demo builds the examples from source
 
     print("building example plugins (cached) ...", flush=True)
@@ -222,7 +232,7 @@ async def run(once: bool, source: Path) -> int:
         workdir = Path(tmp)
         socket_path = workdir / "lightcell.sock"
         async with Upstream() as echo:
-            config = render_demo_config(source, socket_path, echo.port)
+            config = render_demo_config(source, socket_path, echo.port, any_port)
             config_path = write_config(config, workdir / "demo.yaml")
             print("starting lightcell serve and envoy ...", flush=True)
             lightcell = LightcellProcess(config_path, socket_path, workdir / "lightcell.log")
@@ -264,7 +274,8 @@ async def _traffic(envoy: EnvoyProcess, echo: Upstream, described: dict[str, str
 def main(args: Sequence[str] | argparse.Namespace | None = None) -> int:
     opts = _parse(args)
     try:
-        return asyncio.run(run(bool(opts.once), Path(getattr(opts, "config", DEMO_CONFIG))))
+        source = Path(getattr(opts, "config", DEMO_CONFIG))
+        return asyncio.run(run(bool(opts.once), source, bool(getattr(opts, "any_port", False))))
     except KeyboardInterrupt:
         return 130
 

@@ -465,7 +465,7 @@ def test_bad_config_rejected_with_clear_message(
 def test_demo_once_runs_every_scenario() -> None:
     """`lightcell demo --once`: its own Envoy + Lightcell + echo; exits 0 only if every scenario behaved."""
     result = subprocess.run(
-        [*lightcell_command(), "demo", "--once"],
+        [*lightcell_command(), "demo", "--once", "--any-port"],
         capture_output=True,
         text=True,
         timeout=300,
