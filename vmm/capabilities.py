@@ -26,6 +26,11 @@ LOG = logging.getLogger("lightcell.capabilities")
 MAX_LOG_MESSAGE = 4096
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_BYTES = 4096
+LOG_BURST_LINES = 200
+LOG_LINES_PER_SECOND = 100.0
+"""Per connection: a plugin may log a burst, then this many lines a second;
+the rest are dropped and counted (log_dropped_total), so a plugin cannot
+flood the log pipeline or burn the host's CPU in logging."""
 
 _LEVELS = {
     LogLevel.TRACE: logging.DEBUG,
@@ -66,6 +71,10 @@ class HostCapabilities:
     metadata: dict[str, str] = field(default_factory=dict)
     denied: str | None = None
     """The first capability refused on this connection, if any."""
+    log_dropped: int = 0
+    """Log lines dropped by the per-connection rate limit."""
+    _log_tokens: float = field(default=LOG_BURST_LINES, init=False, repr=False)
+    _log_stamp: float | None = field(default=None, init=False, repr=False)
 
     def check(self, capability: str) -> None:
         if self.grants.allows(capability):
@@ -89,7 +98,28 @@ class HostCapabilities:
             lvl = _LEVELS[LogLevel(level)]
         except ValueError:
             lvl = logging.INFO
+        if not self._log_allowed():
+            return
         PLUGIN_LOG.log(lvl, "[%s/%s] %s", self.listener, self.plugin, message[:MAX_LOG_MESSAGE])
+
+    def _log_allowed(self) -> bool:
+        """Token bucket: LOG_BURST_LINES, refilled at LOG_LINES_PER_SECOND."""
+        now = time.monotonic()
+        if self._log_stamp is not None:
+            refill = (now - self._log_stamp) * LOG_LINES_PER_SECOND
+            self._log_tokens = min(float(LOG_BURST_LINES), self._log_tokens + refill)
+        self._log_stamp = now
+        if self._log_tokens >= 1.0:
+            self._log_tokens -= 1.0
+            return True
+        if self.log_dropped == 0:
+            LOG.warning(
+                "log rate limit hit listener=%s plugin=%s: dropping lines",
+                self.listener, self.plugin,
+            )
+        self.log_dropped += 1
+        self.metrics.inc("log_dropped_total", listener=self.listener, plugin=self.plugin)
+        return False
 
     # clock -----------------------------------------------------------------
     def wall_now(self) -> int:
