@@ -14,7 +14,9 @@ rewrite plugin (read=upper), 1 KiB chunks:
 Part 2, end to end on loopback, real Envoy (`--concurrency 1`) in front of an echo
 server, interleaved rounds, medians over rounds:
 - Envoy tcp_proxy alone (baseline) vs Envoy + ext_proc -> Lightcell -> rewrite plugin;
-- 1 KiB ping-pong on one connection (p50/p99), and connection churn (conn/s).
+- 1 KiB ping-pong on one connection (p50/p99), and connection churn (conn/s);
+- memory per open connection: RSS growth of Envoy (+ Lightcell) over --hold open
+  connections that have each carried one 1 KiB round trip.
 A ping-pong through Lightcell crosses the gRPC hop twice (read and write direction).
 """
 
@@ -170,7 +172,26 @@ async def churn(port: int, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-async def bench_envoy(envoy: EnvoyProcess, rounds: int, events: int, conns: int) -> None:
+async def memory_per_connection(port: int, pids: Sequence[int], hold: int) -> float:
+    """RSS growth (summed over `pids`) per open, active downstream connection, in bytes."""
+    await asyncio.sleep(0.5)
+    before = sum(rss_bytes(p) for p in pids)
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(hold)]
+    for _, writer in conns:
+        writer.write(CHUNK)
+    for reader, _ in conns:
+        await reader.readexactly(len(CHUNK))
+    await asyncio.sleep(0.5)
+    after = sum(rss_bytes(p) for p in pids)
+    for _, writer in conns:
+        writer.close()
+    await asyncio.sleep(0.5)
+    return (after - before) / hold
+
+
+async def bench_envoy(
+    envoy: EnvoyProcess, lightcell_pid: int, rounds: int, events: int, conns: int, hold: int
+) -> None:
     names = {"plain": "Envoy tcp_proxy alone", "lightcell": "Envoy + Lightcell (rewrite read=upper)"}
     p50: dict[str, list[float]] = {k: [] for k in names}
     p99: dict[str, list[float]] = {k: [] for k in names}
@@ -181,10 +202,14 @@ async def bench_envoy(envoy: EnvoyProcess, rounds: int, events: int, conns: int)
             p50[name].append(pct(lat, 50))
             p99[name].append(pct(lat, 99))
             cps[name].append(await churn(envoy.ports[name], conns))
+    assert envoy.pid is not None
+    pids = {"plain": [envoy.pid], "lightcell": [envoy.pid, lightcell_pid]}
     for name, label in names.items():
+        mem = await memory_per_connection(envoy.ports[name], pids[name], hold)
         print(
             f"  {label:40s} p50 {statistics.median(p50[name]) * 1e6:8.1f} us   "
-            f"p99 {statistics.median(p99[name]) * 1e6:8.1f} us   {statistics.median(cps[name]):7.0f} conn/s"
+            f"p99 {statistics.median(p99[name]) * 1e6:8.1f} us   "
+            f"{statistics.median(cps[name]):7.0f} conn/s   {mem / 1024:6.1f} KiB/conn"
         )
 
 
@@ -216,7 +241,9 @@ async def main_async(opts: argparse.Namespace) -> None:
                 print("1. gRPC client -> Lightcell socket (no Envoy)")
                 await bench_grpc(socket_path, lightcell.pid, opts.events, opts.conns, opts.hold)
                 print(f"2. end to end through Envoy (medians of {opts.rounds} interleaved rounds)")
-                await bench_envoy(envoy, opts.rounds, opts.events // 4, opts.conns // 3)
+                await bench_envoy(
+                    envoy, lightcell.pid, opts.rounds, opts.events // 4, opts.conns // 3, opts.hold
+                )
             finally:
                 await envoy.stop()
                 await lightcell.stop()
