@@ -28,6 +28,10 @@ _VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
 # WASI preview1 errno values.
 _ESUCCESS, _EBADF, _EINVAL = 0, 8, 28
 _IOV_MAX = 1024
+# Bytes one fd_write takes (a short write, as WASI allows; wasi-libc loops).
+# Without a cap one call could hand the host its whole memory (16 MiB of
+# newlines: 16M lines split and logged in host code the epoch cannot stop).
+_MAX_WRITE = 64 * 1024
 
 HostFn = Callable[..., Any]
 
@@ -179,14 +183,17 @@ def _fd_write(
     mem = _mem(ctx, caller)
     base = u32(iovs)
     mem.span(base, 8 * count, 1, "iovec array")  # checked whole, so base + 8*i cannot wrap
-    data = b"".join(
-        mem.read(
-            mem.read_u32(base + 8 * i, "iovec ptr", 1),
-            mem.read_u32(base + 8 * i + 4, "iovec len", 1),
-            "iovec buffer",
-        )
-        for i in range(count)
-    )
+    parts: list[bytes] = []
+    room = _MAX_WRITE
+    for i in range(count):
+        ptr = mem.read_u32(base + 8 * i, "iovec ptr", 1)
+        length = mem.read_u32(base + 8 * i + 4, "iovec len", 1)
+        mem.span(ptr, length, 1, "iovec buffer")  # the whole buffer must be valid
+        parts.append(mem.read(ptr, min(length, room), "iovec buffer"))
+        room -= len(parts[-1])
+        if room == 0:
+            break
+    data = b"".join(parts)
     mem.write_u32(nwritten, len(data), "fd_write nwritten", 1)
     ctx.output(fd).write(data)
     return _ESUCCESS
