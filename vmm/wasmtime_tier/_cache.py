@@ -9,7 +9,9 @@ plugin itself is untrusted; its bytes only pick the file name (a SHA-256).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,25 @@ from vmm.wasmtime_tier._engine import CONFIG_TAG
 __all__ = ["cache_dir", "compile_component", "compile_module"]
 
 T = TypeVar("T", wasmtime.Module, Component)
+LOG = logging.getLogger("lightcell.wasmtime")
+
+
+def _trusted(path: Path, kind: int) -> bool:
+    """Owned by us, of the expected type (no symlink), writable by nobody else.
+
+    Deserialising runs the file as native code: an entry another local user
+    could have written (a shared or group-writable cache directory) is never
+    loaded, and nothing is written into such a directory either.
+    """
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_IFMT(st.st_mode) == kind
+        and st.st_uid == os.geteuid()
+        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -50,13 +71,18 @@ def _cached(
     deserialize: Callable[[str], T],
 ) -> T:
     path = directory / f"{_key(kind, wasm)}.{kind}.cwasm"
-    if path.exists():
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not _trusted(directory, stat.S_IFDIR):
+        LOG.warning("compile cache %s is not private to this user: not used", directory)
+        return compile_()
+    if _trusted(path, stat.S_IFREG):
         try:
             return deserialize(str(path))
         except wasmtime.WasmtimeError:
             path.unlink(missing_ok=True)  # stale or truncated: recompile
+    elif path.exists() or path.is_symlink():
+        LOG.warning("compile cache entry %s is not private to this user: replaced", path)
     compiled = compile_()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".cwasm")
     try:
         with os.fdopen(fd, "wb") as f:
