@@ -58,7 +58,8 @@ SUITE_DIR = Path(os.environ.get("LIGHTCELL_WASM_TESTSUITE", "/work/shared/wasm-t
 
 CI_SUBSET = (
     "i32", "i64", "f32", "f64", "f32_cmp", "conversions", "int_exprs", "br_table", "call_indirect",
-    "memory_grow", "memory_trap", "address", "traps", "unreachable", "fac", "left-to-right", "stack", "global",
+    "memory_grow", "memory_trap", "address", "traps", "unreachable", "fac", "left-to-right", "stack",
+    "global",
     "bulk", "table_grow", "imports", "linking",
 )
 """A representative, fast subset (integer/float ops, control flow, memory,
