@@ -32,6 +32,12 @@ LOG_LINES_PER_SECOND = 100.0
 the rest are dropped and counted (log_dropped_total), so a plugin cannot
 flood the log pipeline or burn the host's CPU in logging."""
 
+# Control characters in a plugin's log line are escaped: a message with a
+# newline must not be able to forge a second, host-looking log record.
+_ESCAPE_CONTROLS = str.maketrans(
+    {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, 0x85, 0x2028, 0x2029] if c != 0x09}
+)
+
 _LEVELS = {
     LogLevel.TRACE: logging.DEBUG,
     LogLevel.DEBUG: logging.DEBUG,
@@ -100,7 +106,8 @@ class HostCapabilities:
             lvl = logging.INFO
         if not self._log_allowed():
             return
-        PLUGIN_LOG.log(lvl, "[%s/%s] %s", self.listener, self.plugin, message[:MAX_LOG_MESSAGE])
+        text = message[:MAX_LOG_MESSAGE].translate(_ESCAPE_CONTROLS)
+        PLUGIN_LOG.log(lvl, "[%s/%s] %s", self.listener, self.plugin, text)
 
     def _log_allowed(self) -> bool:
         """Token bucket: LOG_BURST_LINES, refilled at LOG_LINES_PER_SECOND."""
