@@ -429,3 +429,13 @@ async def test_socket_path_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
         await LightcellServer.start(LightcellConfig(tmp_path / "x.yaml", {}), socket_path=link, loaded={})
     assert target.read_text() == "not a socket"
 
+
+
+async def test_plugin_log_lines_cannot_forge_host_records(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = b"ok\n2026-01-01 ERROR lightcell.session: forged\r\x1b[2K"
+    with caplog.at_level(logging.INFO, logger="lightcell.plugin"):
+        await hostile_run(rig, place(4096, forged), command(1, 2, 4096, len(forged)))
+    lines = [r.getMessage() for r in caplog.records if r.name == "lightcell.plugin"]
+    assert lines == ["[hostile/hostile] ok\\x0a2026-01-01 ERROR lightcell.session: forged\\x0d\\x1b[2K"]
