@@ -21,9 +21,12 @@ from vmm.wasm_module import (
 from vmm.wasmtime_tier._cache import cache_dir, compile_component, compile_module
 from vmm.wasmtime_tier._component import ComponentProgram, ComponentSandbox, component_capabilities
 from vmm.wasmtime_tier._core import CoreProgram, CoreSandbox
-from vmm.wasmtime_tier._engine import engine, ticker
+from vmm.wasmtime_tier._engine import deadline_ticks, engine, ticker
 
-__all__ = ["WasmtimeFactory", "load_sync"]
+__all__ = ["LOAD_BUDGET_MS", "WasmtimeFactory", "load_sync"]
+
+LOAD_BUDGET_MS = 10_000
+"""Time a component's start code may take at load (it is compiled already)."""
 
 
 class WasmtimeFactory:
@@ -111,10 +114,20 @@ def _load_component(spec: SandboxSpec, data: bytes, directory: Path) -> Wasmtime
     program = ComponentProgram(component)
     # Link once now so a missing import or export is a load error, not a
     # failure on the first connection.
+    # Instantiating runs the plugin's start code: bounded like a connection
+    # (memory cap, and a time budget with the epoch ticker running), so a
+    # component that loops or allocates at start cannot hang or bloat start-up.
     store = wasmtime.Store(engine())
+    store.set_limits(memory_size=spec.limits.memory_bytes, table_elements=1 << 20, memories=1)
     store.set_wasi(wasmtime.WasiConfig())
-    store.set_epoch_deadline(1 << 40)
-    instance = program.instantiate(store)
+    store.set_epoch_deadline(deadline_ticks(LOAD_BUDGET_MS))
+    ticker.acquire()
+    try:
+        instance = program.instantiate(store)
+    except wasmtime.Trap as e:
+        raise PluginLoadError(f"{spec.plugin_path}: component failed to start: {e}") from e
+    finally:
+        ticker.release()
     for name in ("on-open", "on-data", "on-close"):
         if instance.get_func(store, name) is None:
             raise PluginLoadError(f"{spec.plugin_path}: component has no export {name!r}")
