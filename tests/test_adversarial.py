@@ -25,6 +25,7 @@ from typing import Any
 import asyncio_dgram
 import grpc
 import pytest
+import wasmtime
 from envoy.service.network_ext_proc.v3 import network_external_processor_pb2 as pb
 from envoy.service.network_ext_proc.v3 import network_external_processor_pb2_grpc as pb_grpc
 from test_fuzz_wasm_boundary import MEMORY_BYTES, command, hostile_wasm, read_memory
@@ -39,6 +40,8 @@ from vmm.contract import DataEvent, Verdict
 from vmm.kvstore import KvStore
 from vmm.metrics import METRICS
 from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec, Tier
+from vmm.sandbox import PluginLoadError
+from vmm.wasmtime_tier import _factory
 
 IO_TIMEOUT = 30.0
 METHOD = f"/{SERVICE_NAME}/Process"
@@ -439,3 +442,24 @@ async def test_plugin_log_lines_cannot_forge_host_records(
         await hostile_run(rig, place(4096, forged), command(1, 2, 4096, len(forged)))
     lines = [r.getMessage() for r in caplog.records if r.name == "lightcell.plugin"]
     assert lines == ["[hostile/hostile] ok\\x0a2026-01-01 ERROR lightcell.session: forged\\x0d\\x1b[2K"]
+
+
+SPINNING_COMPONENT = r"""
+(component
+  (core module $m (func $spin (loop $l (br $l))) (start $spin))
+  (core module $n)
+  (core instance $j (instantiate $n))
+  (core instance $i (instantiate $m))
+)
+"""
+
+
+async def test_component_that_spins_at_start_is_a_load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Load runs the component's start code: bounded, so start-up cannot hang."""
+    monkeypatch.setattr(_factory, "LOAD_BUDGET_MS", 100)
+    path = tmp_path / "spin.wasm"
+    path.write_bytes(wasmtime.wat2wasm(SPINNING_COMPONENT))
+    with pytest.raises(PluginLoadError, match="interrupt"):
+        await asyncio.wait_for(wt.load(SandboxSpec("spin", str(path)), tmp_path / "cache"), IO_TIMEOUT)
