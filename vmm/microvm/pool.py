@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -36,8 +37,10 @@ class PooledVm:
 
 class VmPool:
     def __init__(self, system: System, template: Template, threads: ThreadSet,
-                 target: int = 4, max_idle: int | None = None) -> None:
+                 target: int = 4, max_idle: int | None = None,
+                 warm: Callable[[MicroVm], None] = warm_up) -> None:
         self.system = system
+        self.warm = warm
         self.template = template
         self.threads = threads
         self.target = target
@@ -45,6 +48,7 @@ class VmPool:
         self._ready: collections.deque[PooledVm] = collections.deque()
         self._lock = threading.Lock()
         self._pending = 0
+        self._restoring = 0  # given back, restore queued: counts toward the target
         self._closed = False
         self._live: set[PooledVm] = set()
         self.snapshot: Snapshot | None = None
@@ -64,7 +68,7 @@ class VmPool:
         try:
             vm.boot()
             snap = Snapshot.take(vm)
-            warm_up(vm)
+            self.warm(vm)
             snap.add_warm_pages(vm)
             snap.restore(vm)
         except BaseException:
@@ -83,10 +87,12 @@ class VmPool:
         """A new VM from the snapshot, warmed then restored (runs on `thread`)."""
         snap = self.snapshot
         assert snap is not None
+        if self._closed:
+            raise RuntimeError("pool is closed")
         vm = MicroVm(self.system, self.template)
         try:
             snap.restore(vm)
-            warm_up(vm)
+            self.warm(vm)
             snap.restore(vm)
         except BaseException:
             vm.close()
@@ -94,6 +100,15 @@ class VmPool:
         return self._track(PooledVm(vm, thread))
 
     # -- lease ----------------------------------------------------------------
+    def try_take(self) -> PooledVm | None:
+        """A ready VM if the pool has one (never blocks)."""
+        with self._lock:
+            p = self._ready.popleft() if self._ready else None
+        if p is not None:
+            p.leased = True
+            self.refill()
+        return p
+
     def take(self) -> PooledVm:
         """A ready VM: from the pool, else made now on the caller's behalf (slow path)."""
         with self._lock:
@@ -108,8 +123,17 @@ class VmPool:
     def give_back(self, p: PooledVm) -> Future[None]:
         """Restore off the critical path, then pool (or destroy if enough are idle)."""
         p.leased = False
+        with self._lock:
+            self._restoring += 1
 
         def restore() -> None:
+            try:
+                _restore()
+            finally:
+                with self._lock:
+                    self._restoring -= 1
+
+        def _restore() -> None:
             snap = self.snapshot
             assert snap is not None
             with self._lock:
@@ -139,7 +163,7 @@ class VmPool:
         with self._lock:
             if self._closed or self.snapshot is None:
                 return
-            missing = self.target - len(self._ready) - self._pending
+            missing = self.target - len(self._ready) - self._pending - self._restoring
             self._pending += max(missing, 0)
         for _ in range(max(missing, 0)):
             thread = self.threads.pick()
@@ -147,6 +171,8 @@ class VmPool:
 
     def _add_fresh(self, thread: VcpuThread) -> None:
         try:
+            if self._closed:
+                return
             p = self._fresh(thread)
         except Exception:
             LOG.exception("could not make a pooled VM")
@@ -177,9 +203,16 @@ class VmPool:
             return len(self._live)
 
     def close(self) -> None:
-        """Destroy every VM, each on its own thread; waits for them."""
+        """Destroy every VM, each on its own thread; waits for them.
+
+        Background work already queued (restores, refills) runs first: the
+        barrier below queues behind it, so no VM outlives the template.
+        """
         with self._lock:
             self._closed = True
+        for t in self.threads.threads:
+            t.submit(lambda: None, BACKGROUND).result()
+        with self._lock:
             live = list(self._live)
         futures = [p.thread.submit(lambda p=p: self._destroy(p), BACKGROUND)  # type: ignore[misc]
                    for p in live]

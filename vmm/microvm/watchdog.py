@@ -37,8 +37,12 @@ class Watchdog:
         token = next(self._tokens)
         with self._lock:
             self._armed[token] = vm
-            heapq.heappush(self._heap, (time.monotonic() + seconds, token))
-            self._lock.notify()
+            deadline = time.monotonic() + seconds
+            # Wake the watchdog only if this deadline comes first: a wake-up
+            # per event would cost a thread switch on the hot path.
+            if not self._heap or deadline < self._heap[0][0]:
+                self._lock.notify()
+            heapq.heappush(self._heap, (deadline, token))
         return token
 
     def disarm(self, token: int) -> None:

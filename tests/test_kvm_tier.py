@@ -1,0 +1,193 @@
+"""The micro-VM tier through vmm.sandbox, with the real example plugins."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from _kvm_helpers import host
+
+from plugins import build as plugin_build
+from vmm.contract import DataEvent, Direction, VerdictKind
+from vmm.microvm import tier
+from vmm.microvm.tier import MicroVmFactory
+from vmm.policy import Limits, SandboxSpec
+from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
+
+pytestmark = pytest.mark.kvm
+
+
+def _read(data: bytes, eos: bool = False) -> DataEvent:
+    return DataEvent(Direction.READ, data, eos)
+
+
+def _write(data: bytes) -> DataEvent:
+    return DataEvent(Direction.WRITE, data, False)
+
+
+async def _load(plugin: Path, config: str = "", **limits: int) -> MicroVmFactory:
+    return await tier.load(
+        SandboxSpec("lst", str(plugin), limits=Limits(**limits), plugin_config=config), pool_size=2
+    )
+
+
+@pytest.fixture(scope="module")
+async def rewrite() -> AsyncIterator[MicroVmFactory]:
+    f = await _load(plugin_build.build_core("rewrite"), "read=number,write=rot13")
+    yield f
+    await f.aclose()
+
+
+async def test_rewrite_runs(rewrite: MicroVmFactory) -> None:
+    assert rewrite.tier == "microvm"
+    assert rewrite.imports == frozenset()
+    s = await rewrite.new_sandbox(host())
+    await s.open("lst", "read=number,write=rot13")
+    assert (await s.on_data(_read(b"abc"))).data == b"1:abc"
+    assert (await s.on_data(_write(b"hello"))).data == b"uryyb"
+    assert (await s.on_data(_read(b"def"))).data == b"2:def"
+    assert (await s.on_data(_read(b"x !close"))).kind is VerdictKind.CLOSE
+    assert (await s.on_data(_read(b"!reset"))).kind is VerdictKind.RESET
+    await s.close()
+    await s.close()  # idempotent, never raises
+
+
+async def test_every_connection_gets_a_fresh_vm(rewrite: MicroVmFactory) -> None:
+    identities = []
+    for _ in range(12):
+        s = await rewrite.new_sandbox(host())
+        await s.open("lst", "read=number,write=rot13")
+        # a static counter in the plugin: a reused instance would say 2: or more
+        assert (await s.on_data(_read(b"x"))).data == b"1:x"
+        assert (await s.on_data(_read(b"y"))).data == b"2:y"
+        identities.append(s.identity)
+        await s.close()
+    assert len(set(identities)) == len(identities)
+    # the same KVM VM serves again only after a restore (a new incarnation)
+    by_vm: dict[str, set[str]] = {}
+    for ident in identities:
+        serial, incarnation = ident.rsplit(".", 1)
+        by_vm.setdefault(serial, set()).add(incarnation)
+    assert sum(len(v) for v in by_vm.values()) == len(identities)
+
+
+async def test_component_wrapping_a_core_module_loads() -> None:
+    f = await _load(plugin_build.build("rewrite"))
+    try:
+        s = await f.new_sandbox(host())
+        await s.open("lst", "")
+        assert (await s.on_data(_read(b"shout"))).data == b"SHOUT"
+        assert (await s.on_data(_write(b"keep"))).kind is VerdictKind.PASS
+        await s.close()
+    finally:
+        await f.aclose()
+
+
+async def test_large_chunk(rewrite: MicroVmFactory) -> None:
+    s = await rewrite.new_sandbox(host())
+    await s.open("lst", "read=number,write=rot13")
+    data = b"abcdefgh" * 8192  # 64 KiB
+    assert (await s.on_data(_write(data))).data == b"nopqrstu" * 8192
+    await s.close()
+
+
+@pytest.fixture(scope="module")
+async def probe_kv() -> AsyncIterator[MicroVmFactory]:
+    f = await _load(plugin_build.build_core("probe"), "call=kv")
+    yield f
+    await f.aclose()
+
+
+async def test_granted_capability(probe_kv: MicroVmFactory) -> None:
+    assert "kv" in probe_kv.imports
+    h = host("kv")
+    s = await probe_kv.new_sandbox(h)
+    await s.open("lst", "call=kv")
+    assert (await s.on_data(_read(b"a"))).data == b"kv=1\n"
+    assert (await s.on_data(_read(b"b"))).data == b"kv=2\n"
+    await s.close()
+
+
+async def test_ungranted_capability_denied(probe_kv: MicroVmFactory) -> None:
+    h = host("log")
+    s = await probe_kv.new_sandbox(h)
+    await s.open("lst", "call=kv")
+    with pytest.raises(PluginFault) as info:
+        await s.on_data(_read(b"a"))
+    assert info.value.kind is FaultKind.DENIED
+    assert h.denied == "kv"
+    with pytest.raises(PluginFault):  # the connection's sandbox stays failed
+        await s.on_data(_read(b"b"))
+    await s.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "kind"),
+    [
+        ("mode=trap", FaultKind.TRAP),
+        ("mode=loop", FaultKind.BUDGET),
+        ("mode=grow", FaultKind.MEMORY),
+    ],
+)
+async def test_faulty_plugin_ends_only_its_connection(config: str, kind: FaultKind) -> None:
+    f = await _load(
+        plugin_build.build_core("faulty"), config + ";after=2", memory_bytes=2 << 20, event_cpu_ms=30
+    )
+    try:
+        s = await f.new_sandbox(host())
+        await s.open("lst", config + ";after=2")
+        assert (await s.on_data(_read(b"first"))).kind is VerdictKind.PASS
+        with pytest.raises(PluginFault) as info:
+            await s.on_data(_read(b"second"))
+        assert info.value.kind is kind
+        await s.close()
+        # the next connection starts clean from the snapshot
+        s2 = await f.new_sandbox(host())
+        await s2.open("lst", config + ";after=2")
+        assert (await s2.on_data(_read(b"first"))).kind is VerdictKind.PASS
+        await s2.close()
+    finally:
+        await f.aclose()
+
+
+async def test_bad_config_faults_at_first_hook() -> None:
+    f = await _load(plugin_build.build_core("rewrite"), "read=nonsense")
+    try:
+        s = await f.new_sandbox(host())
+        await s.open("lst", "read=nonsense")  # on-open runs with the next hook
+        with pytest.raises(PluginFault) as info:
+            await s.on_data(_read(b"x"))
+        assert info.value.kind is FaultKind.TRAP
+        await s.close()
+    finally:
+        await f.aclose()
+
+
+async def test_wasi_plugin_logs_when_granted(caplog: pytest.LogCaptureFixture) -> None:
+    f = await _load(plugin_build.build("wasi-log"))
+    try:
+        caplog.set_level("INFO", logger="lightcell.plugin")
+        s = await f.new_sandbox(host("log", "clock"))
+        await s.open("lst", "")
+        assert (await s.on_data(_read(b"12345"))).kind is VerdictKind.PASS
+        await s.close()
+        assert "wasi-log: lst read 5 bytes" in caplog.text
+        s = await f.new_sandbox(host())
+        await s.open("lst", "")
+        with pytest.raises(PluginFault) as info:
+            await s.on_data(_read(b"12345"))
+        assert info.value.kind is FaultKind.DENIED
+        await s.close()
+    finally:
+        await f.aclose()
+
+
+async def test_wasi_02_component_refused_naming_wasmtime() -> None:
+    with pytest.raises(PluginLoadError, match="wasmtime"):
+        await _load(plugin_build.build("counter"))
+
+
+async def test_missing_plugin_refused(tmp_path: Path) -> None:
+    with pytest.raises(PluginLoadError):
+        await _load(tmp_path / "nope.wasm")
