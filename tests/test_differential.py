@@ -214,3 +214,14 @@ async def test_same_behaviour(runs: dict[str, TierRun], case: Case) -> None:
     # shared per tier across every connection so far
     assert runs["wasmtime"].kv.contents() == runs["microvm"].kv.contents(), case.id
     assert runs["wasmtime"].sent.datagrams == runs["microvm"].sent.datagrams, case.id
+
+
+async def test_the_comparison_sees_a_difference(runs: dict[str, TierRun]) -> None:
+    """The trace comparison is not blind: one op apart is a difference."""
+    run = runs["wasmtime"]
+    upper, lower = Case("rewrite", "read=upper"), Case("rewrite", "read=lower,write=pass")
+    a = await run_connection(run.factories["rewrite"], RecordingHost(
+        LISTENER, "rewrite", Grants(), LIMITS["rewrite"], run.kv), LISTENER, upper.config, _events(upper, 1))
+    b = await run_connection(run.factories["rewrite"], RecordingHost(
+        LISTENER, "rewrite", Grants(), LIMITS["rewrite"], run.kv), LISTENER, lower.config, _events(upper, 1))
+    assert first_difference(a, b) is not None
