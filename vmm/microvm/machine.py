@@ -25,7 +25,7 @@ NX = 1 << 63
 _TABLE = P | RW | US | A  # intermediate levels: the leaf decides
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
+CR4_TSD, CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 2, 1 << 5, 1 << 9, 1 << 10
 EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
 
 TSS_SIZE = 104
@@ -151,7 +151,8 @@ class Template:
         sregs.idt.base, sregs.idt.limit = abi.LC_IDT, IDT_VECTORS * 16 - 1
         sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
         sregs.cr3 = abi.LC_PAGE_TABLES
-        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
+        # CR4.TSD (no rdtsc in ring 3) is set, but PVM does not honour it (tested: rdtsc runs).
+        sregs.cr4 = CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
         sregs.efer = EFER_LME | EFER_LMA | EFER_NXE
         return sregs
 

@@ -70,6 +70,10 @@ static int misbehave(const uint8_t *p, uint32_t len, struct lc_response *out)
         __asm__ volatile("cli");
     } else if (starts(p, len, "!wrmsr")) {
         __asm__ volatile("wrmsr" : : "c"(0xc0000080u), "a"(0u), "d"(0u));
+    } else if (starts(p, len, "!rdtsc")) {
+        uint32_t lo, hi;
+        __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+        sink = ((uint64_t)hi << 32) | lo;
     } else if (starts(p, len, "!cr3")) {
         __asm__ volatile("mov %0, %%cr3" : : "r"((uint64_t)0x1000) : "memory");
     } else if (starts(p, len, "!null")) {
