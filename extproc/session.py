@@ -16,7 +16,7 @@ import logging
 from extproc import tcp_protocol
 from extproc.listener import FailureMode, Listener
 from vmm.capabilities import DatagramSender, HostCapabilities
-from vmm.contract import DataEvent, VerdictKind
+from vmm.contract import MAX_EVENT_BYTES, DataEvent, Verdict, VerdictKind
 from vmm.metrics import METRICS, Metrics
 from vmm.sandbox import PluginFault, Sandbox
 
@@ -62,7 +62,7 @@ class Session:
             return tcp_protocol.forward(event, event.data)
         try:
             sandbox = await self._ensure_sandbox()
-            verdict = await sandbox.on_data(event)
+            verdict = await _run_plugin(sandbox, event)
         except PluginFault as fault:
             return await self._fail(event, fault)
         metadata = self._take_metadata()
@@ -125,3 +125,25 @@ class Session:
             return tcp_protocol.forward(event, event.data)
         self._state = _State.RESET if mode is FailureMode.RESET else _State.CLOSED
         return tcp_protocol.close(reset=mode is FailureMode.RESET)
+
+
+async def _run_plugin(sandbox: Sandbox, event: DataEvent) -> Verdict:
+    """The plugin's verdict on one chunk; chunks over MAX_EVENT_BYTES go in pieces.
+
+    The pieces' verdicts combine: the first close/reset wins (nothing of the
+    chunk is forwarded then), otherwise the outputs are concatenated.
+    """
+    data = event.data
+    if len(data) <= MAX_EVENT_BYTES:
+        return await sandbox.on_data(event)
+    outputs: list[bytes] = []
+    changed = False
+    for start in range(0, len(data), MAX_EVENT_BYTES):
+        piece = data[start : start + MAX_EVENT_BYTES]
+        last = start + MAX_EVENT_BYTES >= len(data)
+        verdict = await sandbox.on_data(DataEvent(event.direction, piece, event.end_of_stream and last))
+        if verdict.kind is VerdictKind.CLOSE or verdict.kind is VerdictKind.RESET:
+            return verdict
+        changed = changed or verdict.kind is VerdictKind.REPLACE
+        outputs.append(verdict.output(piece))
+    return Verdict.replace(b"".join(outputs)) if changed else Verdict.pass_()

@@ -12,7 +12,7 @@ from envoy.service.network_ext_proc.v3 import network_external_processor_pb2 as 
 from extproc.listener import FailureMode
 from extproc.session import Session
 from vmm.capabilities import HostCapabilities
-from vmm.contract import DataEvent, Verdict, VerdictKind
+from vmm.contract import MAX_EVENT_BYTES, DataEvent, Verdict, VerdictKind
 from vmm.metrics import Metrics
 from vmm.sandbox import FaultKind, PluginFault
 
@@ -92,6 +92,28 @@ async def test_replace_forwards_the_plugins_bytes() -> None:
     session = Session(fake_listener(factory=FakeFactory(upper)))
     reply = await session.handle(write(b"abc", eos=True))
     assert (reply.write_data.data, reply.write_data.end_of_stream) == (b"ABC", True)
+
+
+async def test_a_chunk_over_the_event_limit_reaches_the_plugin_in_pieces() -> None:
+    factory = FakeFactory(upper)
+    session = Session(fake_listener(factory=factory))
+    data = bytes(range(97, 123)) * (MAX_EVENT_BYTES // 10)  # about 2.6 pieces
+    reply = await session.handle(read(data, eos=True))
+    assert reply.read_data.data == data.upper() and reply.read_data.end_of_stream
+    events = factory.sandboxes[0].events
+    rest = len(data) - 2 * MAX_EVENT_BYTES
+    assert [len(e.data) for e in events] == [MAX_EVENT_BYTES, MAX_EVENT_BYTES, rest]
+    assert [e.end_of_stream for e in events] == [False, False, True]
+
+
+async def test_a_close_verdict_on_any_piece_forwards_nothing_of_the_chunk() -> None:
+    async def close_on_second(event: DataEvent, host: HostCapabilities) -> Verdict:
+        return Verdict(VerdictKind.CLOSE) if event.data.startswith(b"2") else Verdict.pass_()
+
+    session = Session(fake_listener(factory=FakeFactory(close_on_second)))
+    data = b"1" * MAX_EVENT_BYTES + b"2" * MAX_EVENT_BYTES + b"3"
+    reply = await session.handle(read(data))
+    assert not carries_data(reply) and reply.connection_status == CLOSE
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,13 @@ class Verdict:
 _PASS = Verdict(VerdictKind.PASS)
 
 
+MAX_EVENT_BYTES = 256 * 1024
+"""Most bytes one on-data call receives. Envoy hands over up to ~1 MiB per
+message; bigger chunks reach the plugin in pieces of this size (TCP chunk
+boundaries carry no meaning), so every tier can size its buffers for it and
+a plugin may expand its input 4x within the micro-VM's 1 MiB output buffer."""
+
+
 @dataclass(frozen=True, slots=True)
 class DataEvent:
     """One chunk of a TCP stream, in order per direction."""
