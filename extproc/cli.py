@@ -18,10 +18,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
 from extproc.config import ConfigError, LightcellConfig, load_config
-from vmm.policy import Tier
+from vmm.policy import SandboxSpec, Tier
+
+if TYPE_CHECKING:
+    from extproc.plugins import TierChoice
 
 __all__ = ["main"]
 
@@ -118,7 +121,7 @@ def _check(args: argparse.Namespace) -> int:
         listeners = asyncio.run(_load_and_close(config))
     except ConfigError as e:
         return _fail(str(e))
-    _report(config, listeners, plugins.resolve_tier, sys.stdout)
+    _report(config, listeners, plugins.choose_tier, sys.stdout)
     return 0
 
 
@@ -136,7 +139,7 @@ async def _load_and_close(config: LightcellConfig) -> dict[str, frozenset[str]]:
 def _report(
     config: LightcellConfig,
     imports: dict[str, frozenset[str]],
-    resolve: Callable[[Tier], Tier],
+    choose: Callable[[SandboxSpec, Tier], TierChoice],
     out: TextIO,
 ) -> None:
     print(f"{config.path}: OK, {len(config.listeners)} listener(s)", file=out)
@@ -147,8 +150,11 @@ def _report(
         granted = spec.grants.capabilities
         used = imports[name]
         missing = sorted(used - granted)
-        tier = resolve(policy.tier)
-        tier_text = policy.tier.value if tier is policy.tier else f"{policy.tier.value} -> {tier.value}"
+        choice = choose(spec, policy.tier)
+        tier_text = (
+            choice.tier.value if choice.tier is policy.tier else f"{policy.tier.value} -> {choice.tier.value}"
+        )
+        tier_text += f" ({choice.reason})"
         print(f"\nlistener {name}", file=out)
         print(f"  plugin        {spec.plugin_path}", file=out)
         if spec.plugin_config:

@@ -4,16 +4,19 @@ The only place the Envoy-facing side names a tier. Each tier module exposes
 `async load(spec: SandboxSpec) -> SandboxFactory`; tiers are imported lazily so
 a missing or broken tier only matters to listeners that ask for it.
 
-Tier `auto` resolves to wasmtime for now. When the micro-VM tier exposes
-`vmm.microvm.load`, `resolve_tier` is where `auto` should start preferring it
-(where /dev/kvm works and the plugin is a core module).
+Tier `auto` prefers the micro-VM tier (two walls: wasm sandbox + KVM) where
+/dev/kvm works and the plugin is a core module, or a component wrapping one;
+otherwise it falls back to wasmtime (one wall) with a start-up warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 from extproc.config import POLICY_NAMESPACE, ConfigError, LightcellConfig
@@ -22,13 +25,23 @@ from vmm.kvstore import KvStore
 from vmm.policy import SandboxSpec, Tier
 from vmm.sandbox import PluginLoadError, SandboxFactory
 
-__all__ = ["TierUnavailable", "close_all", "load_all", "load_listener", "load_listeners", "resolve_tier"]
+__all__ = [
+    "TierChoice",
+    "TierUnavailable",
+    "choose_tier",
+    "close_all",
+    "load_all",
+    "load_listener",
+    "load_listeners",
+]
+
+LOG = logging.getLogger("lightcell.plugins")
 
 Loader = Callable[[SandboxSpec], Awaitable[SandboxFactory]]
 
 _TIER_MODULES = {
     Tier.WASMTIME: "vmm.wasmtime_tier",
-    Tier.MICROVM: "vmm.microvm",
+    Tier.MICROVM: "vmm.microvm.tier",
 }
 
 
@@ -36,11 +49,40 @@ class TierUnavailable(PluginLoadError):
     """The requested tier is not part of this build (or cannot load)."""
 
 
-def resolve_tier(requested: Tier) -> Tier:
-    """The concrete tier a policy's `tier` runs in."""
-    if requested is Tier.AUTO:
-        return Tier.WASMTIME  # the micro-VM tier is not wired in yet (see module doc)
-    return requested
+@dataclass(frozen=True, slots=True)
+class TierChoice:
+    tier: Tier
+    reason: str
+
+    @property
+    def one_wall(self) -> bool:
+        return self.tier is Tier.WASMTIME
+
+
+def choose_tier(spec: SandboxSpec, requested: Tier) -> TierChoice:
+    """The concrete tier a policy's `tier` runs in, and why."""
+    if requested is not Tier.AUTO:
+        return TierChoice(requested, "asked for by the listener policy")
+    from vmm.microvm.tier import kvm_available
+
+    if not kvm_available():
+        return TierChoice(Tier.WASMTIME, "/dev/kvm is not usable here: only the wasm wall is up")
+    if not _runs_in_microvm(Path(spec.plugin_path)):
+        return TierChoice(
+            Tier.WASMTIME,
+            "the plugin is a component the micro-VM cannot run (e.g. it needs WASI 0.2): "
+            "only the wasm wall is up",
+        )
+    return TierChoice(Tier.MICROVM, "/dev/kvm works: the wasm sandbox runs inside a KVM micro-VM")
+
+
+def _runs_in_microvm(path: Path) -> bool:
+    from vmm.wasm_module import WasmFormatError, unwrap_core
+
+    try:
+        return unwrap_core(path.read_bytes()) is not None
+    except (OSError, WasmFormatError):
+        return True  # let the micro-VM tier's loader report the real problem
 
 
 def _loader(tier: Tier) -> Loader:
@@ -62,7 +104,8 @@ def _loader(tier: Tier) -> Loader:
 
 async def load_listener(policy: ListenerPolicy) -> Listener:
     """Load (and check) the plugin of one listener. Raises PluginLoadError."""
-    factory = await _loader(resolve_tier(policy.tier))(policy.spec)
+    choice = choose_tier(policy.spec, policy.tier)
+    factory = await _loader(choice.tier)(policy.spec)
     limits = policy.spec.limits
     return Listener(policy, factory, KvStore(limits.kv_max_keys, limits.kv_max_value_bytes))
 
@@ -99,6 +142,16 @@ async def load_all(config: LightcellConfig) -> dict[str, Listener]:
     if errors:
         await close_all(loaded.values())
         raise ConfigError("\n".join(errors))
+    one_wall = {
+        name: choice.reason
+        for name, policy in config.listeners.items()
+        if (choice := choose_tier(policy.spec, policy.tier)).one_wall and policy.tier is Tier.AUTO
+    }
+    if one_wall:
+        LOG.warning(
+            "only one wall is up (wasm sandbox, no micro-VM) for listener(s) %s",
+            "; ".join(f"{name}: {reason}" for name, reason in sorted(one_wall.items())),
+        )
     return loaded
 
 

@@ -74,7 +74,7 @@ def test_check_reports_each_listener(
     probe, upper = out.split("\nlistener probe_kv\n")[1].split("\nlistener upper\n")
     # probe imports every capability; it is granted kv and log only.
     assert str(built_plugins["probe"]) in probe
-    assert "tier          auto -> wasmtime" in probe
+    assert "tier          auto -> microvm (/dev/kvm works" in probe
     assert "config        'call=kv'" in probe
     assert "kv (needs grant kv)" in probe and "egress (needs grant egress)" in probe
     assert "grants        kv, log" in probe
