@@ -416,3 +416,104 @@ def _no_leaked_threads() -> Iterator[None]:
     from vmm.wasmtime_tier._engine import ticker
 
     assert not ticker.running  # every factory closed: the epoch ticker stopped
+
+
+# --- WASI 0.2 of components is gated by the grants ------------------------------
+
+
+async def test_python_component_runs_with_only_kv_and_no_wasi_denial(load: LoadFn, plugin: PathFn) -> None:
+    """componentize-py reseeds `random` on its first call: served (zeros) without a denial."""
+    p = await load(plugin("counter"), grants=frozenset({"kv"}), listener="kv-only")
+    labels = [{"listener": "kv-only", "plugin": "counter", "capability": c} for c in ("clock", "random")]
+    before = [METRICS.get("capability_denied_total", **lb) for lb in labels]
+    for conn in (1, 2):
+        sb = await p.sandbox()
+        assert (await sb.on_data(ev(b"hi", WRITE))).data == b"[conn %d chunk 1] hi" % conn
+        await sb.close()
+    assert [METRICS.get("capability_denied_total", **lb) for lb in labels] == before
+
+
+@pytest.mark.parametrize(("touch", "cap"), [("clock", "clock"), ("monotonic", "clock"), ("random", "random")])
+async def test_component_wasi_clock_and_random_need_their_grant(
+    load: LoadFn, plugin: PathFn, touch: str, cap: str
+) -> None:
+    p = await load(plugin("counter"), grants=frozenset({"kv"}), listener="wasi-deny")
+    labels = {"listener": "wasi-deny", "plugin": "counter", "capability": cap}
+    before = METRICS.get("capability_denied_total", **labels)
+    sb = await p.sandbox(f"touch={touch}")
+    with pytest.raises(PluginFault) as fault:
+        await sb.on_data(ev(b"x", WRITE))
+    assert fault.value.kind is FaultKind.DENIED
+    assert cap in str(fault.value)
+    assert METRICS.get("capability_denied_total", **labels) == before + 1
+    await sb.close()
+
+    granted = await load(plugin("counter"), grants=frozenset({"kv", cap}), listener="wasi-grant")
+    ok = await granted.sandbox(f"touch={touch}")
+    out = (await ok.on_data(ev(b"x", WRITE))).data
+    assert out.startswith(b"touch=") and out.endswith(b"\n")
+    value = out[len(b"touch=") : -1].decode()
+    if touch == "random":
+        assert len(value) == 16 and int(value, 16) >= 0
+    else:
+        assert int(value) > 0
+    await ok.close()
+
+
+async def test_component_random_after_open_is_real_only_with_the_grant(load: LoadFn, plugin: PathFn) -> None:
+    """With the grant, two connections draw different bytes (real randomness, not zeros)."""
+    p = await load(plugin("counter"), grants=frozenset({"kv", "random"}))
+    seen = set()
+    for _ in range(2):
+        sb = await p.sandbox("touch=random")
+        seen.add((await sb.on_data(ev(b"x", WRITE))).data)
+        await sb.close()
+    assert len(seen) == 2 and b"touch=0000000000000000\n" not in seen
+
+
+def test_component_socket_constructors_are_always_shadowed(plugin: PathFn) -> None:
+    """Every wasi:sockets way to a socket or a network handle is replaced by a denying stub,
+    whatever the grants (no OS socket is ever created)."""
+    from wasmtime.component import Component
+
+    from vmm.wasmtime_tier import _component
+    from vmm.wasmtime_tier._engine import engine
+
+    component = Component.from_file(engine(), plugin("counter"))
+    gate = _component._WasiGate(component)
+    imported = {n.split("@")[0] for n in component.type.imports(engine())}
+    sockets = {
+        "wasi:sockets/tcp-create-socket": "create-tcp-socket",
+        "wasi:sockets/udp-create-socket": "create-udp-socket",
+        "wasi:sockets/instance-network": "instance-network",
+    }
+    for iface, func in sockets.items():
+        assert iface in imported
+        [(cap, funcs)] = [v for n, v in gate.functions.items() if n.startswith(iface + "@")]
+        assert cap == "sockets" and func in funcs
+
+    class Spy:
+        def __init__(self) -> None:
+            self.shadowed: list[str] = []
+
+        def root(self) -> Spy:
+            return self
+
+        def add_instance(self, name: str) -> Spy:
+            self.shadowed.append(name.split("@")[0])
+            return self
+
+        def add_func(self, name: str, fn: object) -> None:
+            pass
+
+        def __enter__(self) -> Spy:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    for grants in (frozenset(), frozenset({"clock", "random", "kv"})):
+        spy = Spy()
+        gate.define(spy, grants)  # type: ignore[arg-type]
+        assert set(sockets) <= set(spy.shadowed)
+        assert any(n.startswith("wasi:clocks/") for n in spy.shadowed) == ("clock" not in grants)

@@ -5,19 +5,30 @@ The contract's imports are defined once per linker with func_new-style
 callbacks that find the running sandbox's HostCapabilities through the call
 context; WASI 0.2 comes from add_wasip2 with an empty WasiConfig per store
 (no preopens, no env, no args; stdout/stderr become log lines only when
-`log` is granted). list<u8> crosses the boundary through wasmtime-py's
-generic value conversion (element by element): correct, and slow for large
-chunks; the core path is the fast one.
+`log` is granted).
+
+WASI 0.2 is deny-by-default like the contract (see _WasiGate): the
+component's own wasi:clocks/* and wasi:random/* imports are shadowed with
+functions that deny (log, count, trap) unless the listener grants `clock` /
+`random`, and wasi:sockets' socket constructors and `instance-network` are
+shadowed with functions that always deny, so no OS socket is ever created.
+One exception, needed by every componentize-py plugin: see STARTUP_RANDOM_BYTES.
+
+list<u8> crosses the boundary through wasmtime-py's generic value conversion
+(element by element): correct, and slow for large chunks; the core path is the fast one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import wasmtime
 from wasmtime.component import Component, Instance, Linker
+from wasmtime.component._types import ComponentInstanceType, FuncType
 
 from vmm.capabilities import CapabilityDenied, CapabilityMisuse, HostCapabilities
 from vmm.contract import (
@@ -33,7 +44,7 @@ from vmm.contract import (
     Verdict,
     VerdictKind,
 )
-from vmm.policy import Limits
+from vmm.policy import Grants, Limits
 from vmm.sandbox import FaultKind, PluginFault
 from vmm.wasmtime_tier import _context
 from vmm.wasmtime_tier._component_bytes import call_on_data
@@ -42,7 +53,7 @@ from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
 from vmm.wasmtime_tier._runner import HookRunner, new_identity
 
-__all__ = ["ComponentProgram", "ComponentSandbox", "component_capabilities"]
+__all__ = ["STARTUP_RANDOM_BYTES", "ComponentProgram", "ComponentSandbox", "component_capabilities"]
 
 T = TypeVar("T")
 _TYPES_INTERFACE = f"{WIT_PACKAGE.split('@')[0]}/types@{WIT_PACKAGE.split('@')[1]}"
@@ -112,22 +123,124 @@ _FUNCS: dict[str, dict[str, Callable[..., Any]]] = {
 }
 
 
+STARTUP_RANDOM_BYTES = 624 * 4
+"""Bytes of wasi:random an ungranted component may read during on-open, and
+what it gets: zeros, not randomness. componentize-py's runtime reseeds
+CPython's `random` module on the first export call of every instance (the
+Mersenne Twister state, 624 32-bit words, read as ten get-random-bytes calls
+of at most 256 bytes); refusing it would make every Python plugin without the
+`random` grant fault on open. Zeros give the plugin a fixed, predictable
+`random` module, i.e. no randomness; any read past this, or after on-open, is
+denied like every other ungranted call."""
+
+# Interfaces shadowed over add_wasip2's, by interface name without version:
+# the capability each function needs. "sockets" is never granted.
+_GATED: dict[str, str] = {
+    "wasi:clocks/wall-clock": "clock",
+    "wasi:clocks/monotonic-clock": "clock",
+    "wasi:random/random": "random",
+    "wasi:random/insecure": "random",
+    "wasi:random/insecure-seed": "random",
+    "wasi:sockets/tcp-create-socket": "sockets",
+    "wasi:sockets/udp-create-socket": "sockets",
+    "wasi:sockets/instance-network": "sockets",
+}
+_NEVER_GRANTED = "sockets"
+
+
+@dataclass
+class ComponentCallContext(CallContext):
+    startup_random: int = 0
+    """Zero bytes still allowed to an ungranted wasi:random read (on-open only)."""
+
+
+def _deny(capability: str) -> Callable[..., Any]:
+    """A WASI function the listener did not grant: log, count, trap."""
+
+    def denied(ctx: CallContext, *args: Any) -> Any:
+        ctx.host.check(capability)  # raises: not granted (or never grantable)
+        raise CapabilityDenied(capability)  # pragma: no cover - check raised
+
+    return denied
+
+
+def _random_bytes_ungranted(ctx: CallContext, n: int) -> bytes:
+    left = ctx.startup_random if isinstance(ctx, ComponentCallContext) else 0
+    if 0 <= n <= left:
+        assert isinstance(ctx, ComponentCallContext)
+        ctx.startup_random = left - n
+        return bytes(n)  # zeros: see STARTUP_RANDOM_BYTES
+    ctx.host.check("random")  # raises: not granted
+    raise CapabilityDenied("random")  # pragma: no cover - check raised
+
+
+class _WasiGate:
+    """Which of the component's WASI imports to shadow, and with what.
+
+    The shadowing instance takes the component's exact import name (version
+    included), which wasmtime's linker prefers over add_wasip2's
+    semver-compatible one; with allow_shadowing the definitions replace the
+    whole instance for that name, so only interfaces whose resource types
+    are defined elsewhere (`use`d) are shadowed. Without a socket or a
+    `network` handle, no other wasi:sockets function can do anything.
+    """
+
+    def __init__(self, component: Component) -> None:
+        eng = engine()
+        self.functions: dict[str, tuple[str, list[str]]] = {}
+        for name, item in component.type.imports(eng).items():
+            capability = _GATED.get(name.split("@")[0])
+            if capability is None:
+                continue
+            ty = item.ty
+            if isinstance(ty, ComponentInstanceType):
+                funcs = [f for f, it in ty.exports(eng).items() if isinstance(it.ty, FuncType)]
+                self.functions[name] = (capability, funcs)
+
+    def define(self, linker: Linker, grants: frozenset[str]) -> None:
+        with linker.root() as root:
+            for name, (capability, funcs) in self.functions.items():
+                if capability != _NEVER_GRANTED and capability in grants:
+                    continue  # granted: wasmtime's own implementation serves it
+                with root.add_instance(name) as inst:
+                    for func in funcs:
+                        if name.startswith("wasi:random/random@") and func == "get-random-bytes":
+                            inst.add_func(func, _guarded(_random_bytes_ungranted))
+                        else:
+                            inst.add_func(func, _guarded(_deny(capability)))
+
+
 class ComponentProgram:
     def __init__(self, component: Component) -> None:
         self.component = component
-        self._linker = Linker(engine())
-        self._linker.add_wasip2()
-        with self._linker.root() as root:
-            for iface, funcs in _FUNCS.items():
-                with root.add_instance(iface) as inst:
-                    for name, fn in funcs.items():
-                        inst.add_func(name, _guarded(fn))
+        self._gate = _WasiGate(component)
+        self._linkers: dict[frozenset[str], Linker] = {}
+        self._lock = threading.Lock()
+
+    def _linker(self, grants: frozenset[str]) -> Linker:
+        key = grants & {"clock", "random"}
+        with self._lock:
+            linker = self._linkers.get(key)
+            if linker is None:
+                linker = Linker(engine())
+                linker.allow_shadowing = True
+                linker.add_wasip2()
+                with linker.root() as root:
+                    for iface, funcs in _FUNCS.items():
+                        with root.add_instance(iface) as inst:
+                            for name, fn in funcs.items():
+                                inst.add_func(name, _guarded(fn))
+                self._gate.define(linker, key)
+                self._linkers[key] = linker
+            return linker
 
     def new_sandbox(self, host: HostCapabilities, limits: Limits) -> ComponentSandbox:
         return ComponentSandbox(self, host, limits)
 
-    def instantiate(self, store: wasmtime.Store) -> Instance:
-        return self._linker.instantiate(store, self.component)
+    def instantiate(self, store: wasmtime.Store, grants: Grants | None = None) -> Instance:
+        """Instantiate with the WASI 0.2 of `grants` (none if not given)."""
+        capabilities = grants.capabilities if grants is not None else frozenset()
+        return self._linker(capabilities).instantiate(store, self.component)
 
 
 class ComponentSandbox(HookRunner):
@@ -136,7 +249,7 @@ class ComponentSandbox(HookRunner):
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)
-        self._ctx = CallContext(host)
+        self._ctx = ComponentCallContext(host)
         self._store: wasmtime.Store | None = None
         self._outputs: list[LineBuffer] = []
 
@@ -156,7 +269,8 @@ class ComponentSandbox(HookRunner):
         store.set_limits(memory_size=self._limits.memory_bytes, table_elements=1 << 20, memories=1)
         store.set_wasi(self._wasi_config())
         self._store = store
-        instance = self._guest_call("instantiate", lambda: self._program.instantiate(store))
+        grants = self._ctx.host.grants
+        instance = self._guest_call("instantiate", lambda: self._program.instantiate(store, grants))
 
         def func(name: str) -> Any:
             f = instance.get_func(store, name)
@@ -196,7 +310,11 @@ class ComponentSandbox(HookRunner):
         return self._guest_call(hook, call)
 
     def _open_sync(self, listener: str, config: str) -> None:
-        self._call("on-open", self._on_open, listener, config)
+        self._ctx.startup_random = STARTUP_RANDOM_BYTES
+        try:
+            self._call("on-open", self._on_open, listener, config)
+        finally:
+            self._ctx.startup_random = 0
 
     def _data_sync(self, event: DataEvent) -> Verdict:
         store = self._store
