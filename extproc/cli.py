@@ -1,6 +1,7 @@
 """The `lightcell` command.
 
-    lightcell serve --envoy-config FILE [--socket PATH] [--port N] [--grace S] [--log-level LEVEL]
+    lightcell serve --envoy-config FILE [--socket PATH] [--port N] [--grace S]
+                    [--max-connections N] [--log-level LEVEL]
     lightcell check --envoy-config FILE
     lightcell demo [--once]            (extproc.demo)
     lightcell compile ...              (vmm.microvm.compile)
@@ -55,8 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve Envoy's network ext_proc streams")
     _config_arg(serve)
     serve.add_argument(
-        "--socket", type=Path, default=Path("/tmp/lightcell.sock"), metavar="PATH",
-        help="Unix socket to listen on, created mode 0600 (default: %(default)s)",
+        "--socket", type=Path, default=None, metavar="PATH",
+        help="Unix socket to listen on, created mode 0600 (default: $LIGHTCELL_SOCKET, else "
+        "$XDG_RUNTIME_DIR/lightcell/lightcell.sock, else /run/lightcell/lightcell.sock as root, "
+        "else ~/.cache/lightcell/run/lightcell.sock; that directory is created 0700 and must be "
+        "ours and not group/other-writable)",
     )  # fmt: skip
     serve.add_argument(
         "--no-socket", action="store_true", help="do not listen on a Unix socket (needs --port)"
@@ -65,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grace", type=float, default=3.0, metavar="S",
         help="on SIGTERM/SIGINT, give open connections S seconds (default: %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-connections", type=int, default=4096, metavar="N",
+        help="serve at most N connections at once; more are refused and Envoy closes them "
+        "(default: %(default)s)",
     )  # fmt: skip
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -94,17 +103,28 @@ def _fail(message: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from extproc.server import serve
+    from extproc.server import DEFAULT_SOCKET, DefaultSocket, serve
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    socket_path = None if args.no_socket else args.socket
-    if socket_path is None and args.port is None:
+    if args.no_socket and args.port is None:
         return _fail("--no-socket needs --port")
+    if args.max_connections < 1:
+        return _fail("--max-connections must be at least 1")
+    socket_path: Path | DefaultSocket | None = (
+        None if args.no_socket else DEFAULT_SOCKET if args.socket is None else args.socket
+    )
     try:
         config = load_config(args.envoy_config)
-        asyncio.run(serve(config, socket_path=socket_path, port=args.port, grace=args.grace))
+        run = serve(
+            config,
+            socket_path=socket_path,
+            port=args.port,
+            grace=args.grace,
+            max_connections=args.max_connections,
+        )
+        asyncio.run(run)
     except ConfigError as e:
         return _fail(str(e))
     except KeyboardInterrupt:  # a second Ctrl-C while draining

@@ -32,14 +32,25 @@ from grpc_health.v1._async import HealthServicer
 from extproc import plugins, tcp_service
 from extproc.config import ConfigError, LightcellConfig
 from extproc.listener import Listener
+from extproc.socket_path import prepare_default_socket
 from vmm.egress import UdpEgress
 
-__all__ = ["DEFAULT_GRACE_S", "DEFAULT_SOCKET", "LightcellServer", "serve"]
+__all__ = ["DEFAULT_GRACE_S", "DEFAULT_SOCKET", "DefaultSocket", "LightcellServer", "serve"]
 
 LOG = logging.getLogger("lightcell.server")
 
-DEFAULT_SOCKET = Path("/tmp/lightcell.sock")
 DEFAULT_GRACE_S = 3.0
+
+
+class DefaultSocket:
+    """Stands for the default socket path, resolved (and its directory made
+    private) only when the server starts: see extproc/socket_path.py."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_SOCKET"
+
+
+DEFAULT_SOCKET = DefaultSocket()
 
 
 class LightcellServer:
@@ -68,9 +79,10 @@ class LightcellServer:
         cls,
         config: LightcellConfig,
         *,
-        socket_path: Path | None = DEFAULT_SOCKET,
+        socket_path: Path | DefaultSocket | None = DEFAULT_SOCKET,
         port: int | None = None,
         loaded: Mapping[str, Listener] | None = None,
+        max_connections: int = tcp_service.DEFAULT_MAX_CONNECTIONS,
     ) -> LightcellServer:
         """Load every plugin, bind, start serving. Raises ConfigError (nothing left running).
 
@@ -78,6 +90,10 @@ class LightcellServer:
         """
         if socket_path is None and port is None:
             raise ConfigError("nothing to listen on: give a Unix socket path or a TCP port")
+        if max_connections < 1:
+            raise ConfigError(f"max connections must be at least 1, not {max_connections}")
+        if isinstance(socket_path, DefaultSocket):
+            socket_path = prepare_default_socket()
         if socket_path is not None:
             _remove_stale_socket(socket_path)
         listeners = dict(loaded) if loaded is not None else await plugins.load_all(config)
@@ -87,7 +103,8 @@ class LightcellServer:
         health = HealthServicer()
         try:
             await egress.start()
-            tcp_service.add_to_server(tcp_service.NetworkProcessor(listeners, egress), server)
+            processor = tcp_service.NetworkProcessor(listeners, egress, max_connections=max_connections)
+            tcp_service.add_to_server(processor, server)
             health_pb2_grpc.add_HealthServicer_to_server(health, server)
             for service in ("", tcp_service.SERVICE_NAME):
                 await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -190,12 +207,15 @@ def _warn_ungranted_imports(listeners: Mapping[str, Listener]) -> None:
 async def serve(
     config: LightcellConfig,
     *,
-    socket_path: Path | None = DEFAULT_SOCKET,
+    socket_path: Path | DefaultSocket | None = DEFAULT_SOCKET,
     port: int | None = None,
     grace: float = DEFAULT_GRACE_S,
+    max_connections: int = tcp_service.DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully. Raises ConfigError before serving."""
-    server = await LightcellServer.start(config, socket_path=socket_path, port=port)
+    server = await LightcellServer.start(
+        config, socket_path=socket_path, port=port, max_connections=max_connections
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

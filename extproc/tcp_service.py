@@ -26,13 +26,24 @@ from extproc.session import Session
 from vmm.capabilities import DatagramSender
 from vmm.metrics import METRICS, Metrics
 
-__all__ = ["MAX_MESSAGE_BYTES", "SERVICE_NAME", "NetworkProcessor", "add_to_server", "grpc_options"]
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "MAX_MESSAGE_BYTES",
+    "SERVICE_NAME",
+    "NetworkProcessor",
+    "add_to_server",
+    "grpc_options",
+]
 
 LOG = logging.getLogger("lightcell.service")
 
 SERVICE_NAME = "envoy.service.network_ext_proc.v3.NetworkExternalProcessor"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Envoy hands over up to ~1 MiB per message under load; a plugin may grow it."""
+DEFAULT_MAX_CONNECTIONS = 4096
+"""Concurrent streams (= connections, each with a sandbox) served at once. Past
+it a new stream is aborted RESOURCE_EXHAUSTED: Envoy closes that connection
+(fail closed) instead of Lightcell holding a sandbox per open connection."""
 
 
 def grpc_options() -> list[tuple[str, int]]:
@@ -49,12 +60,40 @@ class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignor
         listeners: Mapping[str, Listener],
         egress: DatagramSender | None = None,
         metrics: Metrics = METRICS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self._listeners = listeners
         self._egress = egress
         self._metrics = metrics
+        self._max_connections = max_connections
+        self.active = 0
+        """Streams being served now (each holds, or will hold, a sandbox)."""
 
     async def Process(  # the gRPC method name
+        self,
+        request_iterator: AsyncIterator[tcp_protocol.ProcessingRequest],
+        context: grpc.aio.ServicerContext[tcp_protocol.ProcessingRequest, tcp_protocol.ProcessingResponse],
+    ) -> AsyncIterator[tcp_protocol.ProcessingResponse]:
+        if self.active >= self._max_connections:
+            LOG.warning(
+                "stream refused: %d connections already open (--max-connections) (peer %s)",
+                self.active, context.peer(),
+            )  # fmt: skip
+            self._metrics.inc("streams_refused_total", reason="max_connections")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"lightcell: over {self._max_connections} concurrent connections",
+            )
+        self.active += 1  # single event loop: no await between the check and here
+        try:
+            async for reply in self._serve(request_iterator, context):
+                yield reply
+        finally:
+            self.active -= 1
+
+    async def _serve(
         self,
         request_iterator: AsyncIterator[tcp_protocol.ProcessingRequest],
         context: grpc.aio.ServicerContext[tcp_protocol.ProcessingRequest, tcp_protocol.ProcessingResponse],

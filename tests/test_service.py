@@ -446,3 +446,85 @@ async def test_egress_from_worker_threads_and_a_full_queue(
     finally:
         await egress.aclose()
     assert not egress.send(target, b"after close")
+
+
+# ----------------------------------------------------------------------------- admission and socket path
+
+
+async def test_streams_past_max_connections_are_refused_resource_exhausted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vmm.metrics import METRICS
+
+    factory = FakeFactory(upper)
+    before = METRICS.get("streams_refused_total", reason="max_connections")
+    async with fake_server(tmp_path, factory, max_connections=2) as server, channel(server) as ch:
+        held = [open_stream(ch, "fake") for _ in range(2)]
+        for stream in held:
+            assert (await roundtrip(stream, read(b"x"))).read_data.data == b"X"
+        extra = open_stream(ch, "fake")
+        await extra.write(read(b"y"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(extra.read(), IO_TIMEOUT)
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # never OK: Envoy closes it
+        assert len(factory.sandboxes) == 2  # no sandbox for the refused stream
+        assert METRICS.get("streams_refused_total", reason="max_connections") == before + 1
+        assert any("max-connections" in r.getMessage() for r in caplog.records)
+        # A finished connection frees its slot.
+        assert await finish(held[0]) is grpc.StatusCode.OK
+        again = open_stream(ch, "fake")
+        assert (await roundtrip(again, read(b"z"))).read_data.data == b"Z"
+        for stream in (held[1], again):
+            assert await finish(stream) is grpc.StatusCode.OK
+    assert all(s.close_calls == 1 for s in factory.sandboxes)
+
+
+def test_default_socket_path_order() -> None:
+    from extproc.socket_path import default_socket_path
+
+    both = {"LIGHTCELL_SOCKET": "/srv/x.sock", "XDG_RUNTIME_DIR": "/run/user/7"}
+    assert default_socket_path(both, 7) == Path("/srv/x.sock")
+    assert default_socket_path({"XDG_RUNTIME_DIR": "/run/user/7"}, 0) == Path(
+        "/run/user/7/lightcell/lightcell.sock"
+    )
+    assert default_socket_path({}, 0) == Path("/run/lightcell/lightcell.sock")
+    home = default_socket_path({}, 1000)
+    assert home == Path.home() / ".cache" / "lightcell" / "run" / "lightcell.sock"
+    assert not str(default_socket_path({}, 1000)).startswith("/tmp/")
+
+
+async def test_default_socket_directory_is_created_private_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIGHTCELL_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    listener = fake_listener("fake", FakeFactory(upper))
+    config = LightcellConfig(tmp_path / "unused.yaml", {})
+    server = await LightcellServer.start(config, loaded={"fake": listener})  # the default path
+    try:
+        expected = tmp_path / "xdg" / "lightcell" / "lightcell.sock"
+        assert server.socket_path == expected
+        assert stat.S_IMODE(expected.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(expected.stat().st_mode) == 0o600
+    finally:
+        await server.stop(grace=0.5)
+    # A directory others can write is refused, not used.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("LIGHTCELL_SOCKET", str(shared / "lc.sock"))
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        await LightcellServer.start(config, loaded={"fake": listener})
+    assert not (shared / "lc.sock").exists()
+    if os.geteuid() == 0:  # true on the CI machine: chown to another user works
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        monkeypatch.setenv("LIGHTCELL_SOCKET", str(theirs / "lc.sock"))
+        with pytest.raises(ConfigError, match="owned by uid 65534"):
+            await LightcellServer.start(config, loaded={"fake": listener})
+    # A symlink in place of the directory is refused too.
+    (tmp_path / "link").symlink_to(tmp_path / "xdg" / "lightcell")
+    monkeypatch.setenv("LIGHTCELL_SOCKET", str(tmp_path / "link" / "lc.sock"))
+    with pytest.raises(ConfigError, match="not a directory"):
+        await LightcellServer.start(config, loaded={"fake": listener})
