@@ -223,12 +223,34 @@ def _check_filters(
                 f"{LISTENER_METADATA_KEY} is {named!r}, expected the listener's own name {ctx.listener!r}",
             )
         if config.get("failure_mode_allow") is True and policy.failure_mode is not FailureMode.ALLOW:
-            notes.append(
-                f"{ctx.path}: listener {ctx.listener!r}: {where}.failure_mode_allow is true while "
-                f"failure_mode is {policy.failure_mode.value}: if Lightcell is unreachable Envoy "
-                "passes traffic unfiltered"
+            # The listener fails closed; Envoy's own fail-open would undo that whenever
+            # Lightcell is unreachable or a stream ends badly.
+            raise ctx.error(
+                f"{where}.failure_mode_allow",
+                f"is true while the listener's failure_mode is {policy.failure_mode.value}: if "
+                "Lightcell is unreachable Envoy would pass traffic unfiltered; set it to false "
+                f"(or failure_mode: allow if fail-open is really wanted)",
             )
+        notes.extend(_skipped_directions(ctx, where, config))
     return notes
+
+
+# Envoy's network ext_proc ProcessingMode.DataSendMode: STREAMED = 0, SKIP = 1.
+_SKIP = ("SKIP", 1)
+_DIRECTIONS = {"process_read": "read (client to upstream)", "process_write": "write (upstream to client)"}
+
+
+def _skipped_directions(ctx: _Context, where: str, config: dict[str, Any]) -> list[str]:
+    """A warning for each direction the filter's processing_mode sends past the plugin."""
+    mode = config.get("processing_mode")
+    if not isinstance(mode, dict):
+        return []
+    return [
+        f"{ctx.path}: listener {ctx.listener!r}: {where}.processing_mode.{key} is SKIP: "
+        f"{text} bytes are not filtered by the plugin"
+        for key, text in _DIRECTIONS.items()
+        if mode.get(key) in _SKIP
+    ]
 
 
 # --------------------------------------------------------------------------- the listener policy

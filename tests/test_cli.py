@@ -21,7 +21,10 @@ from extproc.envoy_harness import lightcell_command, wait_for_unix_socket
 EXT_PROC = "type.googleapis.com/envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor"
 
 
-def _listener(name: str, policy: dict[str, Any], failure_mode_allow: bool = False) -> dict[str, Any]:
+def _listener(
+    name: str, policy: dict[str, Any], failure_mode_allow: bool = False, skip_write: bool = False
+) -> dict[str, Any]:
+    mode = {"process_read": "STREAMED", "process_write": "SKIP" if skip_write else "STREAMED"}
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
@@ -35,6 +38,7 @@ def _listener(name: str, policy: dict[str, Any], failure_mode_allow: bool = Fals
                             "@type": EXT_PROC,
                             "stat_prefix": name,
                             "failure_mode_allow": failure_mode_allow,
+                            "processing_mode": mode,
                             "grpc_service": {
                                 "envoy_grpc": {"cluster_name": "lightcell"},
                                 "initial_metadata": [{"key": "x-lightcell-listener", "value": name}],
@@ -53,7 +57,7 @@ def good_config(tmp_path: Path, built_plugins: dict[str, Path]) -> Path:
         _listener(
             "probe_kv",
             {"plugin": str(built_plugins["probe"]), "config": "call=kv", "grants": ["kv", "log"]},
-            failure_mode_allow=True,
+            skip_write=True,
         ),
         _listener(
             "upper",
@@ -86,8 +90,20 @@ def test_check_reports_each_listener(
     assert "imports       none" in upper
     assert "missing       none" in upper
     assert "failure_mode  allow" in upper
-    # Envoy failure_mode_allow: true while probe_kv fails closed.
-    assert "warning:" in out and "failure_mode_allow" in out
+    # probe_kv's ext_proc filter skips the write direction: those bytes are not filtered.
+    assert "warning:" in out and "process_write is SKIP" in out and "not filtered" in out
+
+
+def test_failure_mode_allow_on_a_fail_closed_listener_is_an_error(
+    tmp_path: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "envoy.yaml"
+    listener = _listener("edge", {"plugin": str(built_plugins["rewrite"])}, failure_mode_allow=True)
+    path.write_text(yaml.safe_dump({"static_resources": {"listeners": [listener]}}))
+    for command in ("check", "serve"):
+        assert cli.main([command, "--envoy-config", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("lightcell: error: ") and "'edge'" in err and "failure_mode_allow" in err
 
 
 def test_check_bad_config_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -162,22 +162,52 @@ def test_absolute_plugin_path(confdir: Path) -> None:
     assert config.listeners["edge"].spec.plugin_path == str(confdir / "plugins" / "rewrite.wasm")
 
 
-def test_failure_mode_allow_in_envoy_while_policy_fails_closed_is_a_warning(confdir: Path) -> None:
-    lst = listener(
-        "edge",
-        {"plugin": "plugins/rewrite.wasm", "failure_mode": "close"},
-        [ext_proc_filter("edge", failure_mode_allow=True)],
-    )
-    config = load_config(write(confdir, bootstrap(lst)))
-    [warning] = config.warnings
-    assert "edge" in warning and "failure_mode_allow" in warning and "close" in warning
-    # Consistent settings: no warning.
+@pytest.mark.parametrize("mode", ["close", "reset", None])
+def test_failure_mode_allow_in_envoy_while_policy_fails_closed_is_an_error(
+    confdir: Path, mode: str | None
+) -> None:
+    policy = {"plugin": "plugins/rewrite.wasm"} | ({"failure_mode": mode} if mode else {})
+    lst = listener("edge", policy, [ext_proc_filter("edge", failure_mode_allow=True)])
+    path = write(confdir, bootstrap(lst))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and "'edge'" in message
+    assert "filters[0]" in message and ".failure_mode_allow" in message
+    assert (mode or "close") in message
+    # Consistent settings: no error, no warning.
     lst = listener(
         "edge",
         {"plugin": "plugins/rewrite.wasm", "failure_mode": "allow"},
         [ext_proc_filter("edge", failure_mode_allow=True)],
     )
     assert load_config(write(confdir, bootstrap(lst))).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("processing_mode", "skipped"),
+    [
+        ({"process_read": "SKIP", "process_write": "STREAMED"}, ["process_read"]),
+        ({"process_read": "STREAMED", "process_write": "SKIP"}, ["process_write"]),
+        ({"process_read": "SKIP", "process_write": "SKIP"}, ["process_read", "process_write"]),
+        ({"process_write": "SKIP"}, ["process_write"]),
+        ({}, []),
+    ],
+)
+def test_a_skipped_direction_is_a_warning(
+    confdir: Path, processing_mode: dict[str, str], skipped: list[str]
+) -> None:
+    lst = listener(
+        "edge",
+        {"plugin": "plugins/rewrite.wasm"},
+        [ext_proc_filter("edge", processing_mode=processing_mode)],
+    )
+    path = write(confdir, bootstrap(lst))
+    config = load_config(path)
+    assert len(config.warnings) == len(skipped)
+    for warning, key in zip(config.warnings, skipped, strict=True):
+        assert str(path) in warning and "'edge'" in warning
+        assert f"processing_mode.{key} is SKIP" in warning and "not filtered" in warning
 
 
 Mutation = Callable[[dict[str, Any]], None]
