@@ -13,10 +13,10 @@ import contextlib
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -33,10 +33,11 @@ from extproc.envoy_harness import (
 )
 
 pytestmark = [pytest.mark.envoy]
+T = TypeVar("T")
 
 # Every scenario runs once per tier listed here (the componentize-py counter always runs in
-# wasmtime: general components are wasmtime-only). Add "microvm" once extproc.plugins loads it.
-TIERS = ("wasmtime",)
+# wasmtime: general components are wasmtime-only).
+TIERS = ("wasmtime", "microvm")
 IO_TIMEOUT = 30.0  # generous: 2 shared cores; content is asserted, never timing
 FAULTS = ("trap", "loop", "grow")
 MODES = ("close", "reset", "allow")
@@ -71,6 +72,22 @@ class Stack:
 
     def port(self, listener: str) -> int:
         return self.envoy.ports[listener]
+
+    def diagnose(self, listener: str) -> str:
+        """Envoy's ext_proc counters for a listener and Lightcell's log tail, for failure messages."""
+        stats = self.envoy.stats(f"network_ext_proc.{listener}.")
+        log = "\n".join(self.lightcell.log().splitlines()[-15:])
+        return f"envoy: {stats}\nlightcell log tail:\n{log}"
+
+
+async def gather_or_fail(stack: Stack, listener: str, aws: list[Awaitable[T]]) -> list[T]:
+    """Run all; if any failed, fail with how many, the first error and the diagnostics."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        diag = await asyncio.to_thread(stack.diagnose, listener)
+        pytest.fail(f"{len(errors)}/{len(results)} failed, first: {errors[0]!r}\n{diag}")
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 def _listeners(plugins: dict[str, Path], tier: str) -> dict[str, tuple[dict[str, Any] | None, UpstreamMode]]:
@@ -283,11 +300,11 @@ async def test_one_mib_in_random_writes(stack: Stack, listener: str) -> None:
 
 
 async def test_200_concurrent_connections_each_get_a_fresh_instance(stack: Stack) -> None:
-    conns = await asyncio.gather(*(connect(stack.port("number")) for _ in range(200)))
+    conns = await gather_or_fail(stack, "number", [connect(stack.port("number")) for _ in range(200)])
     for i, (_, writer) in enumerate(conns):
         writer.write(f"conn {i}\n".encode())
-    replies = await asyncio.gather(
-        *(read_exactly(reader, len(f"1:conn {i}\n")) for i, (reader, _) in enumerate(conns))
+    replies = await gather_or_fail(
+        stack, "number", [read_exactly(reader, len(f"1:conn {i}\n")) for i, (reader, _) in enumerate(conns)]
     )
     for _, writer in conns:
         writer.close()
@@ -306,7 +323,7 @@ async def test_counter_python_plugin_numbers_200_connections(stack: Stack) -> No
         assert head.startswith(b"[conn ") and head.endswith(b" chunk 1] ")
         return int(head.split()[1])
 
-    numbers = await asyncio.gather(*(one(i) for i in range(200)))
+    numbers = await gather_or_fail(stack, "counter", [one(i) for i in range(200)])
     assert len(set(numbers)) == 200
 
 
