@@ -15,9 +15,12 @@
  *   0x40010000    <= 896 KiB  image .data/.bss           read+write     RW
  *   0x400f0000    64 KiB      stack guard                not mapped     RW
  *   0x40100000    1 MiB       user stack (guard below)   read+write     RW
- *   0x40200000    1 MiB       IN buffer  (host -> guest) read+write     RW
- *   0x40300000    1 MiB       OUT buffer (guest -> host) read+write     RW
- *   0x40400000    heap size   heap (wasm memory, runtime) read+write    RW
+ *   0x40200000    16 MiB      IN buffer  (host -> guest) read+write     RW
+ *   0x41200000    16 MiB      OUT buffer (guest -> host) read+write     RW
+ *   0x42200000    heap size   heap (wasm memory, runtime) read+write    RW
+ *
+ * IN/OUT are as large as the default wasm memory cap: a chunk must fit in
+ * the plugin's memory anyway. Only the pages an event touches are allocated.
  *
  * Every ring-3 page is mapped no-execute except .text; the page tables,
  * descriptor tables and code live in a read-only memory slot.
@@ -52,10 +55,10 @@
 #define LC_STACK_BASE    0x40100000ull
 #define LC_STACK_SIZE    0x100000ull
 #define LC_IN_BASE       0x40200000ull
-#define LC_IN_SIZE       0x100000ull
-#define LC_OUT_BASE      0x40300000ull
-#define LC_OUT_SIZE      0x100000ull
-#define LC_HEAP_BASE     0x40400000ull
+#define LC_IN_SIZE       0x1000000ull
+#define LC_OUT_BASE      0x41200000ull
+#define LC_OUT_SIZE      0x1000000ull
+#define LC_HEAP_BASE     0x42200000ull
 
 /* Segment selectors in the GDT. */
 #define LC_SEL_KCODE 0x08u

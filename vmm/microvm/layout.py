@@ -16,9 +16,9 @@ Guest virtual == guest physical (identity paging). Two KVM memory slots:
     0x4001_0000 | image .data/.bss             |   rw-
                 | (unmapped: stack guard)      |
     0x4010_0000 | user stack 1 MiB             |   rw-
-    0x4020_0000 | IN buffer 1 MiB              |   rw-      host -> guest
-    0x4030_0000 | OUT buffer 1 MiB             |   rw-      guest -> host
-    0x4040_0000 | heap (limits.memory_bytes    |   rw-      wasm memory + runtime heap
+    0x4020_0000 | IN buffer 16 MiB             |   rw-      host -> guest
+    0x4120_0000 | OUT buffer 16 MiB            |   rw-      guest -> host
+    0x4220_0000 | heap (limits.memory_bytes    |   rw-      wasm memory + runtime heap
                 |       + runtime reserve)     |
                 +------------------------------+ LC_HEAP_BASE + heap_size
 
@@ -44,7 +44,8 @@ HostAddr = NewType("HostAddr", int)
 PAGE = 4096
 RUNTIME_RESERVE = 1 << 20
 """Heap beyond the wasm memory cap, for the runtime's own allocations."""
-MAX_HEAP = 512 << 20
+MAX_HEAP = 160 << 20
+"""The page tables (4 KiB leaves) must fit below the GDT."""
 
 
 class GuestRangeError(ValueError):
