@@ -29,7 +29,7 @@
 #ifndef LIGHTCELL_ABI_H
 #define LIGHTCELL_ABI_H
 
-#define LC_ABI_VERSION 1u
+#define LC_ABI_VERSION 2u
 #define LC_IMAGE_MAGIC 0x4c4c4543u /* "CELL" little-endian */
 
 /* Ports (ring 3 may use only these, 32-bit `out`, through the TSS I/O map). */
