@@ -354,11 +354,12 @@ async def test_plugin_that_is_not_wasm_is_a_config_error(confdir: Path) -> None:
         await plugins.load_all(config)
 
 
-async def test_all_plugins_load_and_auto_resolves_to_wasmtime(confdir: Path) -> None:
+async def test_all_plugins_load_and_auto_resolves_to_microvm_where_kvm_works(confdir: Path) -> None:
+    # This machine (and CI) has /dev/kvm: auto gives the C plugin two walls.
     config = load_config(write(confdir, bootstrap(listener("edge", dict(GOOD_POLICY)))))
     loaded = await plugins.load_all(config)
     try:
-        assert loaded["edge"].factory.tier == "wasmtime"
+        assert loaded["edge"].factory.tier == "microvm"
         assert loaded["edge"].kv is not None
     finally:
         await plugins.close_all(loaded.values())
