@@ -63,6 +63,19 @@ def test_restore_erases_every_write(system: System, template: Template) -> None:
     vm.close()
 
 
+def test_few_extra_pages_stay_resident_but_zero(system: System, template: Template) -> None:
+    vm = MicroVm(system, template)
+    vm.boot()
+    snap = Snapshot.take(vm)
+    vm.call(abi.Op.DATA, payload=b"s" * 20_000)  # a few IN/OUT pages beyond the snapshot
+    touched = vm.mem.data_ranges(0, vm.mem.size)
+    snap.restore(vm)
+    assert vm.mem.data_ranges(0, vm.mem.size) == touched  # still mapped: no faults next time
+    in_off = abi.LC_IN_BASE - abi.LC_RW_BASE
+    assert bytes(vm.mem.view[in_off + 4096:in_off + 20_000]) == bytes(20_000 - 4096)
+    vm.close()
+
+
 def test_fresh_vm_from_snapshot_matches(system: System, template: Template) -> None:
     a = MicroVm(system, template)
     a.boot()
