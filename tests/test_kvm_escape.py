@@ -3,6 +3,7 @@ reused without a restore, with the process (and other VMs) still working."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -117,6 +118,17 @@ def test_looping_guest_interrupted(booted_vm: tuple[MicroVm, Snapshot], watchdog
     assert info.value.reason is FaultReason.DEADLINE
     assert vm.poisoned is not None
     _assert_clean_after_restore(vm, snap)
+
+
+def test_deadline_counts_cpu_time_not_waiting(
+    booted_vm: tuple[MicroVm, Snapshot], watchdog: Watchdog
+) -> None:
+    # A vCPU thread that waits (for the GIL, for a core) past the budget has not
+    # overrun it: only CPU time counts, so a starved but innocent event survives.
+    vm, _ = booted_vm
+    fired = watchdog.fired
+    r = watchdog.run(vm, 0.05, lambda: (time.sleep(0.2), vm.call(abi.Op.DATA, payload=b"late"))[1])
+    assert r.payload == b"LATE" and vm.poisoned is None and watchdog.fired == fired
 
 
 def test_deadline_not_hit_leaves_vm_healthy(booted_vm: tuple[MicroVm, Snapshot], watchdog: Watchdog) -> None:

@@ -1,5 +1,12 @@
 """Per-event deadlines: a watchdog thread interrupts a vCPU that overruns.
 
+The budget is CPU time of the vCPU thread (guest time is accounted to it),
+not wall time: under load a vCPU thread can wait for the GIL or a core for
+longer than the budget without the guest running at all, and an innocent
+plugin must not fail for that. A deadline that comes due with budget left is
+pushed back by what is left; a wall-clock cap (WALL_FACTOR x the budget,
+at least MIN_WALL_S) still ends a call that never gets to run.
+
 Interrupting = set `immediate_exit` and send a signal to the vCPU thread, so
 KVM_RUN returns EINTR whether the guest is running or just about to enter
 (MicroVm.interrupt). The call then fails with DEADLINE and the VM is
@@ -20,13 +27,31 @@ from vmm.microvm.vm import FaultReason, MicroVm, VmFault, install_interrupt_hand
 
 T = TypeVar("T")
 
+WALL_FACTOR = 20
+MIN_WALL_S = 2.0
+
+
+class _Armed:
+    __slots__ = ("budget", "clock", "cpu_start", "vm", "wall_limit")
+
+    def __init__(self, vm: MicroVm, budget: float) -> None:
+        self.vm = vm
+        self.budget = budget
+        # arm() runs on the vCPU thread, so this is that thread's CPU clock.
+        self.clock = time.pthread_getcpuclockid(threading.get_ident())
+        self.cpu_start = time.clock_gettime(self.clock)
+        self.wall_limit = time.monotonic() + max(budget * WALL_FACTOR, MIN_WALL_S)
+
+    def budget_left(self) -> float:
+        return self.budget - (time.clock_gettime(self.clock) - self.cpu_start)
+
 
 class Watchdog:
     def __init__(self) -> None:
         install_interrupt_handler()
         self._lock = threading.Condition()
         self._heap: list[tuple[float, int]] = []
-        self._armed: dict[int, MicroVm] = {}
+        self._armed: dict[int, _Armed] = {}
         self._tokens = itertools.count()
         self._closed = False
         self.fired = 0
@@ -34,9 +59,11 @@ class Watchdog:
         self._thread.start()
 
     def arm(self, vm: MicroVm, seconds: float) -> int:
+        """Arm a deadline of `seconds` of CPU time; call on the vCPU thread."""
         token = next(self._tokens)
+        armed = _Armed(vm, seconds)
         with self._lock:
-            self._armed[token] = vm
+            self._armed[token] = armed
             deadline = time.monotonic() + seconds
             # Wake the watchdog only if this deadline comes first: a wake-up
             # per event would cost a thread switch on the hot path.
@@ -75,9 +102,16 @@ class Watchdog:
                     self._lock.wait(delay)
                     continue
                 heapq.heappop(self._heap)
-                vm = self._armed.pop(token)
+                armed = self._armed[token]
+                left = armed.budget_left()
+                now = time.monotonic()
+                if left > 0 and now < armed.wall_limit:
+                    # Starved, not overrunning: wait for the rest of the budget.
+                    heapq.heappush(self._heap, (min(now + left, armed.wall_limit), token))
+                    continue
+                del self._armed[token]
                 self.fired += 1
-                vm.interrupt()
+                armed.vm.interrupt()
 
     def close(self) -> None:
         with self._lock:
