@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import sys
@@ -141,10 +142,8 @@ def raw_steps(n: int, vms: int) -> None:
     for _ in range(max(n // 10, 20)):
         snap.restore(vm)
         t0 = time.perf_counter()
-        try:
+        with contextlib.suppress(VmFault):
             dog.run(vm, 0.005, lambda: vm.call(abi.Op.DATA, payload=b"!loop"))
-        except VmFault:
-            pass
         interrupt.append((time.perf_counter() - t0) * 1e6 - 5000)
     report("interrupt a looping guest (after a 5 ms deadline)", interrupt)
     dog.close()
@@ -172,7 +171,8 @@ def raw_steps(n: int, vms: int) -> None:
           f"({(rss() - before_rss) / max(len(live), 1) / 1024:.0f} KiB RSS); "
           f"total {used / 2**20:.0f} MiB for {len(live)}")
     probe = live[len(live) // 2]
-    report(f"1 KiB call with {len(live)} live VMs", timed(lambda: probe.call(abi.Op.DATA, payload=b"z" * 1024), n))
+    report(f"1 KiB call with {len(live)} live VMs",
+           timed(lambda: probe.call(abi.Op.DATA, payload=b"z" * 1024), n))
     report(f"restore with {len(live)} live VMs", timed(lambda: snap.restore(probe), n))
     for v in live:
         v.close()
@@ -181,7 +181,8 @@ def raw_steps(n: int, vms: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--vms", type=int, default=1000)
     args = parser.parse_args()
