@@ -41,6 +41,13 @@ TIERS = ("wasmtime", "microvm")
 IO_TIMEOUT = 30.0  # generous: 2 shared cores; content is asserted, never timing
 FAULTS = ("trap", "loop", "grow")
 MODES = ("close", "reset", "allow")
+# The CPU budget is wall-clock: 200 sandboxes at once on 2 shared cores can stall a
+# well-behaved event past 50 ms. Well-behaved listeners get room; the faulty ones keep
+# a tight budget so a loop is caught quickly.
+WELL_BEHAVED = {"memory_mb": 16, "event_cpu_ms": 2000}
+TIGHT = {"memory_mb": 16, "event_cpu_ms": 50}
+# Envoy's per-message timeout: generous, so a burst of 200 sandbox set-ups is not a failure.
+MESSAGE_TIMEOUT = "30s"
 
 
 def make_policy(
@@ -58,7 +65,7 @@ def make_policy(
         "tier": tier,
         "failure_mode": failure,
         "grants": list(grants),
-        "limits": dict(limits or {"memory_mb": 16, "event_cpu_ms": 50}),
+        "limits": dict(limits or WELL_BEHAVED),
     }
 
 
@@ -114,9 +121,15 @@ def _listeners(plugins: dict[str, Path], tier: str) -> dict[str, tuple[dict[str,
     }
     for fault in FAULTS:
         for mode in MODES:
-            table[f"{fault}_{mode}"] = (policy(faulty, f"mode={fault};after=3", failure=mode), echo)
+            table[f"{fault}_{mode}"] = (
+                policy(faulty, f"mode={fault};after=3", failure=mode, limits=TIGHT),
+                echo,
+            )
         # A recording upstream never answers, so only client chunks count: fault on the 2nd.
-        table[f"{fault}_record"] = (policy(faulty, f"mode={fault};after=2"), UpstreamMode.RECORD)
+        table[f"{fault}_record"] = (
+            policy(faulty, f"mode={fault};after=2", limits=TIGHT),
+            UpstreamMode.RECORD,
+        )
     return table
 
 
@@ -135,6 +148,7 @@ async def stack(
             pol,
             # "ghost" names a listener Lightcell does not know.
             lightcell_name="no-such-listener" if name == "ghost" else None,
+            message_timeout=MESSAGE_TIMEOUT,
         )
         for name, (pol, _) in table.items()
     ]
@@ -172,7 +186,7 @@ async def read_to_end(reader: asyncio.StreamReader) -> tuple[bytes, str]:
     try:
         while chunk := await asyncio.wait_for(reader.read(65536), IO_TIMEOUT):
             data += chunk
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):  # BrokenPipe: our own write met the peer's RST
         return bytes(data), "reset"
     return bytes(data), "eof"
 
@@ -381,7 +395,9 @@ async def test_fail_closed_no_unfiltered_byte_reaches_recording_upstream(stack: 
         try_write(writer, b"and more\n")
     data, how = await read_to_end(reader)
     writer.close()
-    assert (data, how) == (b"", "eof")
+    # Envoy closes (FIN); but closing a socket with our burst still unread makes the kernel
+    # send RST instead, so either may reach us. What matters is the upstream side.
+    assert data == b"" and how in ("eof", "reset")
     assert await upstream_done(up, index) == b"first\n"
 
 
