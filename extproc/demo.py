@@ -87,7 +87,8 @@ def _describe(config: dict[str, Any]) -> dict[str, str]:
         grants = ",".join(policy.get("grants", [])) or "none"
         out[lst["name"]] = (
             f"{Path(policy.get('plugin', '?')).name} config={policy.get('config', '')!r} "
-            f"grants={grants} failure_mode={policy.get('failure_mode', 'close')}"
+            f"grants={grants} failure_mode={policy.get('failure_mode', 'close')} "
+            f"tier={policy.get('tier', 'auto')}"
         )
     return out
 
