@@ -23,18 +23,17 @@ Toolchains come only from PyPI packages installed in this Python environment
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from vmm.cachefiles import locked, publish
 
 PLUGINS_DIR = Path(__file__).resolve().parent
 WIT_DIR = PLUGINS_DIR / "wit"
@@ -229,44 +228,20 @@ def is_cached(name: str, out_dir: Path | None = None) -> bool:
     )
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _publish(src: Path, dst: Path) -> None:
-    """Copy src to dst atomically (temp file in dst's directory + os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(src.read_bytes())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' test runs read these
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def build(name: str, out_dir: Path | None = None) -> Path:
     """Build one plugin if needed; returns out_dir/<name>.wasm."""
     spec = _spec(name)
     out = Path(out_dir) if out_dir is not None else DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out / f".{name}.lock"):
+    with locked(out / f".{name}.lock"):
         if not is_cached(name, out):
             key = cache_key(name)
             with tempfile.TemporaryDirectory(dir=out, prefix=f".tmp-{name}-") as tmp:
                 for out_name, built in _recipe(spec, Path(tmp)).items():
-                    _publish(built, out / out_name)
+                    publish(built.read_bytes(), out / out_name, 0o644)
                 stamp_tmp = Path(tmp) / "key"
                 stamp_tmp.write_text(key)
-                _publish(stamp_tmp, _stamp(spec, out))
+                publish(stamp_tmp.read_bytes(), _stamp(spec, out), 0o644)
     return out / f"{name}.wasm"
 
 

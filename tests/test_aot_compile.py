@@ -115,3 +115,20 @@ def test_cli(compiler: Compiler, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert out.exists() and "capabilities: none" in capsys.readouterr().out
     assert aot.main([str(compiler.example("counter"))]) == 1
     assert "wasmtime tier" in capsys.readouterr().err
+
+
+def test_a_cache_others_can_write_is_refused(compiler: Compiler, tmp_path: Path) -> None:
+    # An image is code the micro-VM runs: never taken from a directory others can write.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(PluginLoadError, match="not a directory private to this user"):
+        aot.compile_plugin(compiler.example("rewrite"), target="native", root=shared)
+
+
+def test_a_cached_image_others_could_have_written_is_rebuilt(compiler: Compiler, tmp_path: Path) -> None:
+    first = aot.compile_plugin(compiler.example("rewrite"), target="native", root=tmp_path)
+    first.image.chmod(0o666)  # as if another user had been able to replace it
+    again = aot.compile_plugin(compiler.example("rewrite"), target="native", root=tmp_path)
+    assert not again.cached and again.image == first.image
+    assert again.image.stat().st_mode & 0o022 == 0

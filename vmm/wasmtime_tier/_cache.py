@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -20,30 +18,13 @@ from typing import TypeVar
 import wasmtime
 from wasmtime.component import Component
 
+from vmm.cachefiles import private_dir, publish, trusted
 from vmm.wasmtime_tier._engine import CONFIG_TAG
 
 __all__ = ["cache_dir", "compile_component", "compile_module"]
 
 T = TypeVar("T", wasmtime.Module, Component)
 LOG = logging.getLogger("lightcell.wasmtime")
-
-
-def _trusted(path: Path, kind: int) -> bool:
-    """Owned by us, of the expected type (no symlink), writable by nobody else.
-
-    Deserialising runs the file as native code: an entry another local user
-    could have written (a shared or group-writable cache directory) is never
-    loaded, and nothing is written into such a directory either.
-    """
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
-    return (
-        stat.S_IFMT(st.st_mode) == kind
-        and st.st_uid == os.geteuid()
-        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    )
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -71,11 +52,10 @@ def _cached(
     deserialize: Callable[[str], T],
 ) -> T:
     path = directory / f"{_key(kind, wasm)}.{kind}.cwasm"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not _trusted(directory, stat.S_IFDIR):
+    if not private_dir(directory):
         LOG.warning("compile cache %s is not private to this user: not used", directory)
         return compile_()
-    if _trusted(path, stat.S_IFREG):
+    if trusted(path):
         try:
             return deserialize(str(path))
         except wasmtime.WasmtimeError:
@@ -83,14 +63,7 @@ def _cached(
     elif path.exists() or path.is_symlink():
         LOG.warning("compile cache entry %s is not private to this user: replaced", path)
     compiled = compile_()
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".cwasm")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(compiled.serialize())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    publish(compiled.serialize(), path)
     return compiled
 
 
