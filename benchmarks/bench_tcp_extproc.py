@@ -5,7 +5,9 @@
 
 Part 1, a gRPC client talking straight to `lightcell serve`'s Unix socket (no Envoy),
 rewrite plugin (read=upper), 1 KiB chunks:
-- per-event latency p50/p99 on one stream (request written -> reply read);
+- per-event latency p50/p99 on one stream (request written -> reply read), next to the
+  same client against a bare grpc.aio servicer in its own process (no sandbox: the
+  gRPC hop alone, benchmarks/_bare_extproc.py) measured in the same run;
 - connections (streams, each with a fresh sandbox) set up per second: sequential, and
   with 32 in flight; a "connection" is open stream + one 1 KiB chunk + both end-of-streams;
 - memory per open connection: Lightcell's RSS growth over --hold streams held open
@@ -93,11 +95,10 @@ class Stream:
             pass
 
 
-async def bench_grpc(socket_path: Path, pid: int, events: int, conns: int, hold: int) -> None:
+async def event_latencies(socket_path: Path, events: int) -> list[float]:
+    """Per-event round trips of 1 KiB read chunks on one stream (after 100 warm-up events)."""
     async with grpc.aio.insecure_channel(f"unix:{socket_path}", options=GRPC_OPTIONS) as channel:
-        stub = pb_grpc.NetworkExternalProcessorStub(channel)
-
-        s = Stream(stub, "lightcell")
+        s = Stream(pb_grpc.NetworkExternalProcessorStub(channel), "lightcell")
         reply = await s.event(CHUNK)
         assert reply.read_data.data == CHUNK.upper(), reply
         for _ in range(100):
@@ -108,10 +109,48 @@ async def bench_grpc(socket_path: Path, pid: int, events: int, conns: int, hold:
             await s.event(CHUNK)
             lat.append(time.perf_counter() - t)
         await s.finish()
+        return lat
+
+
+async def bare_latencies(workdir: Path, events: int) -> list[float]:
+    """The same measurement against a bare servicer (no sandbox) in its own process."""
+    sock = workdir / "bare.sock"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("_bare_extproc.py")), str(sock)
+    )
+    try:
+        for _ in range(200):  # ready when it accepts, not when the file appears
+            try:
+                _, w = await asyncio.open_unix_connection(str(sock))
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        return await event_latencies(sock, events)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def bench_grpc(socket_path: Path, pid: int, events: int, conns: int, hold: int) -> None:
+    rounds = 3  # interleaved, medians: one round in several runs slow across the board here
+    ours: list[list[float]] = []
+    bare: list[list[float]] = []
+    for _ in range(rounds):
+        ours.append(await event_latencies(socket_path, events))
+        bare.append(await bare_latencies(socket_path.parent, events))
+    for label, runs in (("Lightcell, rewrite plugin", ours), ("bare grpc.aio servicer (baseline)", bare)):
         print(
-            f"  per-event latency, 1 KiB, one stream    p50 {pct(lat, 50) * 1e6:8.1f} us   "
-            f"p99 {pct(lat, 99) * 1e6:8.1f} us   (n={events})"
+            f"  per-event latency, 1 KiB, {label:34s} p50 "
+            f"{statistics.median(pct(r, 50) for r in runs) * 1e6:7.1f} us   "
+            f"p99 {statistics.median(pct(r, 99) for r in runs) * 1e6:7.1f} us   (n={events} x {rounds})"
         )
+    p50_ours = statistics.median(pct(r, 50) for r in ours)
+    p50_bare = statistics.median(pct(r, 50) for r in bare)
+    print(f"  sandbox + policy cost over the bare hop: {(p50_ours - p50_bare) * 1e6:+.1f} us p50 "
+          f"(ratio {p50_ours / p50_bare:.2f}x)")
+    async with grpc.aio.insecure_channel(f"unix:{socket_path}", options=GRPC_OPTIONS) as channel:
+        stub = pb_grpc.NetworkExternalProcessorStub(channel)
 
         async def one_conn() -> None:
             st = Stream(stub, "lightcell")
