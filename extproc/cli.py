@@ -1,7 +1,7 @@
 """The `lightcell` command.
 
     lightcell serve --envoy-config FILE [--socket PATH] [--port N] [--grace S]
-                    [--max-connections N] [--log-level LEVEL]
+                    [--max-connections N] [--log-level LEVEL] [--workers N]
     lightcell check --envoy-config FILE
     lightcell demo [--once]            (extproc.demo)
     lightcell compile ...              (vmm.microvm.compile)
@@ -26,6 +26,7 @@ from vmm.policy import SandboxSpec, Tier
 
 if TYPE_CHECKING:
     from extproc.plugins import TierChoice
+    from extproc.server import DefaultSocket
 
 __all__ = ["main"]
 
@@ -79,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="(default: %(default)s)",
     )  # fmt: skip
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="run N complete worker processes (default: %(default)s, this process serves): worker i "
+        "listens on PATH with .i inserted before a .sock suffix (else appended), and on port N+i; list "
+        "one endpoint per worker socket in Envoy's lightcell cluster. Limits like --max-connections "
+        "apply per worker. Nothing is restarted: if a worker dies, all stop",
+    )  # fmt: skip
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate a configuration and report each listener's plugin")
@@ -103,7 +111,7 @@ def _fail(message: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from extproc.server import DEFAULT_SOCKET, DefaultSocket, serve
+    from extproc.server import DEFAULT_SOCKET, serve
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -112,9 +120,13 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail("--no-socket needs --port")
     if args.max_connections < 1:
         return _fail("--max-connections must be at least 1")
+    if args.workers < 1:
+        return _fail("--workers must be at least 1")
     socket_path: Path | DefaultSocket | None = (
         None if args.no_socket else DEFAULT_SOCKET if args.socket is None else args.socket
     )
+    if args.workers > 1:
+        return _serve_workers(args, socket_path)
     try:
         config = load_config(args.envoy_config)
         run = serve(
@@ -130,6 +142,29 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, socket_path: Path | DefaultSocket | None) -> int:
+    from extproc import workers
+    from extproc.server import DefaultSocket
+    from extproc.socket_path import prepare_default_socket
+
+    if args.port == 0:
+        return _fail("--port 0 cannot be combined with --workers: give a fixed first port")
+    try:
+        base = prepare_default_socket() if isinstance(socket_path, DefaultSocket) else socket_path
+    except ConfigError as e:
+        return _fail(str(e))
+    plan = []
+    for i in range(args.workers):
+        sock = None if base is None else workers.worker_socket(base, i)
+        port = None if args.port is None else args.port + i
+        argv = workers.worker_command(
+            args.envoy_config, socket_path=sock, port=port, grace=args.grace,
+            max_connections=args.max_connections, log_level=args.log_level,
+        )  # fmt: skip
+        plan.append(workers.Worker(i, argv, sock, port))
+    return workers.run_workers(plan)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ __all__ = [
     "Upstream",
     "UpstreamMode",
     "envoy_binary",
+    "lightcell_cluster",
     "lightcell_command",
     "render_bootstrap",
     "write_config",
@@ -248,15 +249,38 @@ def _static_cluster(name: str, address: dict[str, Any], http2: bool = False) -> 
     return cluster
 
 
-def render_bootstrap(listeners: Sequence[ListenerSpec], socket_path: str | Path) -> dict[str, Any]:
+def lightcell_cluster(socket_paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Envoy's `lightcell` cluster with one endpoint per Unix socket (`lightcell serve --workers N`).
+
+    Each endpoint gets its own HTTP/2 connection, and Envoy spreads the
+    ext_proc streams (one per downstream connection) round-robin over them.
+    """
+    if not socket_paths:
+        raise ValueError("lightcell_cluster needs at least one socket path")
+    cluster = _static_cluster(SIDECAR_CLUSTER, {"pipe": {"path": str(socket_paths[0])}}, http2=True)
+    cluster["lb_policy"] = "ROUND_ROBIN"
+    cluster["load_assignment"]["endpoints"] = [
+        {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(p)}}}} for p in socket_paths]}
+    ]
+    return cluster
+
+
+def render_bootstrap(
+    listeners: Sequence[ListenerSpec], socket_path: str | Path | Sequence[str | Path]
+) -> dict[str, Any]:
     """An Envoy bootstrap dict: the listeners, Lightcell's cluster, one cluster per upstream port.
 
-    The admin endpoint is on 127.0.0.1 port 0; `EnvoyProcess` reads the real
-    port back through `--admin-address-path`.
+    `socket_path` is Lightcell's socket, or a list of them (one per worker of
+    `lightcell serve --workers N`): see `lightcell_cluster`. The admin
+    endpoint is on 127.0.0.1 port 0; `EnvoyProcess` reads the real port back
+    through `--admin-address-path`.
     """
+    sockets = [socket_path] if isinstance(socket_path, str | Path) else list(socket_path)
     upstream_ports = sorted({spec.upstream_port for spec in listeners})
     clusters = [
-        _static_cluster(SIDECAR_CLUSTER, {"pipe": {"path": str(socket_path)}}, http2=True),
+        _static_cluster(SIDECAR_CLUSTER, {"pipe": {"path": str(sockets[0])}}, http2=True)
+        if len(sockets) == 1
+        else lightcell_cluster(sockets),
         *(
             _static_cluster(
                 f"upstream_{port}", {"socket_address": {"address": "127.0.0.1", "port_value": port}}
