@@ -45,7 +45,12 @@ class Sandbox(Protocol):
         ...
 
     async def open(self, listener: str, config: str) -> None:
-        """Run the plugin's on-open hook. Raises PluginFault."""
+        """Run the plugin's on-open hook. Raises PluginFault.
+
+        A tier may defer the hook to run with the next call (the micro-VM tier
+        does, to save a thread hop); an on-open fault then surfaces from that
+        next on_data or close, which callers treat the same way.
+        """
         ...
 
     async def on_data(self, event: DataEvent) -> Verdict:
