@@ -47,6 +47,8 @@ class Listener:
     policy: ListenerPolicy
     factory: SandboxFactory
     kv: KvStore
+    one_wall_reason: str | None = None
+    """Why `tier: auto` fell back to wasmtime (only the wasm wall is up), if it did."""
 
     @property
     def name(self) -> str:

@@ -107,7 +107,13 @@ async def load_listener(policy: ListenerPolicy) -> Listener:
     choice = choose_tier(policy.spec, policy.tier)
     factory = await _loader(choice.tier)(policy.spec)
     limits = policy.spec.limits
-    return Listener(policy, factory, KvStore(limits.kv_max_keys, limits.kv_max_value_bytes))
+    fell_back = choice.one_wall and policy.tier is Tier.AUTO
+    return Listener(
+        policy,
+        factory,
+        KvStore(limits.kv_max_keys, limits.kv_max_value_bytes),
+        one_wall_reason=choice.reason if fell_back else None,
+    )
 
 
 async def load_listeners(policies: Iterable[ListenerPolicy]) -> dict[str, Listener | PluginLoadError]:
@@ -142,15 +148,12 @@ async def load_all(config: LightcellConfig) -> dict[str, Listener]:
     if errors:
         await close_all(loaded.values())
         raise ConfigError("\n".join(errors))
-    one_wall = {
-        name: choice.reason
-        for name, policy in config.listeners.items()
-        if (choice := choose_tier(policy.spec, policy.tier)).one_wall and policy.tier is Tier.AUTO
-    }
+    # The tier choice was made (and the plugin read) once, in load_listener.
+    one_wall = sorted((n, li.one_wall_reason) for n, li in loaded.items() if li.one_wall_reason)
     if one_wall:
         LOG.warning(
             "only one wall is up (wasm sandbox, no micro-VM) for listener(s) %s",
-            "; ".join(f"{name}: {reason}" for name, reason in sorted(one_wall.items())),
+            "; ".join(f"{name}: {reason}" for name, reason in one_wall),
         )
     return loaded
 

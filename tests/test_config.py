@@ -365,6 +365,23 @@ async def test_all_plugins_load_and_auto_resolves_to_microvm_where_kvm_works(con
         await plugins.close_all(loaded.values())
 
 
+async def test_auto_falls_back_to_wasmtime_for_a_component_with_one_warning(
+    confdir: Path, built_plugins: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    shutil.copy(built_plugins["counter"], confdir / "plugins" / "counter.wasm")
+    counter = {"plugin": "plugins/counter.wasm", "tier": "auto", "grants": ["kv"]}
+    doc = bootstrap(listener("edge", dict(GOOD_POLICY)), listener("py", counter))
+    config = load_config(write(confdir, doc))
+    loaded = await plugins.load_all(config)
+    try:
+        assert loaded["py"].factory.tier == "wasmtime" and loaded["py"].one_wall_reason
+        assert loaded["edge"].factory.tier == "microvm" and loaded["edge"].one_wall_reason is None
+        warnings = [r.getMessage() for r in caplog.records if "only one wall is up" in r.getMessage()]
+        assert len(warnings) == 1 and "py:" in warnings[0] and "edge" not in warnings[0]
+    finally:
+        await plugins.close_all(loaded.values())
+
+
 async def test_a_tier_without_load_is_a_clear_error(confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Stand-in for a tier module that exists but has no load() yet.
     monkeypatch.setitem(plugins._TIER_MODULES, Tier.MICROVM, "vmm.metrics")
