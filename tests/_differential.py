@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from vmm.capabilities import HostCapabilities
 from vmm.contract import DataEvent, Direction, SendError
 from vmm.kvstore import KvStore
-from vmm.policy import EgressTarget
 from vmm.sandbox import FaultKind, PluginFault, SandboxFactory
 
 HostCall = tuple[str, tuple[object, ...], object]
@@ -32,17 +31,6 @@ class ObservedKv(KvStore):
     def contents(self) -> dict[str, bytes]:
         with self._lock:
             return dict(self._data)
-
-
-class Sent:
-    """A DatagramSender that keeps every datagram instead of sending it."""
-
-    def __init__(self) -> None:
-        self.datagrams: list[tuple[EgressTarget, bytes]] = []
-
-    def send(self, target: EgressTarget, payload: bytes) -> bool:
-        self.datagrams.append((target, bytes(payload)))
-        return True
 
 
 @dataclass

@@ -3,33 +3,20 @@ compile them for the host-native harness, give them host capabilities."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import wasmtime
+from _host_fakes import Sent
 
+from plugins import build as plugin_build
 from vmm.capabilities import HostCapabilities
 from vmm.kvstore import KvStore
 from vmm.microvm.compile import CompiledPlugin, compile_plugin
 from vmm.policy import EgressTarget, Grants, Limits
 
-ROOT = Path(__file__).resolve().parent.parent
 WAT_DIR = Path(__file__).resolve().parent / "wat"
-sys.path.insert(0, str(ROOT))
-from plugins import build as plugin_build  # noqa: E402
 
 ALL_GRANTS = frozenset({"log", "clock", "random", "kv", "metadata", "egress"})
-
-
-class Sent:
-    """A DatagramSender that records what it was asked to send."""
-
-    def __init__(self) -> None:
-        self.datagrams: list[tuple[EgressTarget, bytes]] = []
-
-    def send(self, target: EgressTarget, payload: bytes) -> bool:
-        self.datagrams.append((target, payload))
-        return True
 
 
 def host(grants: frozenset[str] = ALL_GRANTS, egress: frozenset[EgressTarget] = frozenset(),

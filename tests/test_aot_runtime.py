@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aot_support import ALL_GRANTS, Compiler, Sent, host
+from _host_fakes import Sent
+from aot_support import ALL_GRANTS, Compiler, host
 
 from vmm.kvstore import KvStore
 from vmm.microvm.abi import HostFn

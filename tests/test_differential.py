@@ -32,7 +32,6 @@ from _differential import (
     Masks,
     ObservedKv,
     RecordingHost,
-    Sent,
     Trace,
     byte_stream,
     describe,
@@ -40,6 +39,7 @@ from _differential import (
     run_connection,
     show_step,
 )
+from _host_fakes import Sent
 
 from vmm import wasmtime_tier
 from vmm.contract import DataEvent, Direction

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _host_fakes import Sent
 
 import vmm.microvm.vm as vm_module
 from vmm.capabilities import HostCapabilities
@@ -49,15 +50,6 @@ CAP_OF_FN = {
     abi.HostFn.METADATA_SET: "metadata",
     abi.HostFn.EGRESS_SEND: "egress",
 }
-
-
-class Sent:
-    def __init__(self) -> None:
-        self.datagrams: list[tuple[EgressTarget, bytes]] = []
-
-    def send(self, target: EgressTarget, payload: bytes) -> bool:
-        self.datagrams.append((target, payload))
-        return True
 
 
 class Decoder:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import wasmtime
+from _host_fakes import Sent
 from test_fuzz_wasm_boundary import (
     HOSTILE_WAT,
     MEMORY_BYTES,
@@ -47,15 +48,6 @@ STEPS = 400
 ALLOWED = EgressTarget("127.0.0.1", 9125)
 HOST_AT, KEY_AT = 1024, 1100
 _U32 = 1 << 32
-
-
-class Sent:
-    def __init__(self) -> None:
-        self.datagrams: list[tuple[EgressTarget, bytes]] = []
-
-    def send(self, target: EgressTarget, payload: bytes) -> bool:
-        self.datagrams.append((target, payload))
-        return True
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+from _host_fakes import Sent
 
 import vmm.wasmtime_tier as wt
 from vmm.capabilities import HostCapabilities
@@ -195,15 +196,6 @@ HOST_AT, KEY_AT = 1024, 1100  # where each new sandbox's setup puts "127.0.0.1" 
 SEEDS = (1, 2, 3, 0xC0FFEE)
 STEPS = 800
 _U32 = 1 << 32
-
-
-class Sent:
-    def __init__(self) -> None:
-        self.datagrams: list[tuple[EgressTarget, bytes]] = []
-
-    def send(self, target: EgressTarget, payload: bytes) -> bool:
-        self.datagrams.append((target, payload))
-        return True
 
 
 def fits(ptr: int, length: int) -> bool:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import wasmtime
+from _host_fakes import Sent
 
 import vmm.wasmtime_tier as wt
+from plugins import build as plugin_build
 from vmm.capabilities import HostCapabilities
 from vmm.contract import DataEvent, Direction, Verdict, VerdictKind
 from vmm.kvstore import KvStore
@@ -19,10 +20,7 @@ from vmm.metrics import METRICS
 from vmm.policy import EgressTarget, Grants, Limits, SandboxSpec
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError, Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
 WAT_DIR = Path(__file__).resolve().parent / "wat"
-sys.path.insert(0, str(ROOT))
-from plugins import build as plugin_build  # noqa: E402
 
 READ, WRITE = Direction.READ, Direction.WRITE
 ALL = frozenset({"log", "clock", "random", "kv", "metadata", "egress"})
@@ -56,17 +54,6 @@ def wat(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
         return path
 
     return get
-
-
-class Sent:
-    """A DatagramSender that records what it was asked to send."""
-
-    def __init__(self) -> None:
-        self.datagrams: list[tuple[EgressTarget, bytes]] = []
-
-    def send(self, target: EgressTarget, payload: bytes) -> bool:
-        self.datagrams.append((target, payload))
-        return True
 
 
 class Loaded:
