@@ -79,8 +79,8 @@ def render_demo_config(
     return config
 
 
-def _describe(config: dict[str, Any]) -> dict[str, str]:
-    """listener -> "plugin.wasm config" for the printout."""
+def _describe(config: dict[str, Any], tiers: dict[str, str]) -> dict[str, str]:
+    """listener -> "plugin.wasm config ... tier" for the printout (the tier serve chose)."""
     out = {}
     for lst in config["static_resources"]["listeners"]:
         policy = lst.get("metadata", {}).get("filter_metadata", {}).get(POLICY_NAMESPACE, {})
@@ -88,7 +88,7 @@ def _describe(config: dict[str, Any]) -> dict[str, str]:
         out[lst["name"]] = (
             f"{Path(policy.get('plugin', '?')).name} config={policy.get('config', '')!r} "
             f"grants={grants} failure_mode={policy.get('failure_mode', 'close')} "
-            f"tier={policy.get('tier', 'auto')}"
+            f"tier={tiers.get(lst['name'], '?')}"
         )
     return out
 
@@ -241,7 +241,7 @@ async def run(once: bool, source: Path, any_port: bool = False) -> int:
             try:
                 await lightcell.start()
                 await envoy.start()
-                ok = await _traffic(envoy, echo, _describe(config))
+                ok = await _traffic(envoy, echo, _describe(config, lightcell.tiers()))
                 if not ok:
                     print("\nlightcell log (tail):\n" + "\n".join(lightcell.log().splitlines()[-20:]))
                 if once:

@@ -5,7 +5,9 @@
 - `render_bootstrap()` builds an Envoy bootstrap dict for a set of listeners,
   each optionally fronted by the network ext_proc filter that talks to
   Lightcell over a Unix socket, with the listener policy in
-  `Listener.metadata.filter_metadata["lightcell"]`.
+  `Listener.metadata.filter_metadata["lightcell"]`. The filter receives the
+  dynamic metadata Lightcell returns (`metadata_options`); a listener can
+  also write a file access log.
 - `EnvoyProcess` starts Envoy with `--concurrency 1`, admin on a free port,
   waits until every listener is bound (read back from the admin endpoint, so
   port 0 works and there is no port race), captures its log and always kills
@@ -29,6 +31,7 @@ import enum
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from extproc.tcp_protocol import METADATA_NAMESPACE
 
 __all__ = [
     "LISTENER_METADATA_KEY",
@@ -170,6 +175,11 @@ class ListenerSpec:
     means plain tcp_proxy with no ext_proc filter (a baseline). `lightcell_name`
     is what the filter tells Lightcell in `x-lightcell-listener` (default: the
     listener's own name; a test points it at a listener Lightcell doesn't know).
+    `receive_metadata` lists Lightcell's namespace in the filter's
+    `metadata_options.receiving_namespaces.untyped`, without which Envoy drops
+    the dynamic metadata a plugin sets. `access_log` is (file path, format
+    string) of an `envoy.access_loggers.file` log on the listener, one line per
+    connection when it closes.
     """
 
     name: str
@@ -179,29 +189,29 @@ class ListenerSpec:
     lightcell_name: str | None = None
     message_timeout: str = "5s"
     failure_mode_allow: bool = False
+    receive_metadata: bool = True
+    access_log: tuple[Path, str] | None = None
 
 
 def _listener(spec: ListenerSpec) -> dict[str, Any]:
     filters: list[dict[str, Any]] = []
     if spec.policy is not None:
-        filters.append(
-            {
-                "name": "envoy.filters.network.ext_proc",
-                "typed_config": {
-                    "@type": EXT_PROC_TYPE,
-                    "stat_prefix": spec.name,
-                    "failure_mode_allow": spec.failure_mode_allow,
-                    "message_timeout": spec.message_timeout,
-                    "processing_mode": {"process_read": "STREAMED", "process_write": "STREAMED"},
-                    "grpc_service": {
-                        "envoy_grpc": {"cluster_name": SIDECAR_CLUSTER},
-                        "initial_metadata": [
-                            {"key": LISTENER_METADATA_KEY, "value": spec.lightcell_name or spec.name}
-                        ],
-                    },
-                },
-            }
-        )
+        ext_proc: dict[str, Any] = {
+            "@type": EXT_PROC_TYPE,
+            "stat_prefix": spec.name,
+            "failure_mode_allow": spec.failure_mode_allow,
+            "message_timeout": spec.message_timeout,
+            "processing_mode": {"process_read": "STREAMED", "process_write": "STREAMED"},
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": SIDECAR_CLUSTER},
+                "initial_metadata": [
+                    {"key": LISTENER_METADATA_KEY, "value": spec.lightcell_name or spec.name}
+                ],
+            },
+        }
+        if spec.receive_metadata:
+            ext_proc["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+        filters.append({"name": "envoy.filters.network.ext_proc", "typed_config": ext_proc})
     filters.append(
         {
             "name": "envoy.filters.network.tcp_proxy",
@@ -219,6 +229,18 @@ def _listener(spec: ListenerSpec) -> dict[str, Any]:
     }
     if spec.policy is not None:
         listener["metadata"] = {"filter_metadata": {POLICY_NAMESPACE: dict(spec.policy)}}
+    if spec.access_log is not None:
+        log_path, log_format = spec.access_log
+        listener["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": str(log_path),
+                    "log_format": {"text_format_source": {"inline_string": log_format}},
+                },
+            }
+        ]
     return listener
 
 
@@ -432,6 +454,15 @@ async def wait_for_unix_socket(
     return False
 
 
+# extproc.plugins.load_all logs one such line per listener ("auto -> microvm (why)").
+_TIER_LINE = re.compile(r"listener (\S+): plugin \S+, tier (?:\w+ -> )?(\w+)", re.M)
+
+
+def tiers_in_log(log: str) -> dict[str, str]:
+    """listener -> tier, from the lines `lightcell serve` logs as it loads each plugin."""
+    return {m[1]: m[2] for m in _TIER_LINE.finditer(log)}
+
+
 class LightcellProcess:
     """`lightcell serve --envoy-config CONFIG --socket SOCKET` as a subprocess."""
 
@@ -454,6 +485,10 @@ class LightcellProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tiers(self) -> dict[str, str]:
+        """listener -> the tier serve loaded its plugin in (from serve's start-up log)."""
+        return tiers_in_log(self.log())
 
     async def start(self, timeout_s: float = 60.0) -> None:
         argv = [

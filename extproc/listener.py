@@ -10,7 +10,7 @@ from vmm.kvstore import KvStore
 from vmm.policy import SandboxSpec, Tier
 from vmm.sandbox import SandboxFactory
 
-__all__ = ["FailureMode", "Listener", "ListenerPolicy"]
+__all__ = ["FailureMode", "Listener", "ListenerPolicy", "TierChoice"]
 
 
 class FailureMode(enum.Enum):
@@ -38,6 +38,30 @@ class ListenerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class TierChoice:
+    """The concrete tier a listener's plugin runs in, and why (made once, at load)."""
+
+    tier: Tier
+    reason: str
+    requested: Tier = Tier.AUTO
+
+    @property
+    def one_wall(self) -> bool:
+        return self.tier is Tier.WASMTIME
+
+    @property
+    def fell_back(self) -> bool:
+        """`tier: auto` resolved to the one-wall tier."""
+        return self.one_wall and self.requested is Tier.AUTO
+
+    def describe(self) -> str:
+        """"microvm (why)" or "auto -> wasmtime (why)", as `check` and the start-up log print it."""
+        moved = self.requested is not self.tier
+        name = f"{self.requested.value} -> {self.tier.value}" if moved else self.tier.value
+        return f"{name} ({self.reason})"
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     """A listener ready to serve: its policy, its loaded plugin and the plugin's kv store.
 
@@ -47,8 +71,13 @@ class Listener:
     policy: ListenerPolicy
     factory: SandboxFactory
     kv: KvStore
-    one_wall_reason: str | None = None
-    """Why `tier: auto` fell back to wasmtime (only the wasm wall is up), if it did."""
+    tier: TierChoice
+    """The tier the plugin was loaded in, chosen once by extproc.plugins.choose_tier."""
+
+    @property
+    def one_wall_reason(self) -> str | None:
+        """Why `tier: auto` fell back to wasmtime (only the wasm wall is up), if it did."""
+        return self.tier.reason if self.tier.fell_back else None
 
     @property
     def name(self) -> str:

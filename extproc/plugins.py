@@ -15,12 +15,11 @@ import asyncio
 import importlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from extproc.config import POLICY_NAMESPACE, ConfigError, LightcellConfig
-from extproc.listener import Listener, ListenerPolicy
+from extproc.listener import Listener, ListenerPolicy, TierChoice
 from vmm.kvstore import KvStore
 from vmm.policy import SandboxSpec, Tier
 from vmm.sandbox import PluginLoadError, SandboxFactory
@@ -49,24 +48,25 @@ class TierUnavailable(PluginLoadError):
     """The requested tier is not part of this build (or cannot load)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TierChoice:
-    tier: Tier
-    reason: str
-
-    @property
-    def one_wall(self) -> bool:
-        return self.tier is Tier.WASMTIME
-
-
 def choose_tier(spec: SandboxSpec, requested: Tier) -> TierChoice:
-    """The concrete tier a policy's `tier` runs in, and why."""
+    """The concrete tier a policy's `tier` runs in, and why.
+
+    Called once per listener, by load_listener; `check`, the start-up log and
+    the demo all report that one choice (Listener.tier).
+    """
     if requested is not Tier.AUTO:
-        return TierChoice(requested, "asked for by the listener policy")
+        return TierChoice(requested, "asked for by the listener policy", requested)
+    from vmm.microvm.layout import MAX_MEMORY_BYTES
     from vmm.microvm.tier import kvm_available
 
     if not kvm_available():
         return TierChoice(Tier.WASMTIME, "/dev/kvm is not usable here: only the wasm wall is up")
+    if spec.limits.memory_bytes > MAX_MEMORY_BYTES:
+        return TierChoice(
+            Tier.WASMTIME,
+            f"limits.memory_mb {spec.limits.memory_bytes >> 20} is over the micro-VM's limit of "
+            f"{MAX_MEMORY_BYTES >> 20}: only the wasm wall is up",
+        )
     if not _runs_in_microvm(Path(spec.plugin_path)):
         return TierChoice(
             Tier.WASMTIME,
@@ -107,13 +107,7 @@ async def load_listener(policy: ListenerPolicy) -> Listener:
     choice = choose_tier(policy.spec, policy.tier)
     factory = await _loader(choice.tier)(policy.spec)
     limits = policy.spec.limits
-    fell_back = choice.one_wall and policy.tier is Tier.AUTO
-    return Listener(
-        policy,
-        factory,
-        KvStore(limits.kv_max_keys, limits.kv_max_value_bytes),
-        one_wall_reason=choice.reason if fell_back else None,
-    )
+    return Listener(policy, factory, KvStore(limits.kv_max_keys, limits.kv_max_value_bytes), choice)
 
 
 async def load_listeners(policies: Iterable[ListenerPolicy]) -> dict[str, Listener | PluginLoadError]:
@@ -149,6 +143,8 @@ async def load_all(config: LightcellConfig) -> dict[str, Listener]:
         await close_all(loaded.values())
         raise ConfigError("\n".join(errors))
     # The tier choice was made (and the plugin read) once, in load_listener.
+    for name, listener in loaded.items():
+        LOG.info("listener %s: plugin %s, tier %s", name, listener.policy.plugin, listener.tier.describe())
     one_wall = sorted((n, li.one_wall_reason) for n, li in loaded.items() if li.one_wall_reason)
     if one_wall:
         LOG.warning(

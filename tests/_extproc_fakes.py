@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from extproc.listener import FailureMode, Listener, ListenerPolicy
+from extproc.listener import FailureMode, Listener, ListenerPolicy, TierChoice
 from vmm.capabilities import HostCapabilities
 from vmm.contract import DataEvent, Verdict
 from vmm.kvstore import KvStore
@@ -102,4 +102,5 @@ def fake_listener(
 ) -> Listener:
     spec = SandboxSpec(name, f"/plugins/{name}-plugin.wasm", Grants(grants), plugin_config=config)
     policy = ListenerPolicy(name, spec, Tier.WASMTIME, failure_mode)
-    return Listener(policy, factory or FakeFactory(), KvStore(100, 1024))
+    tier = TierChoice(Tier.WASMTIME, "a test fake", Tier.WASMTIME)
+    return Listener(policy, factory or FakeFactory(), KvStore(100, 1024), tier)

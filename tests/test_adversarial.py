@@ -32,7 +32,7 @@ from test_fuzz_wasm_boundary import MEMORY_BYTES, command, hostile_wasm, read_me
 
 import vmm.wasmtime_tier as wt
 from extproc.config import ConfigError, LightcellConfig
-from extproc.listener import FailureMode, Listener, ListenerPolicy
+from extproc.listener import FailureMode, Listener, ListenerPolicy, TierChoice
 from extproc.server import LightcellServer
 from extproc.tcp_service import SERVICE_NAME
 from vmm.capabilities import LOG_BURST_LINES, LOG_LINES_PER_SECOND, HostCapabilities
@@ -153,7 +153,8 @@ async def rig(
         factories[name] = CountingFactory(await wt.load(spec, work / "cache"))
         kv[name] = KvStore(spec.limits.kv_max_keys, spec.limits.kv_max_value_bytes)
         policy = ListenerPolicy(name, spec, Tier.WASMTIME, FailureMode.CLOSE)
-        listeners[name] = Listener(policy, factories[name], kv[name])
+        tier = TierChoice(Tier.WASMTIME, "asked for by the test", Tier.WASMTIME)
+        listeners[name] = Listener(policy, factories[name], kv[name], tier)
     server = await LightcellServer.start(
         LightcellConfig(work / "unused.yaml", {}), socket_path=work / "lc.sock", loaded=listeners
     )

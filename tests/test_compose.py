@@ -90,17 +90,36 @@ def test_published_ports_are_listeners(compose: dict[str, Any]) -> None:
     assert published and published <= listener_ports
 
 
+def _stages(text: str) -> list[list[str]]:
+    """The Dockerfile's build stages, each as its instruction lines (continuations joined)."""
+    stages: list[list[str]] = []
+    for line in text.replace("\\\n", " ").splitlines():
+        if line.startswith("FROM "):
+            stages.append([])
+        if line.strip() and not line.startswith("#") and stages:
+            stages[-1].append(line)
+    return stages
+
+
 def test_dockerfile_references_exist() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11", text, re.M)
     for line in text.splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and "--from=" not in line:
             sources = shlex.split(line)[1:-1]
             for src in sources:
                 assert (ROOT / src).exists(), src
     assert "plugins/build.py" in text and (ROOT / "plugins" / "build.py").is_file()
     assert "lightcell" in text
     assert (ROOT / "pyproject.toml").is_file()
+
+
+def test_the_production_image_has_no_dev_extra() -> None:
+    """Test and lint tools may build the plugins, but the final stage installs only the runtime."""
+    final = _stages(DOCKERFILE.read_text())[-1]
+    installs = [line for line in final if "pip install" in line]
+    assert installs and all("[dev]" not in line for line in installs), installs
+    assert any(line.startswith("ENTRYPOINT") and "lightcell" in line for line in final)
 
 
 @pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])

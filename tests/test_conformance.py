@@ -4,7 +4,6 @@ harness, a few files in real micro-VMs, and proof that the runner can fail."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,17 @@ MUST_PASS = (
 )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def suite_present() -> None:
-    assert conformance.SUITE_DIR.is_dir(), f"spec tests not found in {conformance.SUITE_DIR}"
+# The spec suite lives outside the repository (../shared/wasm-testsuite, or
+# $LIGHTCELL_WASM_TESTSUITE); only the tests that read it need it. The runner's
+# own tests bring their .wast files.
+needs_suite = pytest.mark.skipif(
+    not conformance.SUITE_DIR.is_dir(),
+    reason=f"WebAssembly spec tests not found in {conformance.SUITE_DIR} "
+    f"(set ${conformance.SUITE_ENV} to a checkout of WebAssembly/testsuite)",
+)
 
 
+@needs_suite
 @pytest.mark.slow
 def test_ci_subset_native(capsys: pytest.CaptureFixture[str]) -> None:
     files = [conformance.SUITE_DIR / f"{n}.wast" for n in conformance.CI_SUBSET]
@@ -38,6 +43,7 @@ def test_ci_subset_native(capsys: pytest.CaptureFixture[str]) -> None:
     assert sum(r.passed for r in results.values()) > 4000
 
 
+@needs_suite
 @pytest.mark.kvm
 def test_spec_files_in_real_micro_vms() -> None:
     files = [conformance.SUITE_DIR / f"{n}.wast" for n in ("i32", "traps", "memory_grow", "call_indirect")]
@@ -65,7 +71,17 @@ def test_the_runner_reports_failures(tmp_path: Path) -> None:
 
 
 def test_cli_prints_counts_per_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    shutil.copy(conformance.SUITE_DIR / "fac.wast", tmp_path / "fac.wast")
-    assert conformance.main([str(tmp_path / "fac.wast")]) == 0
+    (tmp_path / "wrong.wast").write_text(WRONG)
+    assert conformance.main([str(tmp_path / "wrong.wast")]) == 0
     out = capsys.readouterr().out
-    assert "fac" in out and "passed" in out and "TOTAL" in out
+    assert "wrong" in out and "passed     3" in out and "failed     2" in out and "TOTAL" in out
+
+
+def test_the_suite_is_found_beside_the_repository_or_by_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(conformance.SUITE_ENV, raising=False)
+    repo = Path(__file__).resolve().parent.parent
+    assert conformance._suite_dir() == repo.parent / "shared" / "wasm-testsuite"
+    monkeypatch.setenv(conformance.SUITE_ENV, str(tmp_path))
+    assert conformance._suite_dir() == tmp_path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -548,3 +549,41 @@ def test_counter_numbers_connections_and_chunks(built: dict[str, Path]) -> None:
     ]
     assert connection()[0] == ("replace", b"[conn 2 chunk 1] a")
     assert kv == {"connections": 2}
+
+
+def _sdk_build_lines() -> list[str]:
+    """The build commands lightcell.h's header comment gives (continuations joined)."""
+    header = (ROOT / "plugins" / "sdk" / "c" / "lightcell.h").read_text()
+    block = header.split(" * Build", 1)[1].split(" *\n", 1)[0]
+    lines = [line.removeprefix(" *").strip() for line in block.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("python -m "))
+    return _join(lines[start:])
+
+
+def _join(lines: list[str]) -> list[str]:
+    out: list[str] = []
+    for line in lines:
+        if out and out[-1].endswith("\\"):
+            out[-1] = out[-1][:-1].rstrip() + " " + line
+        else:
+            out.append(line)
+    return out
+
+
+def test_the_sdk_header_build_lines_work_as_written(tmp_path: Path) -> None:
+    """A plugin author copies the compile lines from lightcell.h; run them verbatim
+    (from a directory laid out like the repository root) on an example plugin."""
+    (tmp_path / "plugins").symlink_to(ROOT / "plugins")
+    (tmp_path / "plugin.c").write_text((ROOT / "plugins" / "examples" / "rewrite" / "rewrite.c").read_text())
+    wasm_tools = str(plugin_build._wasm_tools()[0])
+    lines = _sdk_build_lines()
+    assert len(lines) == 4 and lines[0].startswith("python -m ziglang cc"), lines
+    for line in lines:
+        argv = shlex.split(line)
+        argv[0] = {"python": sys.executable, "wasm-tools": wasm_tools}[argv[0]]
+        proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout}{proc.stderr}"
+    component = (tmp_path / "plugin.wasm").read_bytes()
+    core = unwrap_core(component)
+    assert core is not None
+    assert check_contract(core).capabilities == frozenset()  # rewrite imports nothing

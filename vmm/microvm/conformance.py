@@ -52,9 +52,20 @@ from vmm.microvm.compile import (
 from vmm.microvm.conformance_glue import Module, dispatch_glue, module_glue
 from vmm.microvm.native import NativeInstance, Response, Status
 
-__all__ = ["CI_SUBSET", "SUITE_DIR", "FileResult", "main", "run_file", "run_files"]
+__all__ = ["CI_SUBSET", "SUITE_DIR", "SUITE_ENV", "FileResult", "main", "run_file", "run_files"]
 
-SUITE_DIR = Path(os.environ.get("LIGHTCELL_WASM_TESTSUITE", "/work/shared/wasm-testsuite"))
+SUITE_ENV = "LIGHTCELL_WASM_TESTSUITE"
+
+
+def _suite_dir() -> Path:
+    """$LIGHTCELL_WASM_TESTSUITE, else `shared/wasm-testsuite` beside the repository."""
+    env = os.environ.get(SUITE_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "wasm-testsuite"
+
+
+SUITE_DIR = _suite_dir()
 
 CI_SUBSET = (
     "i32", "i64", "f32", "f64", "f32_cmp", "conversions", "int_exprs", "br_table", "call_indirect",

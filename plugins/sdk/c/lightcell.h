@@ -1,8 +1,9 @@
 /*
  * lightcell.h: header-only C SDK for Lightcell tcp-filter plugins.
  *
- * Build (no libc needed; see plugins/wit/README.md for the ABI):
- *   python -m ziglang cc --target=wasm32-freestanding -mcpu=mvp -O2 \
+ * Build, from the repository's root (no libc needed; see plugins/wit/README.md
+ * for the ABI; tests/test_plugins_build.py runs these exact lines):
+ *   python -m ziglang cc --target=wasm32-freestanding -mcpu=mvp -O2 -Iplugins/sdk/c \
  *       -nostdlib -Wl,--no-entry -Wl,-z,stack-size=65536 plugin.c -o core.wasm
  *   wasm-tools strip core.wasm -o core.wasm
  *   wasm-tools component embed plugins/wit --world tcp-filter core.wasm -o e.wasm
