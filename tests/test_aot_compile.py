@@ -132,3 +132,24 @@ def test_a_cached_image_others_could_have_written_is_rebuilt(compiler: Compiler,
     again = aot.compile_plugin(compiler.example("rewrite"), target="native", root=tmp_path)
     assert not again.cached and again.image == first.image
     assert again.image.stat().st_mode & 0o022 == 0
+
+
+def test_source_digest_sees_every_guest_source_wherever_the_checkout_is(tmp_path: Path) -> None:
+    """The image cache key covers guest sources by path and content, and a
+    `build` directory *above* the sources (a checkout under ~/build/...) must
+    not hide them; only build outputs inside a source tree are skipped."""
+    root = tmp_path / "build" / "guest" / "runtime"
+    (root / "libc").mkdir(parents=True)
+    (root / "wasm_rt.c").write_text("int cap;\n")
+    (root / "libc" / "string.h").write_text("/* h */\n")
+    base = aot._tree_digest([root])
+    (root / "wasm_rt.c").write_text("int cap = 1;\n")
+    changed = aot._tree_digest([root])
+    assert changed != base
+    (root / "libc" / "string.h").rename(root / "string.h")  # same name and bytes, moved
+    assert aot._tree_digest([root]) != changed
+    (root / "build").mkdir()
+    (root / "build" / "wasm_rt.o").write_bytes(b"\x7fELF")
+    moved = aot._tree_digest([root])
+    (root / "build" / "wasm_rt.o").write_bytes(b"\x7fELF again")
+    assert aot._tree_digest([root]) == moved

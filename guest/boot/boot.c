@@ -14,7 +14,7 @@ typedef uint64_t lc_jmp_buf[8];
 __attribute__((returns_twice)) int lc_setjmp(lc_jmp_buf env);
 __attribute__((noreturn)) void lc_longjmp(lc_jmp_buf env, int value);
 extern char lc_vectors[];
-void lc_boot_main(uint64_t heap_base, uint64_t heap_size);
+void lc_boot_main(uint64_t heap_base, uint64_t heap_size, uint64_t memory_cap);
 
 /* The host reads this before it boots the image and refuses other versions. */
 __attribute__((section(".lc_header"), used))
@@ -26,6 +26,7 @@ const struct lc_image_header lc_image_header = {
 
 uint8_t *lc_heap_base;
 uint64_t lc_heap_size;
+uint64_t lc_memory_cap;
 
 static lc_jmp_buf lc_event_env;
 
@@ -112,12 +113,15 @@ uint32_t lc_hostcall(uint32_t fn, uint64_t a0,
     return status;
 }
 
-/* Entered from _start in ring 3. Initialises the runtime, reports ready, then
- * serves one request per LC_PORT_DONE exit forever. */
-__attribute__((noreturn)) void lc_boot_main(uint64_t heap_base, uint64_t heap_size)
+/* Entered from _start in ring 3 (rdi, rsi, rdx set by the host). Initialises
+ * the runtime, reports ready, then serves one request per LC_PORT_DONE exit
+ * forever. */
+__attribute__((noreturn)) void lc_boot_main(uint64_t heap_base, uint64_t heap_size,
+                                            uint64_t memory_cap)
 {
     lc_heap_base = (uint8_t *)(uintptr_t)heap_base;
     lc_heap_size = heap_size;
+    lc_memory_cap = memory_cap;
     lc_set_response(LC_STATUS_OK, 0);
     if (lc_setjmp(lc_event_env) == 0)
         lc_runtime_init();

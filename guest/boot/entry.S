@@ -1,6 +1,7 @@
 /* Guest entry (ring 3) and the ring-0 exception stubs.
  * The host starts the vCPU at _start in ring 3 with rdi = heap base, rsi =
- * heap size and rsp = top of the user stack (16-byte aligned). */
+ * heap size, rdx = wasm memory cap in bytes (ABI 3) and rsp = top of the user
+ * stack (16-byte aligned): the System V argument registers of lc_boot_main. */
 #define __ASSEMBLER__ 1
 #include "lightcell_abi.h"
 

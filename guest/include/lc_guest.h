@@ -115,6 +115,10 @@ __attribute__((noreturn)) void lc_fail(uint32_t status, uint32_t detail);
  * (fixed size from the listener's limits; never grows past it). */
 extern uint8_t *lc_heap_base;
 extern uint64_t lc_heap_size;
+/* The listener's memory cap in bytes: no wasm memory may be larger (not at
+ * instantiation, not by memory.grow). Less than lc_heap_size: the rest of
+ * the heap is the runtime's own (tables, scratch), never wasm memory. */
+extern uint64_t lc_memory_cap;
 
 /* ---- functions runtime/ provides to boot/ ----------------------------- */
 

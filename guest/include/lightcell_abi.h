@@ -22,6 +22,12 @@
  * IN/OUT are as large as the default wasm memory cap: a chunk must fit in
  * the plugin's memory anyway. Only the pages an event touches are allocated.
  *
+ * The heap is the wasm memory cap (page-rounded) plus a runtime reserve for
+ * tables and the host-call scratch buffer. The vCPU starts at the image's
+ * entry in ring 3 with rdi = heap base, rsi = heap size, rdx = wasm memory
+ * cap in bytes (the listener's limit: no wasm memory may exceed it, so it
+ * never grows into the reserve), rsp = top of the user stack.
+ *
  * Every ring-3 page is mapped no-execute except .text; the page tables,
  * descriptor tables and code live in a read-only memory slot.
  * The heap is zero at boot: the runtime need not clear it.
@@ -29,7 +35,8 @@
 #ifndef LIGHTCELL_ABI_H
 #define LIGHTCELL_ABI_H
 
-#define LC_ABI_VERSION 2u
+/* 3: the boot registers gained rdx = the wasm memory cap (see entry.S). */
+#define LC_ABI_VERSION 3u
 #define LC_IMAGE_MAGIC 0x4c4c4543u /* "CELL" little-endian */
 
 /* Ports (ring 3 may use only these, 32-bit `out`, through the TSS I/O map). */

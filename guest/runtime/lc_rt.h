@@ -8,16 +8,21 @@
  * and the per-plugin binding that vmm/microvm/compile.py generates (bind.c):
  * the only code that names the plugin's wasm2c symbols.
  *
- * lc_heap layout (fixed size, from the listener's memory limit):
+ * lc_heap layout (fixed size: the listener's memory cap, page-rounded, plus
+ * a runtime reserve; vmm/microvm/layout.py):
  *
  *   lc_heap_base                                      lc_heap_base + lc_heap_size
  *   | linear memory (grows up) ... free ... | scratch, tables (bump down) |
  *   ^ g_up (next memory)                    ^ g_down (lowest table byte)
  *
- * memory.grow succeeds only while the memory still fits below g_down, so the
- * listener's cap is the heap size itself; a refused growth is remembered for
- * the rest of the event so that the trap that usually follows is reported as
- * LC_STATUS_MEMORY rather than a plain trap.
+ * The listener's cap is lc_memory_cap, not the heap size: a memory is never
+ * instantiated larger than it, and memory.grow is refused past it (exactly
+ * where wasmtime's store limit refuses), so the reserve stays the runtime's.
+ * Growth is also refused if the memory would reach g_down (only possible
+ * when tables outgrow the reserve, or with several memories in spec tests).
+ * A refused growth is remembered for the rest of the event so that the trap
+ * that usually follows is reported as LC_STATUS_MEMORY rather than a plain
+ * trap.
  */
 #ifndef LC_RT_H
 #define LC_RT_H

@@ -18,6 +18,7 @@ typedef uint32_t (*lcn_host_fn)(uint32_t fn, uint64_t a0, const void *blob0, uin
 
 uint8_t *lc_heap_base;
 uint64_t lc_heap_size;
+uint64_t lc_memory_cap;
 
 static lcn_host_fn g_host;
 static jmp_buf g_env;
@@ -48,10 +49,12 @@ void lc_fail(uint32_t status, uint32_t detail) {
     longjmp(g_env, 1);
 }
 
-/* Give the runtime a fresh heap and a host-call handler. */
-void lcn_setup(uint8_t *heap, uint64_t heap_size, lcn_host_fn host) {
+/* Give the runtime a fresh heap, the wasm memory cap (as the guest gets it
+ * from boot) and a host-call handler. */
+void lcn_setup(uint8_t *heap, uint64_t heap_size, uint64_t memory_cap, lcn_host_fn host) {
     lc_heap_base = heap;
     lc_heap_size = heap_size;
+    lc_memory_cap = memory_cap;
     g_host = host;
     lc_rt_heap_reset();
 }

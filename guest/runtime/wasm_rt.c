@@ -2,7 +2,8 @@
  * The wasm-rt functions that wasm2c output needs (wabt's wasm2c/README.md,
  * "Symbols that must be defined by the embedder"), for a guest with no
  * mmap, no signals and no malloc: memories and tables live in lc_heap (layout
- * in lc_rt.h), bounds are checked explicitly by the generated code
+ * in lc_rt.h), each memory at most lc_memory_cap bytes (the listener's
+ * limit), bounds are checked explicitly by the generated code
  * (WASM_RT_MEMCHECK_BOUNDS_CHECK), call depth is counted
  * (WASM_RT_STACK_DEPTH_COUNT), and a trap ends the event through lc_fail.
  */
@@ -129,9 +130,10 @@ void wasm_rt_allocate_memory(wasm_rt_memory_t *mem, uint64_t initial_pages, uint
                              bool is64, uint32_t page_size) {
     lc_rt_heap_init();
     uint64_t bytes = pages_bytes(initial_pages, page_size);
-    if (is64 || page_size == 0 || bytes == UINT64_MAX ||
+    if (is64 || page_size == 0 || bytes == UINT64_MAX || bytes > lc_memory_cap ||
         round_up_page(bytes) > (uint64_t)(g_down - g_up)) {
-        /* The module's initial memory does not fit the listener's cap. */
+        /* The module's initial memory is over the listener's cap (or, with
+         * several memories, no longer fits the heap). */
         lc_fail(LC_STATUS_MEMORY, 0);
     }
     mem->data = g_up;
@@ -156,6 +158,11 @@ uint64_t wasm_rt_grow_memory(wasm_rt_memory_t *mem, uint64_t delta) {
     }
     if (delta == 0) {
         return old_pages;
+    }
+    if (new_bytes > lc_memory_cap) {
+        /* The listener's cap, per memory, as wasmtime's store limit. */
+        g_grow_refused = 1;
+        return UINT64_MAX;
     }
     uint64_t room = (uint64_t)(g_down - g_up);
     if (g_last_mem == mem) {

@@ -9,7 +9,7 @@ import enum
 import struct
 
 # lightcell_abi.h ---------------------------------------------------------
-LC_ABI_VERSION = 2
+LC_ABI_VERSION = 3
 LC_IMAGE_MAGIC = 0x4C4C4543
 LC_VECTOR_STUB_SIZE = 16
 

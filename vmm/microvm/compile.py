@@ -193,16 +193,22 @@ def cache_dir() -> Path:
 
 
 def _tree_digest(roots: Iterable[Path]) -> str:
+    """Every file under `roots` (path relative to its root, and bytes), skipping
+    build outputs *inside* a root: where the repository is checked out (a
+    directory named `build` above it, say) must not empty the digest."""
     h = hashlib.sha256()
     for root in roots:
         if not root.exists():
+            h.update(b"missing\0" + root.name.encode() + b"\0")
             continue
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
-            if "__pycache__" in f.parts or "build" in f.parts:
+            rel = f.relative_to(root) if f != root else Path(f.name)
+            if "__pycache__" in rel.parts or "build" in rel.parts:
                 continue
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
+            data = f.read_bytes()
+            h.update(f"{root.name}/{rel.as_posix()}\0{len(data)}\0".encode())
+            h.update(data)
     return h.hexdigest()
 
 

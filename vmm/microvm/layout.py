@@ -18,9 +18,15 @@ Guest virtual == guest physical (identity paging). Two KVM memory slots:
     0x4010_0000 | user stack 1 MiB             |   rw-
     0x4020_0000 | IN buffer 16 MiB             |   rw-      host -> guest
     0x4120_0000 | OUT buffer 16 MiB            |   rw-      guest -> host
-    0x4220_0000 | heap (limits.memory_bytes    |   rw-      wasm memory + runtime heap
-                |       + runtime reserve)     |
+    0x4220_0000 | heap: wasm memory <= cap     |   rw-      memory_cap (limits.memory_bytes,
+                |   + runtime reserve 1 MiB    |              page-rounded) + RUNTIME_RESERVE
                 +------------------------------+ LC_HEAP_BASE + heap_size
+
+The guest gets the heap (rdi base, rsi size) and memory_cap (rdx) at boot
+(machine.Template.initial_regs) and refuses any wasm memory larger than
+memory_cap, at instantiation or by memory.grow: the cap is the wasm
+memory's, exactly, as in the wasmtime tier, and the reserve stays the
+runtime's.
 
 Only .text is executable; nothing ring 3 can write is executable. The pages
 ring 3 can write are exactly the RW slot; restoring a VM rewrites all of it
@@ -46,6 +52,8 @@ RUNTIME_RESERVE = 1 << 20
 """Heap beyond the wasm memory cap, for the runtime's own allocations."""
 MAX_HEAP = 160 << 20
 """The page tables (4 KiB leaves) must fit below the GDT."""
+MAX_MEMORY_BYTES = MAX_HEAP - RUNTIME_RESERVE
+"""The largest wasm memory cap (`limits.memory_mb`) a micro-VM can hold."""
 
 
 class GuestRangeError(ValueError):
@@ -75,17 +83,23 @@ def page_up(n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """The layout for one heap size (fixed per listener limits)."""
+    """The layout for one listener's memory limit."""
 
     heap_size: int
+    """Bytes of the heap region: the wasm memory cap, page-rounded, plus RUNTIME_RESERVE."""
+    memory_cap: int
+    """The wasm memory cap in bytes (the listener's `memory_bytes`, exactly)."""
 
     def __post_init__(self) -> None:
         if self.heap_size <= 0 or self.heap_size % PAGE or self.heap_size > MAX_HEAP:
             raise ValueError(f"heap size {self.heap_size:#x} must be page-aligned, <= {MAX_HEAP:#x}")
+        if self.memory_cap < 0 or page_up(self.memory_cap) + RUNTIME_RESERVE > self.heap_size:
+            raise ValueError(f"memory cap {self.memory_cap:#x} and the runtime reserve "
+                             f"{RUNTIME_RESERVE:#x} do not fit a heap of {self.heap_size:#x}")
 
     @staticmethod
     def for_memory_limit(memory_bytes: int) -> Layout:
-        return Layout(page_up(memory_bytes) + RUNTIME_RESERVE)
+        return Layout(page_up(memory_bytes) + RUNTIME_RESERVE, memory_bytes)
 
     @property
     def rw_size(self) -> int:

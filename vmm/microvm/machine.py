@@ -127,8 +127,10 @@ class Template:
         regs.rip = self.image.entry
         regs.rsp = self.layout.stack_top
         regs.rflags = 0x2
+        # lc_boot_main(heap base, heap size, wasm memory cap): entry.S
         regs.rdi = abi.LC_HEAP_BASE
         regs.rsi = self.layout.heap_size
+        regs.rdx = self.layout.memory_cap
         return regs
 
     @staticmethod

@@ -89,7 +89,15 @@ class NativeInstance:
     """One plugin instance in this process (a stand-in for one micro-VM)."""
 
     def __init__(self, library: Path, host: HostCapabilities | HostHandler | None = None, *,
-                 heap_bytes: int = 16 << 20, in_cap: int = 128 << 10, out_cap: int = 128 << 10) -> None:
+                 heap_bytes: int = 16 << 20, memory_cap: int | None = None,
+                 in_cap: int = 128 << 10, out_cap: int = 128 << 10) -> None:
+        """`heap_bytes`: the runtime's heap (wasm memories, tables, scratch);
+        `memory_cap`: the most bytes any wasm memory may have, as the guest
+        gets it at boot (default: the heap size, so only the heap bounds it)."""
+        if memory_cap is None:
+            memory_cap = heap_bytes
+        if not 0 <= memory_cap < 2**64:
+            raise ValueError(f"memory cap {memory_cap} is not a u64")
         if host is None:
             self._handler: HostHandler = _deny_all
         elif isinstance(host, HostCapabilities):
@@ -111,13 +119,13 @@ class NativeInstance:
         self._in_cap, self._out_cap = in_cap, out_cap
         self._callback = _HOST_FN(self._hostcall)
         lib = self._lib
-        lib.lcn_setup.argtypes = [ctypes.c_void_p, ctypes.c_uint64, _HOST_FN]
+        lib.lcn_setup.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, _HOST_FN]
         lib.lcn_setup.restype = None
         lib.lcn_init.argtypes = [ctypes.POINTER(ctypes.c_uint32)]
         lib.lcn_init.restype = ctypes.c_uint32
         lib.lcn_handle.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32]
         lib.lcn_handle.restype = ctypes.c_uint32
-        lib.lcn_setup(ctypes.addressof(self._heap), heap_bytes, self._callback)
+        lib.lcn_setup(ctypes.addressof(self._heap), heap_bytes, memory_cap, self._callback)
         detail = ctypes.c_uint32()
         status = lib.lcn_init(ctypes.byref(detail))
         self._reraise()

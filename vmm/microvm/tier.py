@@ -37,6 +37,7 @@ from vmm.microvm.watchdog import Watchdog
 from vmm.microvm.worker import ThreadSet
 from vmm.policy import SandboxSpec
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
+from vmm.wasm_module import WASM_PAGE
 
 __all__ = ["MicroVmFactory", "MicroVmSandbox", "fault_kind", "kvm_available", "load"]
 
@@ -212,6 +213,11 @@ class MicroVmFactory:
 
 def _load_sync(spec: SandboxSpec, shared: _Shared, pool_size: int) -> MicroVmFactory:
     compiled = compile_plugin(Path(spec.plugin_path))  # CompileError is a PluginLoadError
+    minimum = compiled.contract.info.memory_min_pages
+    if minimum is not None and minimum * WASM_PAGE > spec.limits.memory_bytes:
+        # The guest refuses it too (LC_STATUS_MEMORY at init); this says why, as wasmtime's tier does.
+        raise PluginLoadError(f"{spec.plugin_path}: needs {minimum * WASM_PAGE} bytes of memory at start, "
+                              f"over the limit of {spec.limits.memory_bytes}")
     try:
         template: Template = build_template(load_image(compiled.image),
                                             Layout.for_memory_limit(spec.limits.memory_bytes))
