@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from extproc.listener import FailureMode, ListenerPolicy
+from extproc.tcp_protocol import METADATA_NAMESPACE
 from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec, Tier
 
 __all__ = [
@@ -232,6 +233,8 @@ def _check_filters(
                 f"(or failure_mode: allow if fail-open is really wanted)",
             )
         notes.extend(_skipped_directions(ctx, where, config))
+        if "metadata" in policy.spec.grants.capabilities:
+            notes.extend(_unreceived_metadata(ctx, where, config))
     return notes
 
 
@@ -251,6 +254,32 @@ def _skipped_directions(ctx: _Context, where: str, config: dict[str, Any]) -> li
         for key, text in _DIRECTIONS.items()
         if mode.get(key) in _SKIP
     ]
+
+
+def _unreceived_metadata(ctx: _Context, where: str, config: dict[str, Any]) -> list[str]:
+    """A warning if Envoy would drop the dynamic metadata a plugin sets under the `metadata` grant.
+
+    Envoy 1.40 applies an ext_proc server's dynamic metadata only for the namespaces listed in
+    the filter's metadata_options.receiving_namespaces.untyped; Lightcell writes one namespace.
+    """
+    options = _get(config, "metadata_options", "metadataOptions")
+    receiving = _get(options, "receiving_namespaces", "receivingNamespaces")
+    untyped = _get(receiving, "untyped", "untyped")
+    if isinstance(untyped, list) and METADATA_NAMESPACE in untyped:
+        return []
+    return [
+        f"{ctx.path}: listener {ctx.listener!r}: {where}.metadata_options.receiving_namespaces.untyped "
+        f"does not include {METADATA_NAMESPACE!r}: the listener grants metadata, but Envoy drops "
+        f"what the plugin sets; add metadata_options: {{receiving_namespaces: {{untyped: "
+        f"[{METADATA_NAMESPACE}]}}}} to the filter"
+    ]
+
+
+def _get(node: Any, name: str, json_name: str) -> Any:
+    """A field of a YAML mapping under its proto name or its JSON (camelCase) name; Envoy takes both."""
+    if not isinstance(node, dict):
+        return None
+    return node.get(name, node.get(json_name))
 
 
 # --------------------------------------------------------------------------- the listener policy

@@ -94,6 +94,29 @@ def test_check_reports_each_listener(
     assert "warning:" in out and "process_write is SKIP" in out and "not filtered" in out
 
 
+@pytest.mark.parametrize("receiving", [False, True])
+def test_check_warns_when_granted_metadata_would_be_dropped_by_envoy(
+    tmp_path: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str], receiving: bool
+) -> None:
+    policy = {"plugin": str(built_plugins["probe"]), "config": "call=metadata", "grants": ["metadata"]}
+    listener = _listener("tagged", policy | {"tier": "wasmtime"})
+    if receiving:
+        typed_config = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        typed_config["metadata_options"] = {"receiving_namespaces": {"untyped": ["lightcell"]}}
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump({"static_resources": {"listeners": [listener]}}))
+    assert cli.main(["check", "--envoy-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    if receiving:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert str(path) in warning and "'tagged'" in warning
+    assert "filter_chains[0].filters[0]" in warning
+    assert "metadata_options.receiving_namespaces.untyped does not include 'lightcell'" in warning
+
+
 def test_failure_mode_allow_on_a_fail_closed_listener_is_an_error(
     tmp_path: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

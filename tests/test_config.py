@@ -210,6 +210,42 @@ def test_a_skipped_direction_is_a_warning(
         assert f"processing_mode.{key} is SKIP" in warning and "not filtered" in warning
 
 
+METADATA_RECEIVED = {"receiving_namespaces": {"untyped": ["lightcell"]}}
+
+
+@pytest.mark.parametrize(
+    ("grants", "metadata_options", "warned"),
+    [
+        (["metadata"], None, True),
+        (["metadata", "log"], {}, True),
+        (["metadata"], {"forwarding_namespaces": {"untyped": ["lightcell"]}}, True),
+        (["metadata"], {"receiving_namespaces": {"untyped": ["other"]}}, True),
+        (["metadata"], {"receiving_namespaces": {"typed": ["lightcell"]}}, True),
+        (["metadata"], METADATA_RECEIVED, False),
+        (["metadata"], {"receiving_namespaces": {"untyped": ["other", "lightcell"]}}, False),
+        (["metadata"], {"receivingNamespaces": {"untyped": ["lightcell"]}}, False),  # JSON name
+        (["log"], None, False),  # no metadata grant: nothing to receive
+    ],
+)
+def test_a_metadata_grant_without_receiving_namespace_is_a_warning(
+    confdir: Path, grants: list[str], metadata_options: dict[str, Any] | None, warned: bool
+) -> None:
+    extra = {} if metadata_options is None else {"metadata_options": metadata_options}
+    lst = listener(
+        "edge", {"plugin": "plugins/rewrite.wasm", "grants": grants}, [ext_proc_filter("edge", **extra)]
+    )
+    path = write(confdir, bootstrap(lst))
+    config = load_config(path)  # Envoy's own schema accepts the option (validated here too)
+    if not warned:
+        assert config.warnings == ()
+        return
+    (warning,) = config.warnings
+    assert str(path) in warning and "'edge'" in warning
+    assert "filter_chains[0].filters[0]" in warning
+    assert "metadata_options.receiving_namespaces.untyped does not include 'lightcell'" in warning
+    assert "grants metadata" in warning
+
+
 Mutation = Callable[[dict[str, Any]], None]
 
 

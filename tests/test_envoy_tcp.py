@@ -116,6 +116,9 @@ def _listeners(plugins: dict[str, Path], tier: str) -> dict[str, tuple[dict[str,
         "greet": (policy(rw, "read=upper,write=rot13"), UpstreamMode.GREET_CLOSE),
         "denied": (policy(probe, "call=kv"), echo),
         "granted": (policy(probe, "call=kv", grants=("kv",)), echo),
+        # probe sets dynamic metadata lightcell.probe=ok; only the first filter lets Envoy take it.
+        "metadata_received": (policy(probe, "call=metadata", grants=("metadata",)), echo),
+        "metadata_dropped": (policy(probe, "call=metadata", grants=("metadata",)), echo),
         "ghost": (policy(rw, "read=pass,write=pass"), echo),
         "killme": (policy(rw, "read=pass,write=pass"), echo),
     }
@@ -149,6 +152,9 @@ async def stack(
             # "ghost" names a listener Lightcell does not know.
             lightcell_name="no-such-listener" if name == "ghost" else None,
             message_timeout=MESSAGE_TIMEOUT,
+            # Without metadata_options.receiving_namespaces Envoy drops the plugin's metadata.
+            receive_metadata=name != "metadata_dropped",
+            access_log=(workdir / f"{name}.access.log", ACCESS_LOG_FORMAT) if "metadata" in name else None,
         )
         for name, (pol, _) in table.items()
     ]
@@ -433,6 +439,48 @@ async def test_stream_for_unknown_listener_is_refused(stack: Stack) -> None:
     assert data == b"" and how in ("eof", "reset")
     if len(up.received) > index:  # tcp_proxy may have connected before the refusal
         assert await upstream_done(up, index) == b""
+
+
+# ----------------------------------------------------------------------------- dynamic metadata
+
+# One line per connection, written by Envoy when the connection closes.
+ACCESS_LOG_FORMAT = "client_port=%DOWNSTREAM_REMOTE_PORT% probe=%DYNAMIC_METADATA(lightcell:probe)%\n"
+
+
+async def access_log_line(path: Path, client_port: int) -> str:
+    """The access log line of the connection from `client_port`, once Envoy has written it."""
+    prefix = f"client_port={client_port} "
+
+    async def poll() -> str:
+        while True:
+            text = path.read_text() if path.exists() else ""
+            for line in text.splitlines():
+                if line.startswith(prefix):
+                    return line
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(poll(), IO_TIMEOUT)
+
+
+@pytest.mark.parametrize(("listener", "logged"), [("metadata_received", "ok"), ("metadata_dropped", "-")])
+async def test_plugin_metadata_reaches_the_envoy_access_log(stack: Stack, listener: str, logged: str) -> None:
+    reader, writer = await connect(stack.port(listener))
+    client_port = writer.get_extra_info("sockname")[1]
+    writer.write(b"tag this connection\n")
+    writer.write_eof()
+    data, how = await read_to_end(reader)
+    writer.close()
+    # The plugin ran and called metadata.set("probe", "ok") on every chunk (granted: no fault).
+    assert how == "eof" and data.startswith(b"metadata=ok\n"), (data, how)
+    line = await access_log_line(stack.workdir / f"{listener}.access.log", client_port)
+    # With metadata_options.receiving_namespaces.untyped: [lightcell] Envoy applies it; without,
+    # Envoy 1.40 silently drops it ("-"), which is what `lightcell serve` warned about at start-up.
+    assert line == f"client_port={client_port} probe={logged}"
+    warned = [
+        ln for ln in (stack.workdir / "lightcell.log").read_text().splitlines()
+        if "receiving_namespaces.untyped does not include 'lightcell'" in ln
+    ]  # fmt: skip
+    assert len(warned) == 1 and "'metadata_dropped'" in warned[0], warned
 
 
 # ----------------------------------------------------------------------------- bad configs
