@@ -16,9 +16,16 @@ import logging
 from extproc import tcp_protocol
 from extproc.listener import FailureMode, Listener
 from vmm.capabilities import DatagramSender, HostCapabilities
-from vmm.contract import MAX_EVENT_BYTES, DataEvent, Verdict, VerdictKind
+from vmm.contract import (
+    MAX_EVENT_BYTES,
+    MAX_OUTPUT_BYTES,
+    DataEvent,
+    Verdict,
+    VerdictKind,
+    output_too_large,
+)
 from vmm.metrics import METRICS, Metrics
-from vmm.sandbox import PluginFault, Sandbox
+from vmm.sandbox import FaultKind, PluginFault, Sandbox
 
 __all__ = ["Session"]
 
@@ -131,8 +138,20 @@ async def _run_plugin(sandbox: Sandbox, event: DataEvent) -> Verdict:
     """The plugin's verdict on one chunk; chunks over MAX_EVENT_BYTES go in pieces.
 
     The pieces' verdicts combine: the first close/reset wins (nothing of the
-    chunk is forwarded then), otherwise the outputs are concatenated.
+    chunk is forwarded then), otherwise the outputs are concatenated. A
+    replacement over MAX_OUTPUT_BYTES is a plugin fault, so that the reply
+    fits a gRPC message: every tier refuses one event's excess before copying
+    it; this also guards the joined output of a message in pieces (which may
+    still be as large as the message itself, which did fit).
     """
+    verdict = await _combined_verdict(sandbox, event)
+    size = len(verdict.data)
+    if verdict.kind is VerdictKind.REPLACE and size > max(MAX_OUTPUT_BYTES, len(event.data)):
+        raise PluginFault(FaultKind.ABI, f"on-data: {output_too_large(size)}")
+    return verdict
+
+
+async def _combined_verdict(sandbox: Sandbox, event: DataEvent) -> Verdict:
     data = event.data
     if len(data) <= MAX_EVENT_BYTES:
         return await sandbox.on_data(event)

@@ -23,7 +23,8 @@ from extproc import tcp_protocol
 from extproc.config import LISTENER_METADATA_KEY
 from extproc.listener import Listener
 from extproc.session import Session
-from vmm.capabilities import DatagramSender
+from vmm.capabilities import MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, DatagramSender
+from vmm.contract import MAX_OUTPUT_BYTES
 from vmm.metrics import METRICS, Metrics
 
 __all__ = [
@@ -39,7 +40,15 @@ LOG = logging.getLogger("lightcell.service")
 
 SERVICE_NAME = "envoy.service.network_ext_proc.v3.NetworkExternalProcessor"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-"""Envoy hands over up to ~1 MiB per message under load; a plugin may grow it."""
+"""Envoy hands over up to ~1 MiB per message under load; a plugin may grow it,
+to at most MAX_OUTPUT_BYTES (vmm/contract.py; more is a plugin fault)."""
+REPLY_HEADROOM_BYTES = 1024 * 1024
+"""Room a reply needs besides the plugin's output: protobuf framing and the
+dynamic metadata (at most MAX_METADATA_ENTRIES entries of MAX_METADATA_BYTES)."""
+if MAX_OUTPUT_BYTES + REPLY_HEADROOM_BYTES > MAX_MESSAGE_BYTES or (
+    MAX_METADATA_ENTRIES * MAX_METADATA_BYTES * 2 > REPLY_HEADROOM_BYTES
+):  # pragma: no cover - a broken constant, caught at import
+    raise ImportError("a reply with MAX_OUTPUT_BYTES of output would not fit MAX_MESSAGE_BYTES")
 DEFAULT_MAX_CONNECTIONS = 4096
 """Concurrent streams (= connections, each with a sandbox) served at once. Past
 it a new stream is aborted RESOURCE_EXHAUSTED: Envoy closes that connection

@@ -42,10 +42,10 @@ from _differential import (
 from _host_fakes import Sent
 
 from vmm import wasmtime_tier
-from vmm.contract import DataEvent, Direction
+from vmm.contract import MAX_OUTPUT_BYTES, DataEvent, Direction
 from vmm.microvm import tier as microvm_tier
 from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec
-from vmm.sandbox import FaultKind, SandboxFactory
+from vmm.sandbox import FaultKind, PluginFault, SandboxFactory
 
 pytestmark = pytest.mark.kvm
 
@@ -61,6 +61,7 @@ LIMITS = {
     "probe": Limits(event_cpu_ms=2000),
     "faulty": Limits(memory_bytes=4 << 20, event_cpu_ms=2000),
     "faulty-loop": Limits(memory_bytes=4 << 20, event_cpu_ms=20),
+    "faulty-big": Limits(memory_bytes=16 << 20, event_cpu_ms=5000),  # room for MAX_OUTPUT_BYTES
     "wasi-log": Limits(event_cpu_ms=2000),
 }
 
@@ -138,7 +139,7 @@ async def runs(built_plugins: dict[str, Path]) -> AsyncIterator[dict[str, TierRu
         for tier in TIERS:
             out[tier] = TierRun({})
             for name in LIMITS:
-                plugin = name.removesuffix("-loop")
+                plugin = name.removesuffix("-loop").removesuffix("-big")
                 out[tier].factories[name] = await _load(tier, name, built_plugins[plugin])
         yield out
     finally:
@@ -225,3 +226,32 @@ async def test_the_comparison_sees_a_difference(runs: dict[str, TierRun]) -> Non
     b = await run_connection(run.factories["rewrite"], RecordingHost(
         LISTENER, "rewrite", Grants(), LIMITS["rewrite"], run.kv), LISTENER, lower.config, _events(upper, 1))
     assert first_difference(a, b) is not None
+
+
+async def test_the_output_cap_is_one_and_the_same_fault_in_both_tiers(runs: dict[str, TierRun]) -> None:
+    """A replacement of exactly MAX_OUTPUT_BYTES is forwarded; one byte more is an
+    ABI fault in both tiers, named as such, and none of it comes back (issue 6)."""
+    event = DataEvent(Direction.READ, b"chunk", False)
+    for size, fault in ((MAX_OUTPUT_BYTES, None), (MAX_OUTPUT_BYTES + 1, FaultKind.ABI)):
+        config = f"mode=replace;size={size}"
+        traces = {}
+        for tier in TIERS:
+            host = RecordingHost(LISTENER, "faulty", Grants(), LIMITS["faulty-big"], runs[tier].kv)
+            traces[tier] = await run_connection(runs[tier].factories["faulty-big"], host, LISTENER,
+                                                config, [event])
+        a, b = traces["wasmtime"], traces["microvm"]
+        assert first_difference(a, b) is None, (size, show_step(a, 0), show_step(b, 0))
+        if fault is None:
+            assert a.steps[0].outcome == ("verdict", "REPLACE", b"x" * size)
+        else:
+            assert a.fault() == (0, fault)
+    for tier in TIERS:  # the message says what was broken
+        host = RecordingHost(LISTENER, "faulty", Grants(), LIMITS["faulty-big"], runs[tier].kv)
+        sandbox = await runs[tier].factories["faulty-big"].new_sandbox(host)
+        await sandbox.open(LISTENER, f"mode=replace;size={MAX_OUTPUT_BYTES + 1}")
+        with pytest.raises(PluginFault) as info:
+            await sandbox.on_data(event)
+        await sandbox.close()
+        assert info.value.kind is FaultKind.ABI
+        assert f"maximum output per event of {MAX_OUTPUT_BYTES} bytes" in info.value.message, tier
+

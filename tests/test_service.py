@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import stat
@@ -135,6 +136,16 @@ async def real(
         _listener(
             "denied", {"plugin": str(built_plugins["probe"]), "config": "call=kv", "failure_mode": "reset"}
         ),
+        _listener(  # issue 6: 70,000 KiB, over MAX_OUTPUT_BYTES and over a gRPC message
+            "flood",
+            {
+                "plugin": str(built_plugins["faulty"]),
+                "config": f"mode=replace;size={70_000 * 1024}",
+                "tier": "wasmtime",
+                "failure_mode": "reset",
+                "limits": {"memory_mb": 80, "event_cpu_ms": 10_000},
+            },
+        ),
     ]
     path = workdir / "envoy.yaml"
     path.write_text(yaml.safe_dump({"static_resources": {"listeners": listeners}}))
@@ -208,6 +219,24 @@ async def test_real_ungranted_capability_is_denied(real: LightcellServer) -> Non
         assert reply.connection_status == pb.ProcessingResponse.CLOSE_RST
         assert not reply.HasField("read_data")
         await stream.done_writing()
+
+
+async def test_real_replacement_over_the_output_cap_resets_the_connection(
+    real: LightcellServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply too big for gRPC is never attempted: the plugin faults, the stream
+    answers CLOSE_RST (failure mode reset) and ends OK, not with a gRPC error."""
+    with caplog.at_level(logging.WARNING, logger="lightcell.session"):
+        async with channel(real) as ch:
+            stream = open_stream(ch, "flood")
+            reply = await roundtrip(stream, read(b"make it big"))
+            assert reply.connection_status == pb.ProcessingResponse.CLOSE_RST
+            assert not reply.HasField("read_data")
+            late = await roundtrip(stream, write(b"late"))
+            assert late.connection_status == pb.ProcessingResponse.CLOSE_RST
+            assert await finish(stream) is grpc.StatusCode.OK
+    assert any("plugin fault listener=flood" in r.getMessage() and "fault=abi" in r.getMessage()
+               for r in caplog.records)
 
 
 async def test_real_egress_reaches_the_allowed_target(

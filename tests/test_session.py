@@ -12,7 +12,7 @@ from envoy.service.network_ext_proc.v3 import network_external_processor_pb2 as 
 from extproc.listener import FailureMode
 from extproc.session import Session
 from vmm.capabilities import HostCapabilities
-from vmm.contract import MAX_EVENT_BYTES, DataEvent, Verdict, VerdictKind
+from vmm.contract import MAX_EVENT_BYTES, MAX_OUTPUT_BYTES, DataEvent, Verdict, VerdictKind
 from vmm.metrics import Metrics
 from vmm.sandbox import FaultKind, PluginFault
 
@@ -114,6 +114,43 @@ async def test_a_close_verdict_on_any_piece_forwards_nothing_of_the_chunk() -> N
     data = b"1" * MAX_EVENT_BYTES + b"2" * MAX_EVENT_BYTES + b"3"
     reply = await session.handle(read(data))
     assert not carries_data(reply) and reply.connection_status == CLOSE
+
+
+@pytest.mark.parametrize("pieces", [1, 2])
+async def test_output_over_the_cap_is_a_fault_under_the_failure_mode(
+    pieces: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Too much output is the plugin's fault (reset here), never a reply too big for gRPC.
+    With `pieces` = 2 each piece stays under the cap and only the joined output is over."""
+    each = MAX_OUTPUT_BYTES // pieces + 1
+
+    async def flood(event: DataEvent, host: HostCapabilities) -> Verdict:
+        return Verdict.replace(b"x" * each)
+
+    metrics = Metrics()
+    factory = FakeFactory(flood)
+    session = Session(fake_listener("edge", factory, failure_mode=FailureMode.RESET), metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="lightcell.session"):
+        reply = await session.handle(read(b"y" * (MAX_EVENT_BYTES * (pieces - 1) + 1)))
+    assert reply.connection_status == CLOSE_RST and not carries_data(reply)
+    assert len(factory.sandboxes[0].events) == pieces
+    [line] = [r.getMessage() for r in caplog.records if r.name == "lightcell.session"]
+    assert "fault=abi" in line and "maximum output per event" in line
+    assert metrics.get("plugin_faults_total", listener="edge", plugin="edge-plugin", fault="abi") == 1
+    assert (await session.handle(write(b"later"))).connection_status == CLOSE_RST
+
+
+async def test_output_at_the_cap_or_no_larger_than_the_message_is_forwarded() -> None:
+    async def exact(event: DataEvent, host: HostCapabilities) -> Verdict:
+        return Verdict.replace(b"x" * MAX_OUTPUT_BYTES)
+
+    reply = await Session(fake_listener(factory=FakeFactory(exact))).handle(read(b"y"))
+    assert len(reply.read_data.data) == MAX_OUTPUT_BYTES
+    # A message bigger than the cap (Envoy does not send one, gRPC would allow it),
+    # changed in place: the joined output is over the cap but no larger than the message.
+    data = b"z" * (MAX_OUTPUT_BYTES + 1)
+    reply = await Session(fake_listener(factory=FakeFactory(upper))).handle(read(data))
+    assert reply.read_data.data == data.upper()
 
 
 @pytest.mark.parametrize(

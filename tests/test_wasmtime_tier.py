@@ -255,6 +255,24 @@ async def test_python_counter_component_end_to_end(load: LoadFn, plugin: PathFn)
     assert fault.value.kind is FaultKind.DENIED
 
 
+async def test_component_replacement_over_the_output_cap_is_an_abi_fault(
+    load: LoadFn, plugin: PathFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The component path refuses a replacement by its length, as the core path does
+    (the cap is lowered here: a real 8 MiB list<u8> through wasmtime's lifting is slow)."""
+    from vmm.wasmtime_tier import _component_bytes
+
+    monkeypatch.setattr(_component_bytes, "MAX_OUTPUT_BYTES", 1000)
+    p = await load(plugin("counter"), grants=frozenset({"kv"}))
+    sb = await p.sandbox()
+    prefix = b"[conn 1 chunk 1] "
+    assert (await sb.on_data(ev(b"a" * (1000 - len(prefix)), WRITE))).data == prefix + b"a" * 983
+    with pytest.raises(PluginFault) as fault:
+        await sb.on_data(ev(b"b" * 1000, WRITE))
+    assert fault.value.kind is FaultKind.ABI and "maximum output per event" in fault.value.message
+    await sb.close()
+
+
 async def test_a_looping_plugin_does_not_stall_other_sandboxes(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("faulty"), event_cpu_ms=2000)
     looping = await p.sandbox("mode=loop")

@@ -72,8 +72,22 @@ _PASS = Verdict(VerdictKind.PASS)
 MAX_EVENT_BYTES = 256 * 1024
 """Most bytes one on-data call receives. Envoy hands over up to ~1 MiB per
 message; bigger chunks reach the plugin in pieces of this size (TCP chunk
-boundaries carry no meaning), so every tier can size its buffers for it and
-a plugin may expand its input 4x within the micro-VM's 1 MiB output buffer."""
+boundaries carry no meaning), so every tier can size its buffers for it."""
+
+MAX_OUTPUT_BYTES = 8 * 1024 * 1024
+"""Most bytes one on-data call may return (a `replace` verdict's data), in
+every tier; more is a plugin fault (FaultKind.ABI) under the listener's
+failure mode, raised before the bytes are copied out of the plugin. The same
+cap holds for the joined output of one Envoy message handed over in pieces.
+It fits the micro-VM's 16 MiB OUT buffer with its header, and a reply
+carrying it fits a gRPC message (extproc/tcp_service.py MAX_MESSAGE_BYTES,
+64 MiB) with room to spare; it is 32x MAX_EVENT_BYTES."""
+
+
+def output_too_large(length: int | None = None) -> str:
+    """The fault message for a replacement over MAX_OUTPUT_BYTES (`length` if known)."""
+    size = "a replacement" if length is None else f"a replacement of {length} bytes"
+    return f"{size} is over the maximum output per event of {MAX_OUTPUT_BYTES} bytes"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,10 @@
 #include "lc_imports.h"
 #include "lc_rt.h"
 
+#ifndef LC_MAX_OUTPUT_BYTES /* passed by vmm/microvm/compile.py from vmm/contract.py */
+#error "LC_MAX_OUTPUT_BYTES must be defined (vmm.contract.MAX_OUTPUT_BYTES)"
+#endif
+
 uint32_t lc_rt_alloc_in_plugin(uint32_t size, uint32_t align) {
     lc_rt_may_leave = 0;
     uint32_t ptr = lc_bind_realloc(0, 0, align, size);
@@ -81,7 +85,9 @@ static void lift_verdict(uint32_t retptr, struct lc_response *out, uint32_t out_
         uint32_t ptr = lc_rt_ld32(area + 4);
         len = lc_rt_ld32(area + 8);
         const uint8_t *data = lc_rt_guest(ptr, len);
-        if (len > out_cap - sizeof(*out)) {
+        /* The contract's cap on one event's output (vmm/contract.py
+         * MAX_OUTPUT_BYTES), checked before the bytes are touched. */
+        if (len > LC_MAX_OUTPUT_BYTES || len > out_cap - sizeof(*out)) {
             lc_fail(LC_STATUS_ABI, LC_ABI_TOO_LARGE);
         }
         memcpy((uint8_t *)(out + 1), data, len);

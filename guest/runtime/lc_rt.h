@@ -37,7 +37,7 @@ enum lc_abi_detail {
     LC_ABI_BAD_POINTER = 1,  /* a (pointer, length) outside linear memory */
     LC_ABI_BAD_VERDICT = 2,  /* on-data returned an unknown verdict tag */
     LC_ABI_BAD_REQUEST = 3,  /* the host's request was malformed (host bug) */
-    LC_ABI_TOO_LARGE = 4,    /* replace data larger than the OUT buffer */
+    LC_ABI_TOO_LARGE = 4,    /* replace data over LC_MAX_OUTPUT_BYTES or the OUT buffer */
     LC_ABI_BAD_ENUM = 5,     /* an enum argument out of range (log level) */
     LC_ABI_HOST_MISUSE = 6,  /* the host refused the arguments of a host call */
     LC_ABI_NO_LEAVE = 7,     /* an import called from cabi_realloc or post-return */

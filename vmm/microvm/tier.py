@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vmm.capabilities import HostCapabilities
-from vmm.contract import DataEvent, Verdict, VerdictKind
+from vmm.contract import DataEvent, Verdict, VerdictKind, output_too_large
 from vmm.kvm import KvmError, System
 from vmm.microvm import abi
 from vmm.microvm.compile import compile_plugin
@@ -39,7 +39,7 @@ from vmm.policy import SandboxSpec
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
 from vmm.wasm_module import WASM_PAGE
 
-__all__ = ["MicroVmFactory", "MicroVmSandbox", "fault_kind", "kvm_available", "load"]
+__all__ = ["MicroVmFactory", "MicroVmSandbox", "fault_kind", "fault_message", "kvm_available", "load"]
 
 LOG = logging.getLogger("lightcell.microvm")
 T = TypeVar("T")
@@ -66,10 +66,22 @@ _REASON_KIND = {
 }
 
 
+ABI_TOO_LARGE = 4
+"""guest/runtime/lc_rt.h LC_ABI_TOO_LARGE: a replacement over MAX_OUTPUT_BYTES."""
+
+
 def fault_kind(fault: VmFault) -> FaultKind:
     if fault.reason is FaultReason.GUEST_STATUS and fault.status is not None:
         return _STATUS_KIND.get(abi.Status(fault.status), FaultKind.INTERNAL)
     return _REASON_KIND.get(fault.reason, FaultKind.INTERNAL)
+
+
+def fault_message(fault: VmFault, op: abi.Op) -> str:
+    """The fault's message, worded as the wasmtime tier words it where they meet."""
+    if (op is abi.Op.DATA and fault.reason is FaultReason.GUEST_STATUS
+            and fault.status == abi.Status.ABI and fault.detail == ABI_TOO_LARGE):
+        return f"on-data: {output_too_large()}"
+    return fault.message
 
 
 def kvm_available() -> bool:
@@ -138,7 +150,7 @@ class MicroVmSandbox:
         try:
             return await _on_thread(self._lease.thread.submit(run))
         except VmFault as e:
-            self._fault = PluginFault(fault_kind(e), e.message)
+            self._fault = PluginFault(fault_kind(e), fault_message(e, op))
         except ValueError as e:  # refused before the guest ran (oversized payload)
             self._fault = PluginFault(FaultKind.INTERNAL, str(e))
         except KvmError as e:

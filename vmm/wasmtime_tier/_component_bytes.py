@@ -16,7 +16,9 @@ list whose elements are all U8) and is freed with wasmtime_component_val_delete
 exactly once. wasmtime still type-checks the arguments against the
 function's signature inside wasmtime_component_func_call, so a plugin whose
 on-data has another signature gets an error, not a misread. Errors and traps
-are raised the way wasmtime-py's Func.__call__ raises them.
+are raised the way wasmtime-py's Func.__call__ raises them. A payload over
+MAX_OUTPUT_BYTES is refused (AbiViolation) by its length, before any of it is
+read (wasmtime itself has lifted it already, within the component's memory cap).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from wasmtime import _ffi as ffi
 from wasmtime._store import Storelike
 from wasmtime.component import Func
 from wasmtime.component._enter import maybe_raise_last_exn
+
+from vmm.contract import MAX_OUTPUT_BYTES, output_too_large
+from vmm.wasmtime_tier._faults import AbiViolation
 
 __all__ = ["call_on_data"]
 
@@ -57,6 +62,8 @@ def _lift_bytes(val: _VAL) -> bytes:
     if val.kind != _KIND_LIST:
         raise wasmtime.WasmtimeError("verdict payload is not a list")
     n = val.of.list.size
+    if n > MAX_OUTPUT_BYTES:  # before reading _SIZE * n bytes of values
+        raise AbiViolation(output_too_large(n))
     if not n:
         return b""
     image = ctypes.string_at(val.of.list.data, _SIZE * n)

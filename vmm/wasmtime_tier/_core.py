@@ -3,7 +3,8 @@
 Per connection: a fresh Store and Instance from a pre-linked InstancePre (no
 memory, globals or tables survive a connection). Per event: cabi_realloc for
 the input list, one memmove into linear memory, on-data, the verdict read
-back from its return area (every pointer checked by GuestMemory), then
+back from its return area (every pointer checked by GuestMemory; a
+replacement over MAX_OUTPUT_BYTES refused before it is copied), then
 cabi_post_on-data if exported.
 """
 
@@ -23,11 +24,13 @@ from vmm.contract import (
     EXPORT_ON_OPEN,
     EXPORT_POST_PREFIX,
     EXPORT_REALLOC,
+    MAX_OUTPUT_BYTES,
     VERDICT_AREA_ALIGN,
     VERDICT_AREA_SIZE,
     DataEvent,
     Verdict,
     VerdictKind,
+    output_too_large,
 )
 from vmm.policy import Limits
 from vmm.sandbox import PluginFault
@@ -183,6 +186,9 @@ class CoreSandbox(HookRunner):
         if kind is not VerdictKind.REPLACE:
             return Verdict(kind)
         ptr, length = mem.read_u32(area + 4), mem.read_u32(area + 8)
+        mem.span(ptr, length, 1, "replacement data")
+        if length > MAX_OUTPUT_BYTES:  # checked before a byte is copied out
+            raise AbiViolation(output_too_large(length))
         return Verdict(kind, mem.read(ptr, length, "replacement data"))
 
     def _close_sync(self) -> None:
