@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import wasmtime
 from _differential import (
     MAX_CHUNK,
     Masks,
@@ -43,6 +44,7 @@ from _host_fakes import Sent
 
 from vmm import wasmtime_tier
 from vmm.contract import MAX_OUTPUT_BYTES, DataEvent, Direction
+from vmm.metrics import Metrics
 from vmm.microvm import tier as microvm_tier
 from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec
 from vmm.sandbox import FaultKind, PluginFault, SandboxFactory
@@ -255,3 +257,55 @@ async def test_the_output_cap_is_one_and_the_same_fault_in_both_tiers(runs: dict
         assert info.value.kind is FaultKind.ABI
         assert f"maximum output per event of {MAX_OUTPUT_BYTES} bytes" in info.value.message, tier
 
+
+WASI_WAT = Path(__file__).resolve().parent / "wat" / "wasi.wat"
+
+
+@pytest.fixture(scope="module")
+async def wasi_wat(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, SandboxFactory]]:
+    path = tmp_path_factory.mktemp("wasi-wat") / "wasi.wasm"
+    path.write_bytes(wasmtime.wat2wasm(WASI_WAT.read_text()))
+    factories: dict[str, SandboxFactory] = {}
+    try:
+        for tier in TIERS:
+            factories[tier] = await _load(tier, "wasi-log", path)
+        yield factories
+    finally:
+        for f in factories.values():
+            await f.aclose()
+
+
+@pytest.mark.parametrize(
+    ("config", "grants", "outcome"),
+    [
+        # no `log`: denied whatever fd_write is passed (a bad fd and pointers; zero iovecs)
+        ("3", frozenset(), ("fault", FaultKind.DENIED, b"")),
+        ("0", frozenset(), ("fault", FaultKind.DENIED, b"")),
+        ("3", frozenset({"clock", "random"}), ("fault", FaultKind.DENIED, b"")),
+        # with it: the fd is refused (EBADF, 8) before the pointers are looked at
+        ("3", frozenset({"log"}), ("verdict", "REPLACE", b"\x08")),
+        ("0", frozenset({"log"}), ("verdict", "REPLACE", b"\x00")),
+        # random_get: the grant before the buffer
+        ("R", frozenset({"log"}), ("fault", FaultKind.DENIED, b"")),
+        ("R", frozenset({"log", "random"}), ("fault", FaultKind.ABI, b"")),
+    ],
+)
+async def test_wasi_grant_is_checked_before_the_arguments(
+    wasi_wat: dict[str, SandboxFactory], config: str, grants: frozenset[str], outcome: tuple[object, ...]
+) -> None:
+    """THREAT_MODEL "grant first" for WASI preview1 (issue 6): the same answer in both
+    tiers, and a denial is counted like any other (capability_denied_total)."""
+    event = DataEvent(Direction.READ, b"chunk", False)
+    denied = "random" if config == "R" else "log"
+    traces = {}
+    for tier in TIERS:
+        metrics = Metrics()
+        host = RecordingHost(LISTENER, "wasi", Grants(grants), LIMITS["wasi-log"], ObservedKv(10, 64),
+                             metrics=metrics)
+        traces[tier] = await run_connection(wasi_wat[tier], host, LISTENER, config, [event])
+        assert traces[tier].steps[0].outcome == outcome, tier
+        counted = metrics.get("capability_denied_total", listener=LISTENER, plugin="wasi", capability=denied)
+        assert counted == (1 if outcome[1] is FaultKind.DENIED else 0), tier
+    a, b = traces["wasmtime"], traces["microvm"]
+    if outcome[1] is not FaultKind.ABI:  # the micro-VM draws random bytes before it finds the buffer bad
+        assert first_difference(a, b) is None, (show_step(a, 0), show_step(b, 0))

@@ -118,6 +118,7 @@ static uint32_t warm_up(void) {
 void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_response *out,
                        uint32_t out_cap) {
     lc_rt_event_begin();
+    lc_wasi_event_begin();
     lc_rt_may_leave = 1;
     if (in_cap < sizeof(*req) || out_cap < sizeof(*out) || req->len > in_cap - sizeof(*req)) {
         lc_fail(LC_STATUS_ABI, LC_ABI_BAD_REQUEST);

@@ -34,5 +34,7 @@ uint32_t lc_wasi_environ_get(uint32_t environ, uint32_t buf);
 __attribute__((noreturn)) void lc_wasi_proc_exit(uint32_t code);
 /* Log partial stdout/stderr lines at the end of a hook. */
 void lc_wasi_flush_output(void);
+/* Start of an event: forget what the host answered about grants. */
+void lc_wasi_event_begin(void);
 
 #endif

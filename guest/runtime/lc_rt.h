@@ -47,6 +47,9 @@ enum lc_abi_detail {
 /* log levels (WIT log-level) used for WASI stdout / stderr lines */
 #define LC_LOG_INFO 2u
 #define LC_LOG_WARN 3u
+/* Not a level: a LOG host call with this a0 only checks the `log` grant and
+ * logs nothing (vmm/microvm/hostcalls.py LOG_GRANT_CHECK; WASI fd_write). */
+#define LC_LOG_GRANT_CHECK 255u
 
 /* Bytes of the scratch buffer for host-call results (kv.get values, WASI
  * random_get, fd_write line assembly). Larger kv values are an ABI fault. */

@@ -3,6 +3,10 @@
  * WASI_P1_GRANTS): stdout/stderr become log lines, clocks and random come
  * from the host (each refused unless granted), args and environ are empty,
  * proc_exit ends the event with LC_STATUS_EXIT. Nothing else of WASI exists.
+ *
+ * Grant first: a granted function's first host call (which the host answers
+ * DENIED unless granted) comes before any of its arguments is looked at, so
+ * an ungranted call is denied whatever it passes, as in the wasmtime tier.
  */
 #include <string.h>
 
@@ -21,6 +25,22 @@
  * of the hook (lc_wasi_flush_output, called by contract.c). */
 static uint8_t g_line[2][LINE_MAX_BYTES];
 static uint32_t g_line_len[2];
+/* Whether the host answered the `log` grant check in this event (the host is
+ * the authority; lc_wasi_event_begin forgets the answer). */
+static int g_log_checked;
+
+void lc_wasi_event_begin(void) {
+    g_log_checked = 0;
+}
+
+/* Ask the host once per event whether `log` is granted: a LOG host call that
+ * logs nothing. Refused, it ends the event with LC_STATUS_DENIED. */
+static void check_log_grant(void) {
+    if (!g_log_checked) {
+        lc_rt_host(LC_HOST_LOG, LC_LOG_GRANT_CHECK, 0, 0, 0, 0, 0, 0, 0);
+        g_log_checked = 1;
+    }
+}
 
 static void emit_line(uint32_t fd) {
     uint32_t i = fd - 1;
@@ -38,6 +58,7 @@ void lc_wasi_flush_output(void) {
 
 /* fd_write(fd, iovs: *ciovec, iovs_len, nwritten: *u32) -> errno. */
 uint32_t lc_wasi_fd_write(uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nwritten) {
+    check_log_grant(); /* before the fd, the iovecs, anything */
     if (fd != 1 && fd != 2) {
         return WASI_EBADF;
     }
@@ -94,22 +115,25 @@ uint32_t lc_wasi_clock_res_get(uint32_t id, uint32_t out) {
     return WASI_ESUCCESS;
 }
 
+/* The first host call (made even for len 0) checks the grant before `buf` is
+ * looked at; the whole buffer is checked before any of it is written. */
 uint32_t lc_wasi_random_get(uint32_t buf, uint32_t len) {
-    (void)lc_rt_guest(buf, len);
-    if (len == 0) { /* still needs the grant */
-        lc_rt_host(LC_HOST_RANDOM_BYTES, 0, 0, 0, 0, 0, lc_rt_scratch, 0, 0);
-    }
     uint32_t done = 0;
-    while (done < len) {
+    do {
         uint32_t n = len - done > 4096u ? 4096u : len - done;
         uint32_t got = 0;
         lc_rt_host(LC_HOST_RANDOM_BYTES, n, 0, 0, 0, 0, lc_rt_scratch, n, &got);
         if (got != n) {
             lc_fail(LC_STATUS_ABI, LC_ABI_HOST_MISUSE);
         }
-        memcpy(lc_rt_guest(buf + done, n), lc_rt_scratch, n);
+        if (done == 0) {
+            (void)lc_rt_guest(buf, len);
+        }
+        if (n) {
+            memcpy(lc_rt_guest(buf + done, n), lc_rt_scratch, n);
+        }
         done += n;
-    }
+    } while (done < len);
     return WASI_ESUCCESS;
 }
 

@@ -174,9 +174,9 @@ assert set(_CONTRACT) == set(CONTRACT_IMPORTS)
 def _fd_write(
     ctx: CallContext, caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int
 ) -> int:
+    ctx.host.check("log")  # first: ungranted is DENIED whatever the fd or iovecs
     if fd not in (1, 2):
         return _EBADF  # no files, no sockets: only stdout/stderr exist
-    ctx.host.check("log")
     count = u32(iovs_len)
     if count > _IOV_MAX:
         return _EINVAL
