@@ -547,7 +547,13 @@ def fmt_ratio(v: float | None, base: float | None) -> str:
     return f"{v / base:.2f}x"
 
 
-def render(opts: Options, med: dict[str, dict[str, float]], skipped: dict[str, str]) -> str:
+def render(
+    opts: Options,
+    samples: Samples,
+    start: dict[str, tuple[float, float]],
+    skipped: dict[str, str],
+) -> str:
+    med = medians(samples)
     mib = 1 << 20
     hold = f"{opts.hold:,}"
     lines = [
@@ -592,20 +598,27 @@ def render(opts: Options, med: dict[str, dict[str, float]], skipped: dict[str, s
     if "held" in opts.workloads:
         lines += [
             "",
-            f"Memory per held connection, (RSS held - RSS idle) / {hold}, KiB (Envoy / sidecar):",
+            f"Memory per held connection, KiB (Envoy / sidecar): RSS with {hold} held in each row's first "
+            f"round minus RSS at start-up (before any traffic), / {hold}; then RSS at start-up and idle "
+            "RSS before the last round's hold, which shows what stays allocated after earlier rounds:",
             "",
         ]
         for row in opts.rows:
-            m = med.get(row.key, {})
-            if "rss_envoy_held" not in m:
+            rounds = samples.get(row.key, {})
+            if not rounds.get("rss_envoy_held") or row.key not in start:
                 continue
-            per_envoy = (m["rss_envoy_held"] - m["rss_envoy_idle"]) / opts.hold / 1024
-            per_side = (m["rss_sidecar_held"] - m["rss_sidecar_idle"]) / opts.hold / 1024
+            env0, side0 = start[row.key]
+            per_envoy = (rounds["rss_envoy_held"][0] - env0) / opts.hold / 1024
+            per_side = (rounds["rss_sidecar_held"][0] - side0) / opts.hold / 1024
             side_s = f"{per_side:.1f}" if row.sidecar else "—"
+
+            def mb(envoy: float, side: float, sidecar: bool = row.sidecar is not None) -> str:
+                return f"{envoy / mib:.0f}" + (f" / {side / mib:.0f}" if sidecar else "") + " MiB"
+
             lines.append(
-                f"- row {row.number}: {per_envoy:.1f} / {side_s}"
-                f"   (idle RSS {m['rss_envoy_idle'] / mib:.0f} MiB"
-                + (f" / {m['rss_sidecar_idle'] / mib:.0f} MiB)" if row.sidecar else ")")
+                f"- row {row.number}: {per_envoy:.1f} / {side_s} KiB   (start-up "
+                f"{mb(env0, side0)}; idle before the last hold "
+                f"{mb(rounds['rss_envoy_idle'][-1], rounds['rss_sidecar_idle'][-1])})"
             )
     return "\n".join(lines)
 
@@ -649,6 +662,7 @@ async def main_async(opts: Options) -> int:
             samples[row.key][k] = []
     errors: list[str] = []
     skipped: dict[str, str] = {}
+    start: dict[str, tuple[float, float]] = {}  # row key -> RSS of Envoy, sidecar before any traffic
     with tempfile.TemporaryDirectory(prefix="bench-envoy-") as tmp:
         workdir = Path(tmp)
         echo = Child([sys.executable, str(HERE / "_echo_upstream.py"), str(len(opts.rows))],
@@ -682,6 +696,8 @@ async def main_async(opts: Options) -> int:
                 print(f"  echo check, row {run.row.number} ({want}): {state}")
                 if problem is not None:
                     skipped[run.row.key] = problem
+                side = rss_bytes(run.sidecar_pid) if run.sidecar_pid else 0
+                start[run.row.key] = (float(rss_bytes(run.envoy_pid)), float(side))
             timed = [run for run in runs if run.row.key not in skipped]
             for rnd in range(opts.rounds):
                 order = timed[rnd % len(timed) :] + timed[: rnd % len(timed)] if timed else []
@@ -705,7 +721,7 @@ async def main_async(opts: Options) -> int:
         f"churn {opts.churn} sequential connections, {opts.hold:,} held"
     )
     print()
-    print(render(opts, med, skipped))
+    print(render(opts, samples, start, skipped))
     for key, why in skipped.items():
         print(f"row {key}: not timed: {why}")
     if errors:
@@ -724,6 +740,7 @@ async def main_async(opts: Options) -> int:
                 {
                     "number": row.number, "key": row.key, "label": row.label,
                     "median": med.get(row.key, {}), "rounds": samples[row.key],
+                    "rss_start": start.get(row.key),
                     "skipped": skipped.get(row.key),
                 }
                 for row in opts.rows

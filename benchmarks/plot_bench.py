@@ -56,6 +56,7 @@ def plot(doc: dict[str, Any], out: Path) -> None:
         if b:
             lat.text(b * 1.05, yi + 0.25, f"p99 {b:,.0f}", va="center", fontsize=7, color="#555555")
     lat.set_xscale("log")
+    lat.set_xlim(right=max(p99 + p50, default=1) * 2.5)  # room for the labels
     lat.set_xlabel("1 KiB ping-pong round trip, µs (log scale; lower is better)")
     lat.set_yticks(y, labels)
     lat.legend(loc="lower right", fontsize=8)
@@ -64,6 +65,7 @@ def plot(doc: dict[str, Any], out: Path) -> None:
     thr.barh(y, mbs, color=colors, height=0.45)
     for yi, v in zip(y, mbs, strict=True):
         thr.text(v + max(mbs, default=1) * 0.01, yi, f"{v:,.0f}" if v else "n/a", va="center", fontsize=8)
+    thr.set_xlim(0, max(mbs, default=1) * 1.15)
     thr.set_xlabel("bulk echo, MB/s (higher is better)")
 
     s = doc.get("settings", {})
