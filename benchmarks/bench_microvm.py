@@ -1,6 +1,6 @@
 """Micro-VM tier benchmark: prints p50/p99 per step (no assertions).
 
-    /work/venv/bin/python benchmarks/bench_microvm.py [--n 300] [--vms 1000]
+    .venv/bin/python benchmarks/bench_microvm.py [--n 300] [--vms 1000]
 
 Steps: cold boot to ready; a VM taken from the warm pool; a new connection's
 first 1 KiB event (new_sandbox + open + on_data, through the async tier); one
@@ -96,10 +96,14 @@ async def tier_steps(n: int) -> None:
     # the same on the vCPU thread, without the asyncio hop
     lease = f.pool.take()
     vm = lease.vm
-    report("vCPU thread: 1 KiB call (rewrite plugin)",
-           lease.thread.run(lambda: timed(lambda: vm.call(abi.Op.DATA, 0, 0, one_k), n)))
-    report("vCPU thread: 64 KiB call (rewrite plugin)",
-           lease.thread.run(lambda: timed(lambda: vm.call(abi.Op.DATA, 0, 0, sixty_four_k), n)))
+    report(
+        "vCPU thread: 1 KiB call (rewrite plugin)",
+        lease.thread.run(lambda: timed(lambda: vm.call(abi.Op.DATA, 0, 0, one_k), n)),
+    )
+    report(
+        "vCPU thread: 64 KiB call (rewrite plugin)",
+        lease.thread.run(lambda: timed(lambda: vm.call(abi.Op.DATA, 0, 0, sixty_four_k), n)),
+    )
     snap = f.pool.snapshot
     assert snap is not None
 
@@ -165,14 +169,20 @@ def raw_steps(n: int, vms: int) -> None:
         print(f"stopped at {len(live)} live VMs: {e}")
     took = time.perf_counter() - t0
     used = before_avail - mem_available()
-    print(f"live VMs reached: {len(live)} in {took:.1f} s "
-          f"({took / max(len(live), 1) * 1e3:.2f} ms each, one process)")
-    print(f"memory per live VM: {used / max(len(live), 1) / 1024:.0f} KiB system-wide "
-          f"({(rss() - before_rss) / max(len(live), 1) / 1024:.0f} KiB RSS); "
-          f"total {used / 2**20:.0f} MiB for {len(live)}")
+    print(
+        f"live VMs reached: {len(live)} in {took:.1f} s "
+        f"({took / max(len(live), 1) * 1e3:.2f} ms each, one process)"
+    )
+    print(
+        f"memory per live VM: {used / max(len(live), 1) / 1024:.0f} KiB system-wide "
+        f"({(rss() - before_rss) / max(len(live), 1) / 1024:.0f} KiB RSS); "
+        f"total {used / 2**20:.0f} MiB for {len(live)}"
+    )
     probe = live[len(live) // 2]
-    report(f"1 KiB call with {len(live)} live VMs",
-           timed(lambda: probe.call(abi.Op.DATA, payload=b"z" * 1024), n))
+    report(
+        f"1 KiB call with {len(live)} live VMs",
+        timed(lambda: probe.call(abi.Op.DATA, payload=b"z" * 1024), n),
+    )
     report(f"restore with {len(live)} live VMs", timed(lambda: snap.restore(probe), n))
     for v in live:
         v.close()
@@ -181,8 +191,9 @@ def raw_steps(n: int, vms: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--vms", type=int, default=1000)
     args = parser.parse_args()

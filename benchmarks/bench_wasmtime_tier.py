@@ -1,6 +1,6 @@
 """Benchmark the wasmtime tier. Prints numbers; asserts nothing.
 
-    /work/venv/bin/python benchmarks/bench_wasmtime_tier.py [--events N] [--sandboxes N]
+    .venv/bin/python benchmarks/bench_wasmtime_tier.py [--events N] [--sandboxes N]
 
 - per-event latency (p50/p99) of the rewrite plugin (read=upper) on the core
   path at 1 KiB and 64 KiB: through the async Sandbox API (worker-thread hop)

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
 from extproc.config import ConfigError, LightcellConfig, load_config
-from vmm.policy import SandboxSpec, Tier
 
 if TYPE_CHECKING:
-    from extproc.plugins import TierChoice
+    from extproc.listener import TierChoice
     from extproc.server import DefaultSocket
 
 __all__ = ["main"]
@@ -168,33 +167,31 @@ def _serve_workers(args: argparse.Namespace, socket_path: Path | DefaultSocket |
 
 
 def _check(args: argparse.Namespace) -> int:
-    from extproc import plugins
-
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.envoy_config)
-        listeners = asyncio.run(_load_and_close(config))
+        loaded = asyncio.run(_load_and_close(config))
     except ConfigError as e:
         return _fail(str(e))
-    _report(config, listeners, plugins.choose_tier, sys.stdout)
+    _report(config, loaded, sys.stdout)
     return 0
 
 
-async def _load_and_close(config: LightcellConfig) -> dict[str, frozenset[str]]:
-    """Load every plugin (which checks it against the contract); its imports by listener."""
+async def _load_and_close(config: LightcellConfig) -> dict[str, tuple[frozenset[str], TierChoice]]:
+    """Load every plugin as serve would (which checks it against the contract and chooses
+    its tier); each listener's imports and tier."""
     from extproc import plugins
 
     loaded = await plugins.load_all(config)
     try:
-        return {name: listener.factory.imports for name, listener in loaded.items()}
+        return {name: (listener.factory.imports, listener.tier) for name, listener in loaded.items()}
     finally:
         await plugins.close_all(loaded.values())
 
 
 def _report(
     config: LightcellConfig,
-    imports: dict[str, frozenset[str]],
-    choose: Callable[[SandboxSpec, Tier], TierChoice],
+    loaded: dict[str, tuple[frozenset[str], TierChoice]],
     out: TextIO,
 ) -> None:
     print(f"{config.path}: OK, {len(config.listeners)} listener(s)", file=out)
@@ -203,13 +200,9 @@ def _report(
     for name, policy in config.listeners.items():
         spec = policy.spec
         granted = spec.grants.capabilities
-        used = imports[name]
+        used, choice = loaded[name]
         missing = sorted(used - granted)
-        choice = choose(spec, policy.tier)
-        tier_text = (
-            choice.tier.value if choice.tier is policy.tier else f"{policy.tier.value} -> {choice.tier.value}"
-        )
-        tier_text += f" ({choice.reason})"
+        tier_text = choice.describe()
         print(f"\nlistener {name}", file=out)
         print(f"  plugin        {spec.plugin_path}", file=out)
         if spec.plugin_config:

@@ -26,6 +26,7 @@ import yaml
 
 from extproc.listener import FailureMode, ListenerPolicy
 from extproc.tcp_protocol import METADATA_NAMESPACE
+from vmm.microvm.layout import MAX_MEMORY_BYTES
 from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec, Tier
 
 __all__ = [
@@ -317,6 +318,12 @@ def _parse_policy(ctx: _Context, raw: Any) -> ListenerPolicy:
     capabilities = _grants(ctx, raw.get("grants", []))
     egress = _egress_allow(ctx, raw.get("egress_allow", []), capabilities)
     limits = _limits(ctx, raw.get("limits", {}))
+    if tier is Tier.MICROVM and limits.memory_bytes > MAX_MEMORY_BYTES:
+        raise ctx.policy_error(
+            "limits.memory_mb",
+            f"{limits.memory_bytes >> 20} is over the micro-VM tier's limit of {MAX_MEMORY_BYTES >> 20} "
+            "(tier: microvm); lower it, or use tier: auto or wasmtime",
+        )
     spec = SandboxSpec(
         listener=ctx.listener,
         plugin_path=str(plugin),

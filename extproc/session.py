@@ -54,6 +54,7 @@ class Session:
         self._state = _State.FILTERING
         self._host: HostCapabilities | None = None
         self._sandbox: Sandbox | None = None
+        self._sandbox_id = "-"
         self._started = False
 
     @property
@@ -66,7 +67,7 @@ class Session:
         if self._state is _State.CLOSED or self._state is _State.RESET:
             return tcp_protocol.close(reset=self._state is _State.RESET)
         if self._state is _State.BYPASS:
-            return tcp_protocol.forward(event, event.data)
+            return tcp_protocol.forward(event)
         try:
             sandbox = await self._ensure_sandbox()
             verdict = await _run_plugin(sandbox, event)
@@ -80,13 +81,15 @@ class Session:
                 "plugin_verdict_close_total", listener=self.listener.name, reset=str(reset).lower()
             )
             return tcp_protocol.close(reset=reset, metadata=metadata)
-        return tcp_protocol.forward(event, verdict.output(event.data), metadata)
+        return tcp_protocol.forward(event, verdict, metadata)
 
     async def aclose(self) -> None:
         """Run the plugin's close hook (if it is still healthy) and release the sandbox."""
         sandbox, self._sandbox = self._sandbox, None
         if sandbox is not None:
-            await sandbox.close()
+            fault = await sandbox.close()
+            if fault is not None:  # the connection is over: nothing more to decide
+                self._report(fault, "none (connection ending)")
 
     async def _ensure_sandbox(self) -> Sandbox:
         if self._sandbox is not None:
@@ -109,6 +112,7 @@ class Session:
         )
         sandbox = await self.listener.factory.new_sandbox(self._host)
         self._sandbox = sandbox
+        self._sandbox_id = sandbox.identity
         await sandbox.open(policy.name, policy.spec.plugin_config)
         return sandbox
 
@@ -116,22 +120,27 @@ class Session:
         return self._host.take_metadata() if self._host is not None else {}
 
     async def _fail(self, event: DataEvent, fault: PluginFault) -> tcp_protocol.ProcessingResponse:
-        policy = self.listener.policy
-        mode = policy.failure_mode
-        LOG.warning(
-            "plugin fault listener=%s plugin=%s fault=%s failure_mode=%s: %s",
-            policy.name, policy.plugin, fault.kind.value, mode.value, fault.message,
-        )  # fmt: skip
-        self._metrics.inc(
-            "plugin_faults_total", listener=policy.name, plugin=policy.plugin, fault=fault.kind.value
-        )
+        mode = self.listener.policy.failure_mode
+        self._report(fault, mode.value)
         # The sandbox is done either way: release it now, not at end of stream.
         await self.aclose()
         if mode is FailureMode.ALLOW:
             self._state = _State.BYPASS
-            return tcp_protocol.forward(event, event.data)
+            return tcp_protocol.forward(event)
         self._state = _State.RESET if mode is FailureMode.RESET else _State.CLOSED
         return tcp_protocol.close(reset=mode is FailureMode.RESET)
+
+
+    def _report(self, fault: PluginFault, consequence: str) -> None:
+        """The one place a plugin fault is logged and counted."""
+        policy = self.listener.policy
+        LOG.warning(
+            "plugin fault listener=%s plugin=%s sandbox=%s fault=%s failure_mode=%s: %s",
+            policy.name, policy.plugin, self._sandbox_id, fault.kind.value, consequence, fault.message,
+        )  # fmt: skip
+        self._metrics.inc(
+            "plugin_faults_total", listener=policy.name, plugin=policy.plugin, fault=fault.kind.value
+        )
 
 
 async def _run_plugin(sandbox: Sandbox, event: DataEvent) -> Verdict:

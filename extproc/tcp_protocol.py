@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from envoy.service.network_ext_proc.v3 import network_external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
-from vmm.contract import DataEvent, Direction
+from vmm.contract import DataEvent, Direction, Verdict, VerdictKind
 
 __all__ = [
     "METADATA_NAMESPACE",
@@ -55,17 +55,20 @@ def event_of(request: pb.ProcessingRequest) -> DataEvent:
 
 
 def forward(
-    event: DataEvent, data: bytes, metadata: Mapping[str, str] | None = None
+    event: DataEvent, verdict: Verdict | None = None, metadata: Mapping[str, str] | None = None
 ) -> pb.ProcessingResponse:
-    """Forward `data` (the original bytes or the plugin's replacement) for `event`."""
+    """Forward the bytes of `event` as the plugin's PASS or REPLACE verdict says
+    (None: pass, e.g. a bypassed connection). Envoy forwards only what a reply
+    carries, so a pass carries the original bytes back."""
+    replaced = verdict is not None and verdict.kind is VerdictKind.REPLACE
     reply = pb.ProcessingResponse(
         data_processing_status=(
-            pb.ProcessingResponse.UNMODIFIED if data == event.data else pb.ProcessingResponse.MODIFIED
+            pb.ProcessingResponse.MODIFIED if replaced else pb.ProcessingResponse.UNMODIFIED
         ),
         connection_status=pb.ProcessingResponse.CONTINUE,
     )
     out = reply.read_data if event.direction is Direction.READ else reply.write_data
-    out.data = data
+    out.data = verdict.data if replaced and verdict is not None else event.data
     out.end_of_stream = event.end_of_stream
     if metadata:
         reply.dynamic_metadata.CopyFrom(_metadata_struct(metadata))

@@ -63,9 +63,10 @@ class FakeSandbox:
         self.events.append(event)
         return await self.behave(event, self.host)
 
-    async def close(self) -> None:
+    async def close(self) -> PluginFault | None:
         self.close_calls += 1
         self.closed.set()
+        return None
 
 
 @dataclass

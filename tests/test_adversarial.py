@@ -40,7 +40,7 @@ from vmm.contract import DataEvent, Verdict
 from vmm.kvstore import KvStore
 from vmm.metrics import METRICS
 from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec, Tier
-from vmm.sandbox import PluginLoadError
+from vmm.sandbox import PluginFault, PluginLoadError
 from vmm.wasmtime_tier import _factory
 
 IO_TIMEOUT = 30.0
@@ -72,9 +72,10 @@ class CountedSandbox:
         result: Verdict = await self._inner.on_data(event)
         return result
 
-    async def close(self) -> None:
+    async def close(self) -> PluginFault | None:
         try:
-            await self._inner.close()
+            fault: PluginFault | None = await self._inner.close()
+            return fault
         finally:
             if not self._closed:
                 self._closed = True

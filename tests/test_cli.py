@@ -16,7 +16,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc import cli
-from extproc.envoy_harness import lightcell_command, wait_for_unix_socket
+from extproc.envoy_harness import lightcell_command, tiers_in_log, wait_for_unix_socket
 
 EXT_PROC = "type.googleapis.com/envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor"
 
@@ -94,6 +94,32 @@ def test_check_reports_each_listener(
     assert "warning:" in out and "process_write is SKIP" in out and "not filtered" in out
 
 
+def test_check_reports_the_tier_chosen_once_at_load(
+    good_config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check prints the very choice the plugin was loaded with (one choice per listener,
+    as serve makes it), never a second, possibly different, one."""
+    from extproc import plugins
+    from extproc.listener import TierChoice
+    from vmm.policy import SandboxSpec, Tier
+
+    real = plugins.choose_tier
+    calls: list[str] = []
+
+    def counted(spec: SandboxSpec, requested: Tier) -> TierChoice:
+        calls.append(spec.listener)
+        choice = real(spec, requested)
+        return TierChoice(choice.tier, f"choice #{len(calls)}", choice.requested)
+
+    monkeypatch.setattr(plugins, "choose_tier", counted)
+    assert cli.main(["check", "--envoy-config", str(good_config)]) == 0
+    out = capsys.readouterr().out
+    assert sorted(calls) == ["probe_kv", "upper"]
+    probe, upper = out.split("\nlistener probe_kv\n")[1].split("\nlistener upper\n")
+    assert f"(choice #{calls.index('probe_kv') + 1})" in probe
+    assert f"(choice #{calls.index('upper') + 1})" in upper
+
+
 @pytest.mark.parametrize("receiving", [False, True])
 def test_check_warns_when_granted_metadata_would_be_dropped_by_envoy(
     tmp_path: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str], receiving: bool
@@ -157,6 +183,8 @@ def test_serve_subprocess_health_and_sigterm(good_config: Path, tmp_path: Path) 
                 return int(reply.status)
 
         assert asyncio.run(health()) == health_pb2.HealthCheckResponse.SERVING
+        # serve logs the tier it chose for each listener (the demo prints these).
+        assert tiers_in_log(log.read_text()) == {"probe_kv": "microvm", "upper": "wasmtime"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     finally:

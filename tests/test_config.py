@@ -426,3 +426,36 @@ async def test_a_tier_without_load_is_a_clear_error(confdir: Path, monkeypatch: 
     with pytest.raises(ConfigError) as info:
         await plugins.load_all(config)
     assert "'edge'" in str(info.value) and "tier 'microvm' is not available" in str(info.value)
+
+
+def test_memory_over_the_micro_vm_limit_is_refused_for_tier_microvm(confdir: Path) -> None:
+    from vmm.microvm.layout import MAX_MEMORY_BYTES
+
+    over = (MAX_MEMORY_BYTES >> 20) + 1
+    policy = {**GOOD_POLICY, "tier": "microvm", "limits": {"memory_mb": over}}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(confdir, bootstrap(listener("edge", policy))))
+    message = str(info.value)
+    assert "'edge'" in message and "limits.memory_mb" in message
+    assert f"{over} is over the micro-VM tier's limit of {MAX_MEMORY_BYTES >> 20}" in message
+    # At the limit it is accepted.
+    fits = {**GOOD_POLICY, "tier": "microvm", "limits": {"memory_mb": MAX_MEMORY_BYTES >> 20}}
+    assert load_config(write(confdir, bootstrap(listener("edge", fits)))).listeners["edge"]
+
+
+async def test_auto_with_memory_over_the_micro_vm_limit_falls_back_to_wasmtime(
+    confdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vmm.microvm.layout import MAX_MEMORY_BYTES
+
+    policy = {**GOOD_POLICY, "tier": "auto", "limits": {"memory_mb": (MAX_MEMORY_BYTES >> 20) + 1}}
+    config = load_config(write(confdir, bootstrap(listener("big", policy))))
+    loaded = await plugins.load_all(config)
+    try:
+        big = loaded["big"]
+        assert big.factory.tier == "wasmtime" and big.tier.tier is Tier.WASMTIME
+        assert big.one_wall_reason is not None and "over the micro-VM's limit" in big.one_wall_reason
+        warnings = [r.getMessage() for r in caplog.records if "only one wall is up" in r.getMessage()]
+        assert len(warnings) == 1 and "big:" in warnings[0]
+    finally:
+        await plugins.close_all(loaded.values())

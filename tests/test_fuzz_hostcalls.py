@@ -1,6 +1,6 @@
 """Seeded fuzzing of the micro-VM host-call decoder and dispatcher (no KVM needed).
 
-hypothesis is not installed in /work/venv, so fixed seeds drive random.Random.
+hypothesis is not a dependency, so fixed seeds drive random.Random.
 The decoder under test is the real MicroVm._hostcall (vmm/microvm/vm.py) run on
 buffers of exactly the sizes the VM maps (OUT = LC_OUT_SIZE, IN = LC_IN_SIZE):
 a record the guest wrote into OUT -> vmm.microvm.hostcalls.dispatch -> the

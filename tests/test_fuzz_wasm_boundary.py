@@ -1,6 +1,6 @@
 """Property fuzzing of the wasmtime tier's host-call boundary with a hostile plugin.
 
-hypothesis is not installed in /work/venv, so this is a seeded random fuzzer:
+hypothesis is not a dependency, so this is a seeded random fuzzer:
 fixed seeds, reproducible, each failure message names seed and step. A real
 wasm plugin (HOSTILE_WAT, compiled with wasmtime.wat2wasm) passes raw,
 fuzzer-chosen pointers and lengths to every host function and forges its

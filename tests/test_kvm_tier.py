@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from vmm.contract import DataEvent, Direction, VerdictKind
 from vmm.microvm import tier
 from vmm.microvm.tier import MicroVmFactory
 from vmm.policy import Limits, SandboxSpec
+from vmm.runner import Runner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
 
 pytestmark = pytest.mark.kvm
@@ -191,3 +193,77 @@ async def test_wasi_02_component_refused_naming_wasmtime() -> None:
 async def test_missing_plugin_refused(tmp_path: Path) -> None:
     with pytest.raises(PluginLoadError):
         await _load(tmp_path / "nope.wasm")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "2000", ""])
+def test_a_bad_pool_or_thread_count_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    for name in (tier.POOL_ENV, tier.THREADS_ENV):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(PluginLoadError, match=rf"\${name}="):
+            tier.env_count(name)
+        monkeypatch.setenv(name, "7")
+        assert tier.env_count(name) == 7
+        monkeypatch.delenv(name)
+        assert tier.env_count(name) == 4
+
+
+async def test_a_short_event_runs_on_the_loop_thread_without_a_hand_off(rewrite: MicroVmFactory) -> None:
+    s = await rewrite.new_sandbox(host())
+    assert isinstance(s, Runner)
+    await s.open("lst", "read=number,write=rot13")
+    for i in range(1, 6):
+        assert (await s.on_data(_read(b"abc"))).data == f"{i}:abc".encode()
+    assert s.offloads == 0
+    await s.close()
+
+
+async def test_an_event_longer_than_the_inline_slice_finishes_on_the_vcpu_thread() -> None:
+    """8 MB written byte by byte takes several ms: the call is preempted on the loop
+    thread, resumed on the VM's vCPU thread, and answers exactly as if it had not moved."""
+    f = await _load(plugin_build.build_core("faulty"), memory_bytes=32 << 20, event_cpu_ms=5000)
+    try:
+        size = 8_000_000
+        s = await f.new_sandbox(host())
+        assert isinstance(s, Runner)
+        await s.open("lst", f"mode=replace;size={size}")
+        verdict = await s.on_data(_read(b"go"))
+        assert verdict.kind is VerdictKind.REPLACE and verdict.data == b"x" * size
+        assert s.offloads == 1
+        # The VM keeps working after the move (inline again for a short event).
+        assert (await s.on_data(_read(b""))).kind is VerdictKind.PASS
+        assert await s.close() is None
+    finally:
+        await f.aclose()
+
+
+async def test_a_looping_plugin_does_not_hold_the_event_loop() -> None:
+    """Inline work is bounded by the slice: while one plugin spins for its whole
+    budget, the loop keeps serving (here: a ticking task and another sandbox)."""
+    f = await _load(plugin_build.build_core("faulty"), event_cpu_ms=1500)
+    try:
+        bad = await f.new_sandbox(host())
+        good = await f.new_sandbox(host())
+        await bad.open("lst", "mode=loop")
+        await good.open("lst", "mode=ok")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        spinning = asyncio.create_task(bad.on_data(_read(b"spin")))
+        await asyncio.sleep(0.2)
+        assert not spinning.done()  # still spinning on its vCPU thread ...
+        assert ticks >= 5  # ... while the loop ran the ticker
+        assert (await good.on_data(_read(b"still served"))).kind is VerdictKind.PASS
+        with pytest.raises(PluginFault) as fault:
+            await spinning
+        assert fault.value.kind is FaultKind.BUDGET
+        ticker.cancel()
+        await bad.close()
+        await good.close()
+    finally:
+        await f.aclose()

@@ -6,7 +6,7 @@ import pytest
 from envoy.service.network_ext_proc.v3 import network_external_processor_pb2 as pb
 
 from extproc import tcp_protocol
-from vmm.contract import DataEvent, Direction
+from vmm.contract import DataEvent, Direction, Verdict
 
 
 def _wire(reply: pb.ProcessingResponse) -> pb.ProcessingResponse:
@@ -57,7 +57,7 @@ def test_request_with_neither_or_both_directions_is_rejected() -> None:
 def test_unchanged_bytes_are_carried_back(direction: Direction, eos: bool) -> None:
     # Envoy forwards only what the reply carries: unchanged data must still be sent.
     event = DataEvent(direction, b"payload", eos)
-    reply = _wire(tcp_protocol.forward(event, event.data))
+    reply = _wire(tcp_protocol.forward(event))
     field, other = ("read_data", "write_data") if direction is Direction.READ else ("write_data", "read_data")
     assert reply.HasField(field) and not reply.HasField(other)
     assert getattr(reply, field).data == b"payload"
@@ -69,15 +69,25 @@ def test_unchanged_bytes_are_carried_back(direction: Direction, eos: bool) -> No
 
 def test_replaced_bytes_are_sent_and_marked_modified() -> None:
     event = DataEvent(Direction.WRITE, b"abc", False)
-    reply = _wire(tcp_protocol.forward(event, b"XYZ-longer"))
+    reply = _wire(tcp_protocol.forward(event, Verdict.replace(b"XYZ-longer")))
     assert reply.write_data.data == b"XYZ-longer"
     assert reply.data_processing_status == pb.ProcessingResponse.MODIFIED
+
+
+def test_the_status_follows_the_verdict_not_a_byte_comparison() -> None:
+    event = DataEvent(Direction.READ, b"same", False)
+    replaced = _wire(tcp_protocol.forward(event, Verdict.replace(b"same")))
+    assert replaced.data_processing_status == pb.ProcessingResponse.MODIFIED
+    assert replaced.read_data.data == b"same"
+    passed = _wire(tcp_protocol.forward(event, Verdict.pass_()))
+    assert passed.data_processing_status == pb.ProcessingResponse.UNMODIFIED
+    assert passed.read_data.data == b"same"
 
 
 def test_empty_eos_reply_keeps_the_direction_field() -> None:
     # The end-of-stream reply must still count as a reply for its direction.
     event = DataEvent(Direction.READ, b"", True)
-    reply = _wire(tcp_protocol.forward(event, b""))
+    reply = _wire(tcp_protocol.forward(event))
     assert reply.HasField("read_data")
     assert reply.read_data.end_of_stream is True
     assert reply.read_data.data == b""
@@ -85,7 +95,7 @@ def test_empty_eos_reply_keeps_the_direction_field() -> None:
 
 def test_dropping_a_chunk_still_replies_on_its_direction() -> None:
     event = DataEvent(Direction.READ, b"secret", False)
-    reply = _wire(tcp_protocol.forward(event, b""))
+    reply = _wire(tcp_protocol.forward(event, Verdict.replace(b"")))
     assert reply.HasField("read_data") and reply.read_data.data == b""
 
 
@@ -102,7 +112,7 @@ def test_close_carries_no_data(reset: bool, status: int) -> None:
 
 def test_metadata_lands_under_the_lightcell_namespace() -> None:
     event = DataEvent(Direction.READ, b"x", False)
-    reply = _wire(tcp_protocol.forward(event, b"x", {"user": "alice", "score": "7"}))
+    reply = _wire(tcp_protocol.forward(event, Verdict.replace(b"x"), {"user": "alice", "score": "7"}))
     namespaces = dict(reply.dynamic_metadata.fields)
     assert list(namespaces) == [tcp_protocol.METADATA_NAMESPACE]
     inner = namespaces["lightcell"].struct_value.fields

@@ -37,7 +37,11 @@ class PluginLoadError(Exception):
 
 
 class Sandbox(Protocol):
-    """One connection's isolated plugin instance."""
+    """One connection's isolated plugin instance.
+
+    Every tier's sandbox is a vmm.runner.Runner over that tier's synchronous
+    instance; this protocol is what the session relies on.
+    """
 
     @property
     def identity(self) -> str:
@@ -47,9 +51,9 @@ class Sandbox(Protocol):
     async def open(self, listener: str, config: str) -> None:
         """Run the plugin's on-open hook. Raises PluginFault.
 
-        A tier may defer the hook to run with the next call (the micro-VM tier
-        does, to save a thread hop); an on-open fault then surfaces from that
-        next on_data or close, which callers treat the same way.
+        The hook may be deferred to run with the next call (the runner does, to
+        save a thread hop or VM entry); an on-open fault then surfaces from
+        that next on_data or close, which callers treat the same way.
         """
         ...
 
@@ -57,8 +61,9 @@ class Sandbox(Protocol):
         """Run the plugin's on-data hook. Raises PluginFault."""
         ...
 
-    async def close(self) -> None:
-        """Run on-close if the sandbox is healthy, then release it. Never raises."""
+    async def close(self) -> PluginFault | None:
+        """Run on-close if the sandbox is healthy, then release it. Never raises:
+        returns the fault on-close (or a deferred on-open) raised, if any."""
         ...
 
 

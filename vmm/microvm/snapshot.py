@@ -113,13 +113,15 @@ class Snapshot:
                 mem.zero(lo, hi - lo)
             else:
                 mem.punch(lo, hi - lo)
-        if vm.poisoned is not None:
-            vm.flush_pending_exit()
+        if vm.poisoned is not None or vm.call_in_flight is not None:
+            vm.flush_pending_exit()  # also a call preempted and never resumed
         vm.vcpu.set_sregs(self.sregs)
         vm.vcpu.set_fpu(self.fpu)
         vm.vcpu.set_regs(self.regs)
         vm.vcpu.immediate_exit = False
         vm.deadline_hit = False
+        vm.preempt_hit = False
+        vm.call_in_flight = None
         vm.poisoned = None
         vm.incarnation += 1
 

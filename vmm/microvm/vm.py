@@ -51,6 +51,12 @@ class FaultReason(enum.Enum):
     POISONED = "VM is poisoned"
 
 
+class Preempted(Exception):  # not an error: a pause
+    """The call's inline slice ran out (MicroVm.preempt). The guest is paused
+    mid-call with its state intact and the VM is not poisoned: resume() the
+    call, on any thread (the runner moves it to the VM's vCPU thread)."""
+
+
 class VmFault(Exception):
     def __init__(self, reason: FaultReason, message: str, status: int | None = None,
                  detail: int = 0) -> None:
@@ -84,6 +90,9 @@ class MicroVm:
         self.poisoned: VmFault | None = None
         self.thread_id: int | None = None
         self.deadline_hit = False
+        self.preempt_hit = False
+        self.call_in_flight: abi.Op | None = None
+        """The call a Preempted left unfinished (resume() goes on with it)."""
         layout = template.layout
         self.vm = system.create_vm()
         try:
@@ -126,9 +135,24 @@ class MicroVm:
             raise VmFault(FaultReason.POISONED, str(self.poisoned))
         if len(payload) > abi.MAX_REQUEST_PAYLOAD:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {abi.MAX_REQUEST_PAYLOAD}")
+        if self.call_in_flight is not None:
+            raise VmFault(FaultReason.POISONED, "a preempted call was never resumed")
         abi.REQUEST.pack_into(self.in_buf, 0, op, arg0, arg1, len(payload))
         self.in_buf[abi.REQUEST.size:abi.REQUEST.size + len(payload)] = payload
+        self.call_in_flight = op
+        return self._finish(op, host)
+
+    def resume(self, host: HostCapabilities | None = None) -> Response:
+        """Go on with the call that raised Preempted, to its response."""
+        op = self.call_in_flight
+        if op is None:
+            raise VmFault(FaultReason.POISONED, "no preempted call to resume")
+        return self._finish(op, host)
+
+    def _finish(self, op: abi.Op, host: HostCapabilities | None) -> Response:
+        # Preempted passes through _guarded without poisoning; anything else poisons.
         self._guarded(lambda: self._run_until(abi.LC_PORT_DONE, host))
+        self.call_in_flight = None
         return self._guarded(lambda: self._read_response(op))
 
     def _guarded(self, fn: Callable[[], T]) -> T:
@@ -149,6 +173,10 @@ class MicroVm:
         while True:
             if self.deadline_hit:
                 raise VmFault(FaultReason.DEADLINE, "interrupted by the watchdog")
+            if self.preempt_hit:
+                # preempt() set immediate_exit before this flag, so both are ours to clear.
+                self.clear_preempt()
+                raise Preempted()
             exit_ = vcpu.run()
             self.exits += 1
             if type(exit_) is IoOut and exit_.size == 4 and exit_.count == 1:
@@ -230,6 +258,24 @@ class MicroVm:
         if tid is not None:
             signal.pthread_kill(tid, INTERRUPT_SIGNAL)
 
+    def preempt(self) -> None:
+        """Pause the running guest at its next exit (or now): the call raises
+        Preempted and can be resumed. immediate_exit goes first, so a vCPU
+        thread that sees preempt_hit also sees immediate_exit set."""
+        self.vcpu.immediate_exit = True
+        self.preempt_hit = True
+        tid = self.thread_id
+        if tid is not None:
+            signal.pthread_kill(tid, INTERRUPT_SIGNAL)
+
+    def clear_preempt(self) -> None:
+        """Forget a preemption that came too late to matter (the call finished);
+        call once the watchdog has disarmed, so that none can follow."""
+        if self.preempt_hit:
+            self.preempt_hit = False
+            if not self.deadline_hit:
+                self.vcpu.immediate_exit = False
+
     def close(self) -> None:
         self.in_buf.release()
         self.out_buf.release()
@@ -238,4 +284,6 @@ class MicroVm:
         self.mem.close()
 
 
-__all__ = ["FaultReason", "MicroVm", "Response", "VmFault", "copy_struct", "install_interrupt_handler"]
+__all__ = [
+    "FaultReason", "MicroVm", "Preempted", "Response", "VmFault", "copy_struct", "install_interrupt_handler",
+]

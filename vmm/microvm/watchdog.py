@@ -32,15 +32,17 @@ MIN_WALL_S = 2.0
 
 
 class _Armed:
-    __slots__ = ("budget", "clock", "cpu_start", "vm", "wall_limit")
+    __slots__ = ("budget", "clock", "cpu_start", "expire", "vm", "wall_limit")
 
-    def __init__(self, vm: MicroVm, budget: float) -> None:
+    def __init__(self, vm: MicroVm, budget: float, preempt: bool) -> None:
         self.vm = vm
         self.budget = budget
-        # arm() runs on the vCPU thread, so this is that thread's CPU clock.
+        # arm() runs on the thread that runs the guest, so this is its CPU clock.
         self.clock = time.pthread_getcpuclockid(threading.get_ident())
         self.cpu_start = time.clock_gettime(self.clock)
-        self.wall_limit = time.monotonic() + max(budget * WALL_FACTOR, MIN_WALL_S)
+        wall = budget * WALL_FACTOR if preempt else max(budget * WALL_FACTOR, MIN_WALL_S)
+        self.wall_limit = time.monotonic() + wall
+        self.expire = vm.preempt if preempt else vm.interrupt
 
     def budget_left(self) -> float:
         return self.budget - (time.clock_gettime(self.clock) - self.cpu_start)
@@ -58,10 +60,15 @@ class Watchdog:
         self._thread = threading.Thread(target=self._loop, name="lightcell-watchdog", daemon=True)
         self._thread.start()
 
-    def arm(self, vm: MicroVm, seconds: float) -> int:
-        """Arm a deadline of `seconds` of CPU time; call on the vCPU thread."""
+    def arm(self, vm: MicroVm, seconds: float, preempt: bool = False) -> int:
+        """Arm a deadline of `seconds` of CPU time; call on the thread that runs the guest.
+
+        At the deadline the call fails (MicroVm.interrupt: DEADLINE, the VM is
+        poisoned) or, with `preempt`, pauses (MicroVm.preempt: the call raises
+        Preempted and may be resumed elsewhere).
+        """
         token = next(self._tokens)
-        armed = _Armed(vm, seconds)
+        armed = _Armed(vm, seconds, preempt)
         with self._lock:
             self._armed[token] = armed
             deadline = time.monotonic() + seconds
@@ -111,7 +118,7 @@ class Watchdog:
                     continue
                 del self._armed[token]
                 self.fired += 1
-                armed.vm.interrupt()
+                armed.expire()
 
     def close(self) -> None:
         with self._lock:

@@ -51,7 +51,7 @@ from vmm.wasmtime_tier._component_bytes import call_on_data
 from vmm.wasmtime_tier._context import CallContext, LineBuffer
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
-from vmm.wasmtime_tier._runner import HookRunner, new_identity
+from vmm.wasmtime_tier._runner import WasmtimeInstance, new_identity
 
 __all__ = ["STARTUP_RANDOM_BYTES", "ComponentProgram", "ComponentSandbox", "component_capabilities"]
 
@@ -243,9 +243,9 @@ class ComponentProgram:
         return self._linker(capabilities).instantiate(store, self.component)
 
 
-class ComponentSandbox(HookRunner):
+class ComponentSandbox(WasmtimeInstance):
     def __init__(self, program: ComponentProgram, host: HostCapabilities, limits: Limits) -> None:
-        super().__init__(new_identity("component"), host.listener, host.plugin)
+        super().__init__(new_identity("component"))
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)

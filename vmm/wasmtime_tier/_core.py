@@ -42,7 +42,7 @@ from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._fastcall import RawFunc
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
 from vmm.wasmtime_tier._memory import GuestMemory, u32
-from vmm.wasmtime_tier._runner import HookRunner, new_identity
+from vmm.wasmtime_tier._runner import WasmtimeInstance, new_identity
 
 __all__ = ["CoreProgram", "CoreSandbox"]
 
@@ -67,9 +67,9 @@ class CoreProgram:
         return self._pre.instantiate(store)
 
 
-class CoreSandbox(HookRunner):
+class CoreSandbox(WasmtimeInstance):
     def __init__(self, program: CoreProgram, host: HostCapabilities, limits: Limits) -> None:
-        super().__init__(new_identity("core"), host.listener, host.plugin)
+        super().__init__(new_identity("core"))
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)
@@ -78,7 +78,7 @@ class CoreSandbox(HookRunner):
         self._memory: wasmtime.Memory | None = None
 
     # Instantiation runs plugin code (_initialize), so it is a hook call too:
-    # on a worker thread, under the budget (HookRunner runs it before on-open).
+    # on a worker thread, under the budget (WasmtimeInstance runs it before on-open).
     def _instantiate_sync(self) -> None:
         store = wasmtime.Store(engine())
         # wasmtime caps each memory separately: one memory (checked at load)

@@ -8,6 +8,7 @@ import wasmtime
 
 from vmm.capabilities import HostCapabilities
 from vmm.policy import SandboxSpec
+from vmm.runner import Runner
 from vmm.sandbox import PluginLoadError
 from vmm.wasm_module import (
     WASM_PAGE,
@@ -19,8 +20,8 @@ from vmm.wasm_module import (
     unwrap_core,
 )
 from vmm.wasmtime_tier._cache import cache_dir, compile_component, compile_module
-from vmm.wasmtime_tier._component import ComponentProgram, ComponentSandbox, component_capabilities
-from vmm.wasmtime_tier._core import CoreProgram, CoreSandbox
+from vmm.wasmtime_tier._component import ComponentProgram, component_capabilities
+from vmm.wasmtime_tier._core import CoreProgram
 from vmm.wasmtime_tier._engine import deadline_ticks, engine, ticker
 
 __all__ = ["LOAD_BUDGET_MS", "WasmtimeFactory", "load_sync"]
@@ -54,12 +55,12 @@ class WasmtimeFactory:
         """ "core" (canonical-ABI calls) or "component" (component API)."""
         return "core" if isinstance(self._program, CoreProgram) else "component"
 
-    async def new_sandbox(self, host: HostCapabilities) -> CoreSandbox | ComponentSandbox:
+    async def new_sandbox(self, host: HostCapabilities) -> Runner:
         if self._closed:
             raise RuntimeError("factory is closed")
         # Cheap: the Store and instance are created by the sandbox's first
         # hook call (open), on a worker thread, under the CPU budget.
-        return self._program.new_sandbox(host, self.spec.limits)
+        return Runner(self._program.new_sandbox(host, self.spec.limits))
 
     async def aclose(self) -> None:
         if not self._closed:

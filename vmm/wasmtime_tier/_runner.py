@@ -1,4 +1,4 @@
-"""Async hook calls, run off the event loop, in order, poisoning on fault.
+"""The wasmtime tier's instances: hooks run on a worker thread, one at a time.
 
 Why a thread pool and not inline: a plugin call holds its thread for up to
 its CPU budget (50 ms by default); run inline on the event loop, one looping
@@ -16,28 +16,27 @@ and a bare executor round trip is ~185 µs p50 under that load. About 0.1-0.2
 ms per event buys the guarantee that no plugin can stall the loop; inline
 execution cannot give that guarantee at any price, so the pool it is.
 
-Ordering: one asyncio.Lock per sandbox keeps its hooks in call order; a
-threading.Lock per sandbox guarantees its Store is never used by two threads
-at once, even when an awaiting task was cancelled while its call still runs
-(the sandbox is then poisoned: the plugin's state is unknown).
+Ordering and state: vmm.runner.Runner (the one async edge of every tier)
+keeps a sandbox's hooks in call order and poisons it on a fault or a
+cancellation; a threading.Lock per instance guarantees its Store is never
+used by two threads at once, even when an awaiting task was cancelled while
+its call still runs (release waits for that call).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TypeVar
 
 from vmm.contract import DataEvent, Verdict
-from vmm.metrics import METRICS
-from vmm.sandbox import FaultKind, PluginFault
 from vmm.wasmtime_tier._engine import EXECUTOR
 
-__all__ = ["HookRunner", "new_identity"]
+__all__ = ["WasmtimeInstance", "new_identity"]
 
 LOG = logging.getLogger("lightcell.wasmtime")
 T = TypeVar("T")
@@ -48,27 +47,21 @@ def new_identity(kind: str) -> str:
     return f"wasmtime-{kind}-{next(_ids)}"
 
 
-class HookRunner(ABC):
-    """The async Sandbox surface; subclasses implement the synchronous hooks."""
+class WasmtimeInstance(ABC):
+    """vmm.runner.Instance for the wasmtime tier: hooks run on EXECUTOR (never
+    inline: a wasmtime call cannot be paused and moved off the loop), one at a
+    time; subclasses implement the synchronous hooks."""
 
-    def __init__(self, identity: str, listener: str, plugin: str) -> None:
+    inline = False
+
+    def __init__(self, identity: str) -> None:
         self._identity = identity
-        self._listener = listener
-        self._plugin = plugin
-        self._fault: PluginFault | None = None
-        self._closed = False
         self._instantiated = False
-        self._order = asyncio.Lock()
         self._guard = threading.Lock()
 
     @property
     def identity(self) -> str:
         return self._identity
-
-    @property
-    def fault(self) -> PluginFault | None:
-        """The fault that poisoned this sandbox, if any."""
-        return self._fault
 
     # --- what a tier implements (run on a worker thread, under _guard) --------
     @abstractmethod
@@ -88,86 +81,42 @@ class HookRunner(ABC):
     def _release_sync(self) -> None:
         """Drop the store and instance. Must not raise."""
 
-    # --- Sandbox protocol -----------------------------------------------------
-    # Instantiation happens in the same worker round trip as on-open: one
-    # thread hop per new connection instead of two (~0.2 ms saved, see the
-    # benchmark); a plugin that cannot instantiate fails its open().
-    async def open(self, listener: str, config: str) -> None:
-        def call() -> None:
-            self._ensure_instance()
-            self._open_sync(listener, config)
+    # --- vmm.runner.Instance ----------------------------------------------------
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        return EXECUTOR.submit(self._locked, fn)
 
-        await self._run("on-open", call)
+    # Instantiation happens in the same worker round trip as on-open (the
+    # runner folds on-open into the first event): one thread hop per new
+    # connection; a plugin that cannot instantiate fails that first call.
+    def open(self, listener: str, config: str) -> None:
+        self._ensure_instance()
+        self._open_sync(listener, config)
 
-    async def on_data(self, event: DataEvent) -> Verdict:
-        def call() -> Verdict:
-            self._ensure_instance()
-            return self._data_sync(event)
+    def on_data(self, event: DataEvent) -> Verdict:
+        self._ensure_instance()
+        return self._data_sync(event)
 
-        return await self._run("on-data", call)
+    def close(self) -> None:
+        if self._instantiated:
+            self._close_sync()
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        try:
-            async with self._order:
-                await loop.run_in_executor(EXECUTOR, self._close_locked)
-        except BaseException as e:  # close never raises, but cancellation must propagate
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            LOG.warning("sandbox %s: close failed: %s", self._identity, e)
+    def release(self) -> Future[None] | None:
+        # Usually no call is running: drop the Store here, without a hop. A call
+        # that was cancelled may still run on a worker: release after it.
+        if self._guard.acquire(blocking=False):
+            try:
+                self._release_sync()
+            finally:
+                self._guard.release()
+            return None
+        return EXECUTOR.submit(self._locked, self._release_sync)
 
     # --- machinery --------------------------------------------------------------
-    def _check_usable(self) -> None:
-        if self._fault is not None:
-            raise PluginFault(
-                self._fault.kind, f"sandbox poisoned by an earlier fault: {self._fault.message}"
-            )
-        if self._closed:
-            raise PluginFault(FaultKind.INTERNAL, "sandbox is closed")
-
-    async def _run(self, hook: str, call: Callable[[], T]) -> T:
-        self._check_usable()
-        loop = asyncio.get_running_loop()
-        async with self._order:
-            self._check_usable()
-            try:
-                return await loop.run_in_executor(EXECUTOR, self._locked, call)
-            except PluginFault as fault:
-                self._poison(fault)
-                raise
-            except asyncio.CancelledError:
-                self._poison(PluginFault(FaultKind.INTERNAL, f"{hook}: call cancelled"))
-                raise
-
     def _locked(self, call: Callable[[], T]) -> T:
         with self._guard:
-            self._check_usable()
             return call()
 
     def _ensure_instance(self) -> None:
         if not self._instantiated:
             self._instantiate_sync()
             self._instantiated = True
-
-    def _poison(self, fault: PluginFault) -> None:
-        if self._fault is None:
-            self._fault = fault
-            METRICS.inc(
-                "plugin_faults_total", listener=self._listener, plugin=self._plugin, kind=fault.kind.value
-            )
-            LOG.warning("sandbox %s poisoned: %s", self._identity, fault)
-
-    def _close_locked(self) -> None:
-        with self._guard:
-            try:
-                if self._fault is None and self._instantiated:
-                    self._close_sync()
-            except PluginFault as fault:
-                self._poison(fault)
-            except Exception as e:
-                LOG.warning("sandbox %s: on-close failed: %s", self._identity, e)
-            finally:
-                self._release_sync()

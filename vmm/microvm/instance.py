@@ -1,0 +1,164 @@
+"""One connection's plugin in a micro-VM, driven synchronously (vmm.runner.Instance).
+
+Hooks start on the calling thread (the event loop's: `inline`) under a short
+CPU slice (INLINE_SLICE_S). A call that needs longer is preempted by the
+watchdog (the guest pauses mid-call, intact) and raises Offload: the runner
+resumes it on the VM's pinned vCPU thread, where the rest of the event's
+budget applies, while the loop serves other connections. Every hook has the
+listener's `event_cpu_ms` of CPU time of the thread(s) running it, with a
+wall-clock cap (watchdog.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+from vmm.capabilities import HostCapabilities
+from vmm.contract import DataEvent, Verdict, VerdictKind, output_too_large
+from vmm.kvm import KvmError
+from vmm.microvm import abi
+from vmm.microvm.pool import PooledVm, VmPool
+from vmm.microvm.vm import FaultReason, Preempted, Response, VmFault
+from vmm.microvm.watchdog import Watchdog
+from vmm.runner import Offload
+from vmm.sandbox import FaultKind, PluginFault
+
+__all__ = ["INLINE_SLICE_S", "MicroVmInstance", "fault_kind", "fault_message"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+INLINE_SLICE_S = 0.001
+"""CPU time a hook may run on the event loop's thread before it moves to the
+VM's vCPU thread. A 1 KiB event takes ~50 us, a 256 KiB one a few hundred: the
+common case never moves, and no plugin holds the loop longer than this."""
+
+_STATUS_KIND = {
+    abi.Status.TRAP: FaultKind.TRAP,
+    abi.Status.MEMORY: FaultKind.MEMORY,
+    abi.Status.DENIED: FaultKind.DENIED,
+    abi.Status.ABI: FaultKind.ABI,
+    abi.Status.EXIT: FaultKind.TRAP,  # proc_exit ends the connection, as in the wasmtime tier
+}
+_REASON_KIND = {
+    FaultReason.DEADLINE: FaultKind.BUDGET,
+    FaultReason.EXCEPTION: FaultKind.TRAP,
+    FaultReason.BAD_PORT: FaultKind.ABI,
+    FaultReason.BAD_LENGTH: FaultKind.ABI,
+    FaultReason.BAD_RESPONSE: FaultKind.ABI,
+    FaultReason.BAD_HOSTCALL: FaultKind.ABI,
+    FaultReason.DEAD: FaultKind.INTERNAL,
+    FaultReason.POISONED: FaultKind.INTERNAL,
+}
+ABI_TOO_LARGE = 4
+"""guest/runtime/lc_rt.h LC_ABI_TOO_LARGE: a replacement over MAX_OUTPUT_BYTES."""
+
+
+def fault_kind(fault: VmFault) -> FaultKind:
+    if fault.reason is FaultReason.GUEST_STATUS and fault.status is not None:
+        return _STATUS_KIND.get(abi.Status(fault.status), FaultKind.INTERNAL)
+    return _REASON_KIND.get(fault.reason, FaultKind.INTERNAL)
+
+
+def fault_message(fault: VmFault, op: abi.Op) -> str:
+    """The fault's message, worded as the wasmtime tier words it where they meet."""
+    if (op is abi.Op.DATA and fault.reason is FaultReason.GUEST_STATUS
+            and fault.status == abi.Status.ABI and fault.detail == ABI_TOO_LARGE):
+        return f"on-data: {output_too_large()}"
+    return fault.message
+
+
+def _nothing(_: Response) -> None:
+    return None
+
+
+def _verdict(r: Response) -> Verdict:
+    kind = VerdictKind(r.detail)  # the VM checked it is 0..3
+    if kind is VerdictKind.REPLACE:
+        return Verdict.replace(r.payload)
+    return Verdict.pass_() if kind is VerdictKind.PASS else Verdict(kind)
+
+
+class MicroVmInstance:
+    """A leased, restored VM for one connection (see the module docstring)."""
+
+    inline = True
+
+    def __init__(self, pool: VmPool, lease: PooledVm, host: HostCapabilities, watchdog: Watchdog,
+                 budget_s: float) -> None:
+        self._pool = pool
+        self._lease = lease
+        self._host = host
+        self._dog = watchdog
+        self._budget_s = budget_s
+        self._identity = f"microvm:{lease.vm.identity}"
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        return self._lease.thread.submit(fn)
+
+    def open(self, listener: str, config: str) -> None:
+        lb, cb = listener.encode(), config.encode()
+        self._call(abi.Op.OPEN, len(lb), len(cb), lb + cb, _nothing)
+
+    def on_data(self, event: DataEvent) -> Verdict:
+        return self._call(abi.Op.DATA, int(event.direction), int(event.end_of_stream), event.data, _verdict)
+
+    def close(self) -> None:
+        self._call(abi.Op.CLOSE, 0, 0, b"", _nothing)
+
+    def release(self) -> Future[None] | None:
+        # Queued on the VM's thread behind any call still running there (which
+        # the watchdog bounds); the restore that follows wipes this connection
+        # before any reuse. Nothing to wait for here.
+        self._pool.give_back(self._lease)
+        return None
+
+    # --- one hook: inline slice, then the vCPU thread ---------------------------
+    def _call(self, op: abi.Op, arg0: int, arg1: int, payload: bytes, lift: Callable[[Response], R]) -> R:
+        """One hook; `lift` turns its response into the hook's result (also after an Offload)."""
+        vm, dog = self._lease.vm, self._dog
+        budget = self._budget_s
+        slice_s = min(INLINE_SLICE_S, budget)
+        # A budget no larger than the slice ends the call at the slice (a fault);
+        # otherwise the slice only pauses it.
+        preempt = budget > slice_s
+        cpu = time.thread_time()
+        token = dog.arm(vm, slice_s, preempt=preempt)
+        try:
+            return lift(self._checked(op, lambda: vm.call(op, arg0, arg1, payload, host=self._host)))
+        except Preempted:
+            left = max(budget - (time.thread_time() - cpu), 0.0)
+            raise Offload(lambda: lift(self._resume(op, left))) from None
+        finally:
+            dog.disarm(token)
+            vm.clear_preempt()  # one that fired after the guest answered changes nothing
+            self._check_deadline(op, token_hit=not preempt)
+
+    def _resume(self, op: abi.Op, left_s: float) -> Response:
+        """On the vCPU thread: the rest of a preempted call, with the rest of its budget."""
+        vm = self._lease.vm
+        return self._checked(op, lambda: self._dog.run(vm, left_s, lambda: vm.resume(self._host)))
+
+    def _check_deadline(self, op: abi.Op, token_hit: bool) -> None:
+        vm = self._lease.vm
+        if token_hit and vm.deadline_hit and vm.poisoned is None:
+            # Fired as the guest answered: the event overran all the same.
+            vm.poisoned = VmFault(FaultReason.DEADLINE, f"event took over {self._budget_s * 1000:.0f} ms")
+            raise PluginFault(FaultKind.BUDGET, vm.poisoned.message)
+
+    def _checked(self, op: abi.Op, call: Callable[[], Response]) -> Response:
+        try:
+            return call()
+        except VmFault as e:
+            raise PluginFault(fault_kind(e), fault_message(e, op)) from None
+        except ValueError as e:  # refused before the guest ran (oversized payload)
+            raise PluginFault(FaultKind.INTERNAL, str(e)) from None
+        except KvmError as e:
+            raise PluginFault(FaultKind.INTERNAL, str(e)) from None

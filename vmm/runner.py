@@ -1,0 +1,190 @@
+"""The one async edge between the event loop and every tier.
+
+A tier hands out *instances*: one connection's plugin, driven synchronously
+(open, on-data, close raise PluginFault; release never raises), each bound to
+the worker that must run it. `Runner` wraps an instance into the async
+`vmm.sandbox.Sandbox` the session uses, and is the only place that decides
+where and in what order hooks run:
+
+- on-open is folded into the first event (or close): one entry, one hop at most;
+- an instance that can be paused (`inline`, the micro-VM tier) runs on the
+  event loop's own thread, with no hand-off at all, for a short CPU slice; a
+  call that outlives the slice raises `Offload` and finishes on the instance's
+  worker thread while the loop serves other connections (THREAT_MODEL.md,
+  "Where a call runs");
+- other instances (wasmtime: a call cannot be paused and moved) run on their
+  worker, awaited;
+- a fault or a cancellation poisons the sandbox: every later call raises the
+  same fault, close skips on-close and only releases.
+
+Faults are raised, never logged or counted here: the session that owns the
+connection reports each one once, with the failure mode it applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
+
+from vmm.contract import DataEvent, Verdict
+from vmm.sandbox import FaultKind, PluginFault
+
+__all__ = ["Instance", "Offload", "Runner"]
+
+T = TypeVar("T")
+Step = Callable[[], Any]
+
+
+class Offload(Exception):  # control flow, not an error
+    """Raised by an inline step that ran out of its slice: `resume` finishes it
+    (on the instance's worker)."""
+
+    def __init__(self, resume: Step) -> None:
+        super().__init__("inline slice exhausted")
+        self.resume = resume
+
+
+class Instance(Protocol):
+    """One connection's plugin in one tier, driven synchronously."""
+
+    @property
+    def identity(self) -> str:
+        """Unique per instance; never reused."""
+        ...
+
+    @property
+    def inline(self) -> bool:
+        """True if hooks may start on the event loop's thread (they raise Offload
+        when their slice runs out); False if they always run on the worker."""
+        ...
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on the worker this instance is bound to."""
+        ...
+
+    def open(self, listener: str, config: str) -> None: ...
+
+    def on_data(self, event: DataEvent) -> Verdict: ...
+
+    def close(self) -> None: ...
+
+    def release(self) -> Future[None] | None:
+        """Give the resources back; never raises or blocks. Returns a future when
+        that has to wait for a call still running (the runner awaits it)."""
+        ...
+
+
+def _run_steps(steps: Sequence[Step]) -> Any:
+    """Run steps in order; an Offload carries the rest of them along."""
+    result = None
+    for i, step in enumerate(steps):
+        try:
+            result = step()
+        except Offload as off:
+            raise Offload(functools.partial(_finish, off.resume, steps[i + 1 :])) from None
+    return result
+
+
+def _finish(resume: Step, rest: Sequence[Step]) -> Any:
+    result = resume()
+    for step in rest:
+        result = step()
+    return result
+
+
+class Runner:
+    """The async Sandbox over one Instance (see the module docstring)."""
+
+    def __init__(self, instance: Instance) -> None:
+        self._instance = instance
+        self._pending_open: tuple[str, str] | None = None
+        self._opened = False
+        self._fault: PluginFault | None = None
+        self._busy = False
+        self._closed = False
+        self.offloads = 0
+        """Calls that outlived their inline slice and finished on the worker."""
+
+    @property
+    def identity(self) -> str:
+        return self._instance.identity
+
+    @property
+    def fault(self) -> PluginFault | None:
+        """The fault that poisoned this sandbox, if any."""
+        return self._fault
+
+    async def open(self, listener: str, config: str) -> None:
+        """Queue on-open: it runs in the same entry as the next hook, and a fault
+        in it is raised by that hook (the session handles both alike)."""
+        self._check_usable()
+        if self._opened:
+            raise PluginFault(FaultKind.ABI, "open() called twice")
+        self._opened = True
+        self._pending_open = (listener, config)
+
+    async def on_data(self, event: DataEvent) -> Verdict:
+        instance = self._instance
+        verdict: Verdict = await self._run("on-data", [*self._take_open(), lambda: instance.on_data(event)])
+        return verdict
+
+    async def close(self) -> PluginFault | None:
+        """Run on-close if the sandbox is healthy, then release it. Returns the
+        fault on-close (or a deferred on-open) raised, if any; never raises it."""
+        if self._closed:
+            return None
+        fault = None
+        try:
+            if self._fault is None and self._opened and not self._busy:
+                try:
+                    await self._run("on-close", [*self._take_open(), self._instance.close])
+                except PluginFault as e:
+                    fault = e
+        finally:
+            self._closed = True
+            pending = self._instance.release()
+        if pending is not None:  # a cancelled call still runs: close ends when it does
+            await asyncio.wrap_future(pending)
+        return fault
+
+    # --- machinery ------------------------------------------------------------
+    def _take_open(self) -> list[Step]:
+        if self._pending_open is None:
+            return []
+        listener, config = self._pending_open
+        self._pending_open = None
+        instance = self._instance
+        return [lambda: instance.open(listener, config)]
+
+    def _check_usable(self) -> None:
+        if self._fault is not None:
+            message = f"sandbox poisoned by an earlier fault: {self._fault.message}"
+            raise PluginFault(self._fault.kind, message)
+        if self._closed:
+            raise PluginFault(FaultKind.INTERNAL, "sandbox is closed")
+        if self._busy:
+            raise PluginFault(FaultKind.INTERNAL, "sandbox called while a call is running")
+
+    async def _run(self, hook: str, steps: list[Step]) -> Any:
+        self._check_usable()
+        self._busy = True
+        try:
+            if self._instance.inline:
+                try:
+                    return _run_steps(steps)
+                except Offload as off:
+                    self.offloads += 1
+                    return await asyncio.wrap_future(self._instance.submit(off.resume))
+            return await asyncio.wrap_future(self._instance.submit(lambda: _run_steps(steps)))
+        except PluginFault as fault:
+            self._fault = fault
+            raise
+        except asyncio.CancelledError:
+            # The call may still be running on the worker: its state is unknown.
+            self._fault = PluginFault(FaultKind.INTERNAL, f"{hook}: call cancelled")
+            raise
+        finally:
+            self._busy = False
