@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from extproc.envoy_harness import (  # noqa: E402
+from extproc.harness import (  # noqa: E402
     EnvoyProcess,
     LightcellProcess,
     ListenerSpec,

@@ -40,7 +40,7 @@ from envoy.service.network_ext_proc.v3 import network_external_processor_pb2_grp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from extproc.envoy_harness import (  # noqa: E402
+from extproc.harness import (  # noqa: E402
     LISTENER_METADATA_KEY,
     EnvoyProcess,
     LightcellProcess,

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from extproc.envoy_harness import (
+from extproc.harness import (
     POLICY_NAMESPACE,
     SIDECAR_CLUSTER,
     EnvoyProcess,

@@ -6,7 +6,7 @@ its VMs' notifiers (shared/notes/kvm-here.md, "Scaling trap"). Beyond about
 100-200 live VMs per process that cost grows; several independent worker
 processes, each with its own socket, keep every address space small. Envoy
 balances across them when its `lightcell` cluster lists one endpoint per
-worker socket (see `envoy_harness.lightcell_cluster`).
+worker socket (see `extproc.harness.lightcell_cluster`).
 
 Each worker is a full `lightcell serve` with the same configuration and
 options, and its own listening address:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from _kvm_helpers import make_test_template
 
-from extproc.envoy_harness import envoy_binary
+from extproc.harness import envoy_binary
 from plugins import build as plugin_build
 from vmm.kvm import System
 from vmm.microvm.machine import Template

@@ -13,10 +13,10 @@ import pytest
 from _host_fakes import Sent
 from aot_support import ALL_GRANTS, Compiler, host
 
+from devtools.native import NativeInstance, Op, Status
 from vmm.kvstore import KvStore
 from vmm.microvm.abi import HostFn
 from vmm.microvm.hostcalls import LOG_GRANT_CHECK
-from vmm.microvm.native import NativeInstance, Op, Status
 from vmm.policy import EgressTarget
 
 READ, WRITE = 0, 1

@@ -16,7 +16,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc import cli
-from extproc.envoy_harness import lightcell_command, tiers_in_log, wait_for_unix_socket
+from extproc.harness import lightcell_command, tiers_in_log, wait_for_unix_socket
 
 EXT_PROC = "type.googleapis.com/envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor"
 

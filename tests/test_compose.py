@@ -7,6 +7,7 @@ against the repository, and every Envoy config is validated by the real Envoy
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -60,6 +61,15 @@ def test_services_volumes_devices(compose: dict[str, Any]) -> None:
     assert "lightcell-socket" in compose["volumes"]
     for name in ("envoy", "lightcell"):
         assert f"lightcell-socket:{SOCKET_DIR}" in services[name]["volumes"], name
+
+
+def test_echo_service_runs_an_installed_module(compose: dict[str, Any]) -> None:
+    """The echo upstream is `python -m MODULE echo` from the installed package, not a test file."""
+    entry = compose["services"]["echo"]["entrypoint"]
+    assert entry[:2] == ["python", "-m"] and entry[3] == "echo"
+    module = entry[2]
+    assert module.split(".")[0] in ("extproc", "vmm"), module  # pyproject's installed packages
+    assert importlib.util.find_spec(f"{module}.__main__") is not None, module
 
 
 def test_socket_path_agrees_everywhere(compose: dict[str, Any]) -> None:
@@ -158,7 +168,7 @@ def test_envoy_accepts_config(envoy_bin: Path, name: str) -> None:
 @pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])
 def test_lightcell_check_accepts_config(built_plugins: dict[str, Path], name: str) -> None:
     """Lightcell itself loads every plugin these configs name (relative paths work from the repo too)."""
-    from extproc.envoy_harness import lightcell_command
+    from extproc.harness import lightcell_command
 
     result = subprocess.run(
         [*lightcell_command(), "check", "--envoy-config", str(ROOT / "envoy-config" / name)],

@@ -1,5 +1,5 @@
 """WebAssembly core spec tests through the micro-guest's wasm engine
-(vmm/microvm/conformance.py): a representative subset in the host-native
+(devtools/conformance.py): a representative subset in the host-native
 harness, a few files in real micro-VMs, and proof that the runner can fail."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vmm.microvm import conformance
+from devtools import conformance
 
 # Files of the CI subset that pass completely today; any failure there is a
 # regression of the runtime (the others run too, and their counts are printed).

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from extproc.envoy_harness import (
+from extproc.harness import (
     EnvoyProcess,
     LightcellProcess,
     ListenerSpec,

@@ -21,6 +21,7 @@ import pytest
 import wasmtime
 from _kvm_helpers import host
 
+from devtools.native import NativeInstance, Status
 from vmm import wasmtime_tier
 from vmm.contract import DataEvent, Direction, VerdictKind
 from vmm.kvm import System
@@ -30,7 +31,6 @@ from vmm.microvm.compile import compile_plugin
 from vmm.microvm.image import load_image
 from vmm.microvm.layout import Layout
 from vmm.microvm.machine import build_template
-from vmm.microvm.native import NativeInstance, Status
 from vmm.microvm.vm import MicroVm, VmFault
 from vmm.policy import Limits, SandboxSpec
 from vmm.sandbox import PluginLoadError, SandboxFactory

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from extproc import cli
-from extproc.envoy_harness import (
+from extproc.harness import (
     EnvoyProcess,
     ListenerSpec,
     Upstream,

