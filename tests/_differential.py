@@ -38,10 +38,9 @@ class RecordingHost(HostCapabilities):
     """HostCapabilities that logs each capability call before delegating.
 
     A granted call is logged as (method, args, result); a refused one as
-    ("denied", (capability,), "-"), whether the tier asked check() first (the
-    micro-VM dispatcher does, before decoding arguments) or went straight to
-    the method (which checks itself): the host's observable answer is the
-    same, so the record is too.
+    ("denied", (capability,), "-") by check(), which every tier calls once
+    per host call before the method (the methods do not check): a method
+    called without its grant is a tier bug and fails the test.
     """
 
     calls: list[HostCall] = field(default_factory=list)
@@ -54,7 +53,7 @@ class RecordingHost(HostCapabilities):
     def _call(self, capability: str, method: str, args: tuple[object, ...],
               run: Callable[[], object], keep_result: bool = True) -> object:
         if not self.grants.allows(capability):
-            return run()  # check() inside records the denial and raises
+            raise AssertionError(f"{method} called without the {capability!r} grant")
         self.calls.append((method, args, _NO_RESULT))  # logged before the host acts
         index = len(self.calls) - 1
         result = run()

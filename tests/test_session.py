@@ -265,6 +265,7 @@ async def test_plugin_metadata_is_sent_with_the_reply() -> None:
 async def test_metadata_without_grant_is_a_denied_fault() -> None:
     async def tagging(event: DataEvent, host: HostCapabilities) -> Verdict:
         try:
+            host.check("metadata")  # a tier's grant check, before the method
             host.metadata_set("k", "v")
         except Exception as e:  # what a tier does with CapabilityDenied
             raise PluginFault(FaultKind.DENIED, str(e)) from e

@@ -1,10 +1,13 @@
 """Host capabilities, written once and shared by every tier.
 
-Each method checks its own grant first; a denied call records the denial (log
-line + counter naming listener, plugin and capability) and raises
-CapabilityDenied, which the tier turns into a trap for that connection only.
-Methods are synchronous: tiers call them from inside a running plugin,
-possibly on a worker thread.
+The grant is checked once per host call, by `check`, in the tier's one
+dispatch point (the wasmtime tier's host-function wrappers, the micro-VM's
+`hostcalls.dispatch`), driven by vmm.contract.IMPORT_CAPABILITY and before
+any argument is looked at; the capability methods below do not check again.
+A denied call records the denial (log line + counter naming listener,
+plugin and capability) and raises CapabilityDenied, which the tier turns
+into a trap for that connection only. Methods are synchronous: tiers call
+them from inside a running plugin, possibly on a worker thread.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class HostCapabilities:
     _log_stamp: float | None = field(default=None, init=False, repr=False)
 
     def check(self, capability: str) -> None:
+        """The grant check: once per host call, before the call's arguments."""
         if self.grants.allows(capability):
             return
         if self.denied is None:
@@ -97,9 +101,10 @@ class HostCapabilities:
         )
         raise CapabilityDenied(capability)
 
+    # The capability methods: called only after check() passed for this call.
+
     # log -------------------------------------------------------------------
     def log(self, level: int, message: str) -> None:
-        self.check("log")
         try:
             lvl = _LEVELS[LogLevel(level)]
         except ValueError:
@@ -130,40 +135,32 @@ class HostCapabilities:
 
     # clock -----------------------------------------------------------------
     def wall_now(self) -> int:
-        self.check("clock")
         return time.time_ns()
 
     def monotonic_now(self) -> int:
-        self.check("clock")
         return time.monotonic_ns()
 
     # random ----------------------------------------------------------------
     def random_u64(self) -> int:
-        self.check("random")
         return int.from_bytes(os.urandom(8), "little")
 
     def random_bytes(self, n: int) -> bytes:
-        self.check("random")
         return os.urandom(n)
 
     # kv --------------------------------------------------------------------
     def kv_get(self, key: str) -> bytes | None:
-        self.check("kv")
         return self.kv.get(key)
 
     def kv_set(self, key: str, value: bytes) -> None:
-        self.check("kv")
         try:
             self.kv.set(key, value)
         except KvFull as e:
             raise CapabilityMisuse(f"kv.set: {e}") from e
 
     def kv_delete(self, key: str) -> None:
-        self.check("kv")
         self.kv.delete(key)
 
     def kv_increment(self, key: str, delta: int) -> int:
-        self.check("kv")
         try:
             return self.kv.increment(key, delta)
         except KvFull as e:
@@ -171,7 +168,6 @@ class HostCapabilities:
 
     # metadata --------------------------------------------------------------
     def metadata_set(self, key: str, value: str) -> None:
-        self.check("metadata")
         if key not in self.metadata and len(self.metadata) >= MAX_METADATA_ENTRIES:
             raise CapabilityMisuse(f"more than {MAX_METADATA_ENTRIES} metadata keys")
         if len(key) + len(value) > MAX_METADATA_BYTES:
@@ -185,7 +181,6 @@ class HostCapabilities:
 
     # egress ----------------------------------------------------------------
     def send_datagram(self, host: str, port: int, payload: bytes) -> SendError | None:
-        self.check("egress")
         target = EgressTarget(host, port)
         if target not in self.grants.egress_allow:
             LOG.warning(

@@ -127,20 +127,66 @@ IMPORT_MODULE = {
     "metadata": "lightcell:filter/metadata@0.1.0",
     "egress": "lightcell:filter/egress@0.1.0",
 }
-"""Capability name (the grant) -> core import module."""
+"""Capability name (the grant) -> core import module (component interface)."""
 
 CAPABILITY_OF_MODULE = {module: cap for cap, module in IMPORT_MODULE.items()}
 
-# WASI preview1 functions (module wasi_snapshot_preview1) and the grant each needs.
-# None: always available but inert (empty args/environ, proc_exit ends the call).
-WASI_P1_GRANTS: dict[str, str | None] = {
-    "fd_write": "log",  # stdout/stderr become log lines
-    "clock_time_get": "clock",
-    "clock_res_get": "clock",
-    "random_get": "random",
-    "args_sizes_get": None,
-    "args_get": None,
-    "environ_sizes_get": None,
-    "environ_get": None,
-    "proc_exit": None,
+WASI_P1_MODULE = "wasi_snapshot_preview1"
+
+_M = IMPORT_MODULE
+
+IMPORT_CAPABILITY: dict[tuple[str, str], str | None] = {
+    (_M["log"], "log"): "log",
+    (_M["clock"], "wall-now"): "clock",
+    (_M["clock"], "monotonic-now"): "clock",
+    (_M["random"], "get-u64"): "random",
+    (_M["kv"], "get"): "kv",
+    (_M["kv"], "set"): "kv",
+    (_M["kv"], "delete"): "kv",
+    (_M["kv"], "increment"): "kv",
+    (_M["metadata"], "set"): "metadata",
+    (_M["egress"], "send-datagram"): "egress",
+    # WASI preview1 (core modules): the subset plugins may import.
+    (WASI_P1_MODULE, "fd_write"): "log",  # stdout/stderr become log lines
+    (WASI_P1_MODULE, "clock_time_get"): "clock",
+    (WASI_P1_MODULE, "clock_res_get"): "clock",
+    (WASI_P1_MODULE, "random_get"): "random",
+    (WASI_P1_MODULE, "args_sizes_get"): None,
+    (WASI_P1_MODULE, "args_get"): None,
+    (WASI_P1_MODULE, "environ_sizes_get"): None,
+    (WASI_P1_MODULE, "environ_get"): None,
+    (WASI_P1_MODULE, "proc_exit"): None,
 }
+"""Every function a plugin may import, (module, name) -> the grant a call to
+it needs (None: always available but inert: empty args/environ, proc_exit
+ends the call). The one table of imports and capabilities: the core view
+(lightcell:filter/* core modules, the same names as the component
+interfaces' functions) and the WASI p1 subset. `check_contract` reports a
+module's capabilities from it; the wasmtime tier's host functions
+(core and component) and the micro-VM's host-call dispatcher each run
+HostCapabilities.check(capability) from it exactly once per call, before
+looking at any argument; the capability methods themselves do not check."""
+
+WASI_P2_CAPABILITY: dict[str, str] = {
+    "wasi:clocks/wall-clock": "clock",
+    "wasi:clocks/monotonic-clock": "clock",
+    "wasi:random/random": "random",
+    "wasi:random/insecure": "random",
+    "wasi:random/insecure-seed": "random",
+    "wasi:sockets/tcp-create-socket": "sockets",
+    "wasi:sockets/udp-create-socket": "sockets",
+    "wasi:sockets/instance-network": "sockets",
+}
+"""WASI 0.2 interfaces of components (name without version) and the grant
+every function in them needs; "sockets" is never granted. The component
+path shadows these with denying functions unless the grant is given."""
+
+NEVER_GRANTED = "sockets"
+
+
+def import_capability(module: str, name: str) -> str | None:
+    """The grant a call to import `module`.`name` needs (KeyError: not importable)."""
+    return IMPORT_CAPABILITY[(module, name)]
+
+
+WASI_P1_FUNCTIONS = tuple(name for module, name in IMPORT_CAPABILITY if module == WASI_P1_MODULE)

@@ -30,8 +30,9 @@ from vmm.contract import (
     EXPORT_ON_OPEN,
     EXPORT_POST_PREFIX,
     EXPORT_REALLOC,
+    IMPORT_CAPABILITY,
     IMPORT_MODULE,
-    WASI_P1_GRANTS,
+    WASI_P1_MODULE,
 )
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
     "parse_core",
     "unwrap_core",
 ]
-
-WASI_P1_MODULE = "wasi_snapshot_preview1"
 
 _MAGIC = b"\0asm"
 _CORE_VERSION = b"\x01\x00\x00\x00"
@@ -406,7 +405,7 @@ WASI_P1_SIGS: dict[str, FuncSig] = {
     "environ_get": _sig("i32 i32", "i32"),
     "proc_exit": _sig("i32"),
 }
-assert set(WASI_P1_SIGS) == set(WASI_P1_GRANTS)
+assert set(CONTRACT_IMPORTS) | {(WASI_P1_MODULE, n) for n in WASI_P1_SIGS} == set(IMPORT_CAPABILITY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,15 +435,14 @@ def check_contract(core: bytes) -> CoreContract:
             if want is None:
                 problems.append(f"{where}: WASI function not available to plugins")
                 continue
-            grant = WASI_P1_GRANTS[imp.name]
-            if grant is not None:
-                capabilities.add(grant)
         else:
             want = CONTRACT_IMPORTS.get((imp.module, imp.name))
             if want is None:
                 problems.append(f"{where}: not part of the contract")
                 continue
-            capabilities.add(CAPABILITY_OF_MODULE[imp.module])
+        grant = IMPORT_CAPABILITY[(imp.module, imp.name)]
+        if grant is not None:
+            capabilities.add(grant)
         if imp.sig != want:
             problems.append(f"{where}: signature {imp.sig}, contract says {want}")
     if info.memory_count > 1:

@@ -23,8 +23,9 @@ from vmm.contract import (
     EXPORT_POST_PREFIX,
     EXPORT_REALLOC,
     IMPORT_MODULE,
+    WASI_P1_FUNCTIONS,
+    WASI_P1_MODULE,
 )
-from vmm.wasm_module import WASI_P1_MODULE
 
 __all__ = ["IMPL_OF_IMPORT", "MODULE_NAME", "BindError", "CDecl", "generate_bind", "parse_header"]
 
@@ -42,13 +43,7 @@ IMPL_OF_IMPORT: dict[tuple[str, str], str] = {
     (IMPORT_MODULE["kv"], "increment"): "lc_imp_kv_increment",
     (IMPORT_MODULE["metadata"], "set"): "lc_imp_metadata_set",
     (IMPORT_MODULE["egress"], "send-datagram"): "lc_imp_egress_send_datagram",
-    **{
-        (WASI_P1_MODULE, name): f"lc_wasi_{name}"
-        for name in (
-            "fd_write", "clock_time_get", "clock_res_get", "random_get", "args_sizes_get",
-            "args_get", "environ_sizes_get", "environ_get", "proc_exit",
-        )
-    },
+    **{(WASI_P1_MODULE, name): f"lc_wasi_{name}" for name in WASI_P1_FUNCTIONS},
 }
 """(import module, name) -> the runtime function implementing it (lc_imports.h)."""
 

@@ -1,7 +1,10 @@
 """Host calls from the guest, each mapped to one vmm.capabilities method.
 
-Every capability checks its own grant; a refused one answers
-LC_HOSTCALL_DENIED, refused arguments LC_HOSTCALL_MISUSE. An unknown function
+Each host-call number stands for one import of the contract (IMPORT); its
+grant comes from vmm.contract.IMPORT_CAPABILITY and `dispatch` checks it,
+once, before any argument is decoded (the capability methods do not check
+again). A refused grant answers LC_HOSTCALL_DENIED, refused arguments
+LC_HOSTCALL_MISUSE. An unknown function
 number is not an answer but a broken guest: the caller poisons the VM.
 """
 
@@ -11,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmm.capabilities import CapabilityDenied, CapabilityMisuse, HostCapabilities
+from vmm.contract import IMPORT_MODULE, WASI_P1_MODULE, import_capability
 from vmm.microvm.abi import HostcallStatus, HostFn
 
 MAX_RANDOM_BYTES = 64 * 1024
@@ -102,23 +106,33 @@ _HANDLERS: dict[int, Callable[[HostCapabilities, int, bytes, bytes], HostcallRes
 }
 
 
-# The grant each host function needs, checked before any argument is looked
-# at: an ungranted call is DENIED (and logged and counted) whatever its
-# arguments, as in the wasmtime tier, never MISUSE.
-_CAPABILITY: dict[int, str] = {
-    HostFn.LOG: "log",
-    HostFn.WALL_NOW: "clock",
-    HostFn.MONOTONIC_NOW: "clock",
-    HostFn.RANDOM_U64: "random",
-    HostFn.RANDOM_BYTES: "random",
-    HostFn.KV_GET: "kv",
-    HostFn.KV_SET: "kv",
-    HostFn.KV_DELETE: "kv",
-    HostFn.KV_INCREMENT: "kv",
-    HostFn.METADATA_SET: "metadata",
-    HostFn.EGRESS_SEND: "egress",
+IMPORT: dict[int, tuple[str, str]] = {
+    HostFn.LOG: (IMPORT_MODULE["log"], "log"),  # WASI fd_write's lines too (and its grant check)
+    HostFn.WALL_NOW: (IMPORT_MODULE["clock"], "wall-now"),
+    HostFn.MONOTONIC_NOW: (IMPORT_MODULE["clock"], "monotonic-now"),
+    HostFn.RANDOM_U64: (IMPORT_MODULE["random"], "get-u64"),
+    HostFn.RANDOM_BYTES: (WASI_P1_MODULE, "random_get"),
+    HostFn.KV_GET: (IMPORT_MODULE["kv"], "get"),
+    HostFn.KV_SET: (IMPORT_MODULE["kv"], "set"),
+    HostFn.KV_DELETE: (IMPORT_MODULE["kv"], "delete"),
+    HostFn.KV_INCREMENT: (IMPORT_MODULE["kv"], "increment"),
+    HostFn.METADATA_SET: (IMPORT_MODULE["metadata"], "set"),
+    HostFn.EGRESS_SEND: (IMPORT_MODULE["egress"], "send-datagram"),
 }
-assert set(_CAPABILITY) == set(_HANDLERS)
+"""Host-call number -> the import it implements (the guest's WASI clock
+functions use WALL_NOW/MONOTONIC_NOW, which need the same `clock` grant)."""
+
+def _grant(imp: tuple[str, str]) -> str:
+    capability = import_capability(*imp)
+    assert capability is not None, f"{imp} needs no grant: not a host call"
+    return capability
+
+
+_CAPABILITY: dict[int, str] = {fn: _grant(imp) for fn, imp in IMPORT.items()}
+"""The grant each host function needs, checked before any argument is looked
+at: an ungranted call is DENIED (and logged and counted) whatever its
+arguments, as in the wasmtime tier, never MISUSE."""
+assert set(_CAPABILITY) == set(_HANDLERS) == set(HostFn)
 
 
 def dispatch(host: HostCapabilities | None, fn: int, a0: int, blob0: bytes, blob1: bytes) -> HostcallResult:
@@ -129,7 +143,7 @@ def dispatch(host: HostCapabilities | None, fn: int, a0: int, blob0: bytes, blob
     if host is None:
         return HostcallResult(HostcallStatus.DENIED)
     try:
-        host.check(_CAPABILITY[fn])
+        host.check(_CAPABILITY[fn])  # the call's one grant check
         return handler(host, a0, blob0, blob1)
     except CapabilityDenied:
         return HostcallResult(HostcallStatus.DENIED)

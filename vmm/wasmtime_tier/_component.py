@@ -3,9 +3,11 @@ core modules linked together, WASI 0.2), run through wasmtime.component.
 
 The contract's imports are defined once per linker with func_new-style
 callbacks that find the running sandbox's HostCapabilities through the call
-context; WASI 0.2 comes from add_wasip2 with an empty WasiConfig per store
-(no preopens, no env, no args; stdout/stderr become log lines only when
-`log` is granted).
+context, each through one wrapper (_host_call) that checks the import's grant
+from vmm.contract once, before its arguments are used. WASI 0.2 comes from
+add_wasip2 with an empty WasiConfig per store (no preopens, no env, no args;
+stdout/stderr become log lines only when `log` is granted: the grant is
+checked when the store is configured, not per write).
 
 WASI 0.2 is deny-by-default like the contract (see _WasiGate): the
 component's own wasi:clocks/* and wasi:random/* imports are shadowed with
@@ -37,12 +39,15 @@ from vmm.contract import (
     EXPORT_ON_DATA,
     EXPORT_ON_OPEN,
     IMPORT_MODULE,
+    NEVER_GRANTED,
+    WASI_P2_CAPABILITY,
     WIT_PACKAGE,
     DataEvent,
     Direction,
     LogLevel,
     Verdict,
     VerdictKind,
+    import_capability,
 )
 from vmm.policy import Grants, Limits
 from vmm.sandbox import FaultKind, PluginFault
@@ -79,10 +84,15 @@ def component_capabilities(component: Component) -> tuple[frozenset[str], list[s
     return frozenset(caps), foreign
 
 
-def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _host_call(capability: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function's one grant check, then `fn`; our own refusals are
+    recorded on the call context before they trap the guest."""
+
     def wrapper(store: wasmtime.StoreContext, *args: Any) -> Any:
         ctx = _context.current()
         try:
+            if capability is not None:
+                ctx.host.check(capability)
             return fn(ctx, *args)
         except (CapabilityDenied, CapabilityMisuse, AbiViolation) as e:
             ctx.error = e
@@ -92,7 +102,6 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _log(ctx: CallContext, level: str, message: str) -> None:
-    ctx.host.check("log")
     try:
         lvl = LogLevel[level.upper()]
     except KeyError as e:
@@ -133,19 +142,7 @@ of at most 256 bytes); refusing it would make every Python plugin without the
 `random` module, i.e. no randomness; any read past this, or after on-open, is
 denied like every other ungranted call."""
 
-# Interfaces shadowed over add_wasip2's, by interface name without version:
-# the capability each function needs. "sockets" is never granted.
-_GATED: dict[str, str] = {
-    "wasi:clocks/wall-clock": "clock",
-    "wasi:clocks/monotonic-clock": "clock",
-    "wasi:random/random": "random",
-    "wasi:random/insecure": "random",
-    "wasi:random/insecure-seed": "random",
-    "wasi:sockets/tcp-create-socket": "sockets",
-    "wasi:sockets/udp-create-socket": "sockets",
-    "wasi:sockets/instance-network": "sockets",
-}
-_NEVER_GRANTED = "sockets"
+# Interfaces shadowed over add_wasip2's: vmm.contract.WASI_P2_CAPABILITY.
 
 
 @dataclass
@@ -154,17 +151,19 @@ class ComponentCallContext(CallContext):
     """Zero bytes still allowed to an ungranted wasi:random read (on-open only)."""
 
 
-def _deny(capability: str) -> Callable[..., Any]:
-    """A WASI function the listener did not grant: log, count, trap."""
+def _denied(capability: str) -> Callable[..., Any]:
+    """A WASI function the listener did not grant: _host_call's check logs,
+    counts and raises before this runs (shadowed only when not granted)."""
 
     def denied(ctx: CallContext, *args: Any) -> Any:
-        ctx.host.check(capability)  # raises: not granted (or never grantable)
-        raise CapabilityDenied(capability)  # pragma: no cover - check raised
+        raise CapabilityDenied(capability)  # pragma: no cover - the check raised
 
     return denied
 
 
 def _random_bytes_ungranted(ctx: CallContext, n: int) -> bytes:
+    """Defined with no grant check in its wrapper: it is the check, made
+    once, only when the call is refused (the zeros need no grant)."""
     left = ctx.startup_random if isinstance(ctx, ComponentCallContext) else 0
     if 0 <= n <= left:
         assert isinstance(ctx, ComponentCallContext)
@@ -189,7 +188,7 @@ class _WasiGate:
         eng = engine()
         self.functions: dict[str, tuple[str, list[str]]] = {}
         for name, item in component.type.imports(eng).items():
-            capability = _GATED.get(name.split("@")[0])
+            capability = WASI_P2_CAPABILITY.get(name.split("@")[0])
             if capability is None:
                 continue
             ty = item.ty
@@ -200,14 +199,14 @@ class _WasiGate:
     def define(self, linker: Linker, grants: frozenset[str]) -> None:
         with linker.root() as root:
             for name, (capability, funcs) in self.functions.items():
-                if capability != _NEVER_GRANTED and capability in grants:
+                if capability != NEVER_GRANTED and capability in grants:
                     continue  # granted: wasmtime's own implementation serves it
                 with root.add_instance(name) as inst:
                     for func in funcs:
                         if name.startswith("wasi:random/random@") and func == "get-random-bytes":
-                            inst.add_func(func, _guarded(_random_bytes_ungranted))
+                            inst.add_func(func, _host_call(None, _random_bytes_ungranted))
                         else:
-                            inst.add_func(func, _guarded(_deny(capability)))
+                            inst.add_func(func, _host_call(capability, _denied(capability)))
 
 
 class ComponentProgram:
@@ -229,7 +228,7 @@ class ComponentProgram:
                     for iface, funcs in _FUNCS.items():
                         with root.add_instance(iface) as inst:
                             for name, fn in funcs.items():
-                                inst.add_func(name, _guarded(fn))
+                                inst.add_func(name, _host_call(import_capability(iface, name), fn))
                 self._gate.define(linker, key)
                 self._linkers[key] = linker
             return linker

@@ -1,9 +1,11 @@
 """Host functions for core plugins: the contract's imports and the WASI p1 subset.
 
-Each one checks its grant first (so an ungranted call is DENIED whatever its
-arguments), then validates every guest address through GuestMemory, then
-calls HostCapabilities. Any refusal is recorded on the call context and
-re-raised, which traps the plugin (see _context.py).
+Each is defined through one wrapper (_host_call) that checks the import's
+grant from vmm.contract.IMPORT_CAPABILITY first, once (so an ungranted call
+is DENIED whatever its arguments); the function then validates every guest
+address through GuestMemory and calls HostCapabilities, whose methods do not
+check again. Any refusal is recorded on the call context and re-raised,
+which traps the plugin (see _context.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ from typing import Any
 import wasmtime
 
 from vmm.capabilities import CapabilityDenied, CapabilityMisuse
-from vmm.contract import IMPORT_MODULE, OPTION_LIST_AREA_SIZE, RESULT_ENUM_AREA_SIZE, LogLevel
-from vmm.wasm_module import CONTRACT_IMPORTS, WASI_P1_MODULE, WASI_P1_SIGS, FuncSig
+from vmm.contract import (
+    IMPORT_MODULE,
+    OPTION_LIST_AREA_SIZE,
+    RESULT_ENUM_AREA_SIZE,
+    WASI_P1_MODULE,
+    LogLevel,
+    import_capability,
+)
+from vmm.wasm_module import CONTRACT_IMPORTS, WASI_P1_SIGS, FuncSig
 from vmm.wasmtime_tier._context import CallContext, current
 from vmm.wasmtime_tier._faults import AbiViolation, ProcExit
 from vmm.wasmtime_tier._memory import GuestMemory, u32
@@ -41,13 +50,16 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _guarded(fn: Callable[..., Any]) -> HostFn:
-    """Record our own refusals on the call context before they trap the guest."""
+def _host_call(capability: str | None, fn: Callable[..., Any]) -> HostFn:
+    """The import's one grant check, then `fn`; our own refusals are recorded
+    on the call context before they trap the guest."""
 
     @functools.wraps(fn)
     def wrapper(caller: wasmtime.Caller, *args: int) -> Any:
         ctx = current()
         try:
+            if capability is not None:
+                ctx.host.check(capability)  # first: DENIED whatever the arguments
             return fn(ctx, caller, *args)
         except (CapabilityDenied, CapabilityMisuse, AbiViolation, ProcExit) as e:
             ctx.error = e
@@ -65,7 +77,6 @@ def _mem(ctx: CallContext, caller: wasmtime.Caller) -> GuestMemory:
 
 
 def _log(ctx: CallContext, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
-    ctx.host.check("log")
     if not 0 <= level <= max(LogLevel):
         raise AbiViolation(f"log level {level} out of range")
     ctx.host.log(level, _mem(ctx, caller).read_str(ptr, length, "log message"))
@@ -84,7 +95,6 @@ def _get_u64(ctx: CallContext, caller: wasmtime.Caller) -> int:
 
 
 def _kv_get(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, retptr: int) -> None:
-    ctx.host.check("kv")
     mem = _mem(ctx, caller)
     key = mem.read_str(kptr, klen, "kv key")
     mem.span(retptr, OPTION_LIST_AREA_SIZE, 4, "kv.get return area")
@@ -105,25 +115,21 @@ def _kv_get(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, ret
 
 
 def _kv_set(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, vptr: int, vlen: int) -> None:
-    ctx.host.check("kv")
     mem = _mem(ctx, caller)
     ctx.host.kv_set(mem.read_str(kptr, klen, "kv key"), mem.read(vptr, vlen, "kv value"))
 
 
 def _kv_delete(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int) -> None:
-    ctx.host.check("kv")
     ctx.host.kv_delete(_mem(ctx, caller).read_str(kptr, klen, "kv key"))
 
 
 def _kv_increment(ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, delta: int) -> int:
-    ctx.host.check("kv")
     return ctx.host.kv_increment(_mem(ctx, caller).read_str(kptr, klen, "kv key"), delta)
 
 
 def _metadata_set(
     ctx: CallContext, caller: wasmtime.Caller, kptr: int, klen: int, vptr: int, vlen: int
 ) -> None:
-    ctx.host.check("metadata")
     mem = _mem(ctx, caller)
     ctx.host.metadata_set(
         mem.read_str(kptr, klen, "metadata key"), mem.read_str(vptr, vlen, "metadata value")
@@ -140,7 +146,6 @@ def _send_datagram(
     plen: int,
     retptr: int,
 ) -> None:
-    ctx.host.check("egress")
     mem = _mem(ctx, caller)
     host = mem.read_str(hptr, hlen, "egress host")
     if not 0 <= port <= 0xFFFF:
@@ -168,13 +173,12 @@ _CONTRACT: dict[tuple[str, str], Callable[..., Any]] = {
 assert set(_CONTRACT) == set(CONTRACT_IMPORTS)
 
 
-# --- wasi_snapshot_preview1 (the subset in vmm.contract.WASI_P1_GRANTS) ---------
+# --- wasi_snapshot_preview1 (the subset in vmm.contract.IMPORT_CAPABILITY) -------
 
 
 def _fd_write(
     ctx: CallContext, caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int
 ) -> int:
-    ctx.host.check("log")  # first: ungranted is DENIED whatever the fd or iovecs
     if fd not in (1, 2):
         return _EBADF  # no files, no sockets: only stdout/stderr exist
     count = u32(iovs_len)
@@ -202,7 +206,6 @@ def _fd_write(
 def _clock_time_get(
     ctx: CallContext, caller: wasmtime.Caller, clock_id: int, precision: int, out: int
 ) -> int:
-    ctx.host.check("clock")
     if clock_id == 0:
         now = ctx.host.wall_now()
     elif clock_id in (1, 2, 3):  # monotonic; process/thread CPU time approximated by it
@@ -214,7 +217,6 @@ def _clock_time_get(
 
 
 def _clock_res_get(ctx: CallContext, caller: wasmtime.Caller, clock_id: int, out: int) -> int:
-    ctx.host.check("clock")
     if not 0 <= clock_id <= 3:
         return _EINVAL
     _mem(ctx, caller).write_u64(out, 1000, "clock_res_get result", 1)
@@ -222,7 +224,6 @@ def _clock_res_get(ctx: CallContext, caller: wasmtime.Caller, clock_id: int, out
 
 
 def _random_get(ctx: CallContext, caller: wasmtime.Caller, buf: int, length: int) -> int:
-    ctx.host.check("random")
     mem = _mem(ctx, caller)
     mem.span(buf, length, 1, "random_get buffer")
     mem.write(buf, ctx.host.random_bytes(u32(length)), "random_get buffer")
@@ -265,6 +266,8 @@ def _functype(sig: FuncSig) -> wasmtime.FuncType:
 def define_imports(linker: wasmtime.Linker) -> None:
     """Define every contract and WASI p1 host function in `linker`."""
     for (module, name), fn in _CONTRACT.items():
-        linker.define_func(module, name, _functype(CONTRACT_IMPORTS[(module, name)]), _guarded(fn), True)
+        wrapped = _host_call(import_capability(module, name), fn)
+        linker.define_func(module, name, _functype(CONTRACT_IMPORTS[(module, name)]), wrapped, True)
     for name, fn in _WASI.items():
-        linker.define_func(WASI_P1_MODULE, name, _functype(WASI_P1_SIGS[name]), _guarded(fn), True)
+        wrapped = _host_call(import_capability(WASI_P1_MODULE, name), fn)
+        linker.define_func(WASI_P1_MODULE, name, _functype(WASI_P1_SIGS[name]), wrapped, True)
