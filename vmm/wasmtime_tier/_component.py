@@ -32,7 +32,7 @@ import wasmtime
 from wasmtime.component import Component, Instance, Linker
 from wasmtime.component._types import ComponentInstanceType, FuncType
 
-from vmm.capabilities import CapabilityDenied, CapabilityMisuse, HostCapabilities
+from vmm.capabilities import CapabilityDenied, HostCapabilities
 from vmm.contract import (
     CAPABILITY_OF_MODULE,
     EXPORT_ON_CLOSE,
@@ -52,7 +52,7 @@ from vmm.contract import (
 from vmm.policy import Grants, Limits
 from vmm.sandbox import FaultKind, PluginFault
 from vmm.wasmtime_tier import _context
-from vmm.wasmtime_tier._component_bytes import call_on_data
+from vmm.wasmtime_tier._component_bytes import call, call_on_data, post_return
 from vmm.wasmtime_tier._context import CallContext, LineBuffer
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
@@ -94,8 +94,8 @@ def _host_call(capability: str | None, fn: Callable[..., Any]) -> Callable[..., 
             if capability is not None:
                 ctx.host.check(capability)
             return fn(ctx, *args)
-        except (CapabilityDenied, CapabilityMisuse, AbiViolation) as e:
-            ctx.error = e
+        except Exception as e:  # whatever it is, the call's own record (see _faults.py)
+            ctx.record(e)
             raise
 
     return wrapper
@@ -293,20 +293,22 @@ class ComponentSandbox(WasmtimeInstance):
         except Exception as e:
             # Component memories are internal; only the limiter knows their
             # size, so memory faults are recognised by the trap alone here.
-            raise classify_failure(hook, e, self._ctx.error, None, self._limits.memory_bytes) from e
+            raise classify_failure(hook, e, self._ctx, None, self._limits.memory_bytes) from e
         finally:
             _context.leave()
             for buf in self._outputs:
                 with contextlib.suppress(Exception):
                     buf.flush()
 
-    def _call(self, hook: str, f: Any, *args: Any) -> Any:
-        def call() -> Any:
-            result = f(self._store, *args)
-            f.post_return(self._store)
-            return result
+    def _call(self, hook: str, f: Any, *args: Any) -> None:
+        store = self._store
+        assert store is not None
 
-        return self._guest_call(hook, call)
+        def run() -> None:
+            call(f, store, *args)  # its own error, see _fastcall.py
+            post_return(f, store)
+
+        self._guest_call(hook, run)
 
     def _open_sync(self, listener: str, config: str) -> None:
         self._ctx.startup_random = STARTUP_RANDOM_BYTES
@@ -320,15 +322,15 @@ class ComponentSandbox(WasmtimeInstance):
         assert store is not None
         on_data = self._on_data
 
-        def call() -> tuple[str, bytes | None]:
+        def run() -> tuple[str, bytes | None]:
             # list<u8> through the fast converter (see _component_bytes.py).
             result = call_on_data(
                 on_data, store, _DIRECTIONS[event.direction], bytes(event.data), event.end_of_stream
             )
-            on_data.post_return(store)
+            post_return(on_data, store)
             return result
 
-        case, payload = self._guest_call("on-data", call)
+        case, payload = self._guest_call("on-data", run)
         kind = _VERDICT_TAGS.get(case)
         if kind is None:
             raise PluginFault(FaultKind.ABI, f"on-data: unexpected verdict {case!r}")

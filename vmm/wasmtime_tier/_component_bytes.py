@@ -15,8 +15,10 @@ array; the result is read only after checking its kinds (variant; payload a
 list whose elements are all U8) and is freed with wasmtime_component_val_delete
 exactly once. wasmtime still type-checks the arguments against the
 function's signature inside wasmtime_component_func_call, so a plugin whose
-on-data has another signature gets an error, not a misread. Errors and traps
-are raised the way wasmtime-py's Func.__call__ raises them. A payload over
+on-data has another signature gets an error, not a misread. A failed call
+raises its own WasmtimeError, never wasmtime-py's process-global host
+exception (see _fastcall.py); `call` and `post_return` do the same for the
+other hooks, with wasmtime-py's generic value conversion. A payload over
 MAX_OUTPUT_BYTES is refused (AbiViolation) by its length, before any of it is
 read (wasmtime itself has lifted it already, within the component's memory cap).
 """
@@ -24,17 +26,18 @@ read (wasmtime itself has lifted it already, within the component's memory cap).
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime._store import Storelike
 from wasmtime.component import Func
-from wasmtime.component._enter import maybe_raise_last_exn
 
 from vmm.contract import MAX_OUTPUT_BYTES, output_too_large
+from vmm.wasmtime_tier._fastcall import raise_failure
 from vmm.wasmtime_tier._faults import AbiViolation
 
-__all__ = ["call_on_data"]
+__all__ = ["call", "call_on_data", "post_return"]
 
 _VAL = ffi.wasmtime_component_val_t
 _SIZE = ctypes.sizeof(_VAL)
@@ -92,9 +95,7 @@ def call_on_data(
             ctypes.byref(func._func), store._context(), params, 3, ctypes.byref(result), 1
         )
         if error:
-            err = wasmtime.WasmtimeError._from_ptr(error)
-            maybe_raise_last_exn()
-            raise err
+            raise_failure(error)
         try:
             if result.kind != _KIND_VARIANT:
                 raise wasmtime.WasmtimeError("on-data did not return a variant")
@@ -106,3 +107,33 @@ def call_on_data(
     finally:
         for i in range(lowered):
             ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
+
+
+def call(func: Func, store: Storelike, *params: Any) -> None:
+    """func(store, *params) for a function returning nothing (on-open, on-close),
+    converting the arguments as wasmtime-py's Func.__call__ does and failing
+    with this call's own error."""
+    fty = func.type(store)
+    if fty.result is not None or len(params) != len(fty.params):
+        raise wasmtime.WasmtimeError(f"{len(params)} arguments and no result: not {fty}")
+    args = (_VAL * len(params))()
+    lowered = 0
+    try:
+        for (_name, ty), value in zip(fty.params, params, strict=True):
+            ty.convert_to_c(store, value, ctypes.pointer(args[lowered]))
+            lowered += 1
+        error = ffi.wasmtime_component_func_call(
+            ctypes.byref(func._func), store._context(), args, lowered, None, 0
+        )
+        if error:
+            raise_failure(error)
+    finally:
+        for i in range(lowered):
+            ffi.wasmtime_component_val_delete(ctypes.byref(args[i]))
+
+
+def post_return(func: Func, store: Storelike) -> None:
+    """func.post_return(store), failing with this call's own error."""
+    error = ffi.wasmtime_component_func_post_return(ctypes.byref(func._func), store._context())
+    if error:
+        raise_failure(error)

@@ -4,10 +4,12 @@ wasmtime-py host functions are defined once per linker, not per sandbox, so
 the running call is found through a thread-local: a sandbox's hook runs on
 exactly one worker thread from start to end (see _runner.py).
 
-Host functions record the reason they refuse a call here before trapping.
-wasmtime-py also stashes the Python exception in a process-global slot that
-another thread's trap could pick up first; the record here is per call, so
-classification never depends on that slot.
+Host functions record why they failed (a refusal, proc_exit, a nested trap,
+a bug) here before the exception traps the plugin. wasmtime-py also stashes
+that exception in a process-global slot, which another thread's failed call
+could pick up first; the record here is per call, and classification
+(_faults.classify_failure) reads only it (our calls into plugin code never
+read the slot: _fastcall.py).
 """
 
 from __future__ import annotations
@@ -60,7 +62,12 @@ class CallContext:
     realloc: Callable[..., int | None] | None = None
     """The guest's cabi_realloc (kv.get allocates its result with it)."""
     error: BaseException | None = None
-    """Why a host function refused the call (set before it traps)."""
+    """Why a host function failed in this call (the first one; set before it traps)."""
+
+    def record(self, error: BaseException) -> None:
+        """Keep the first failure of the call (a nested one re-raised outward stays the cause)."""
+        if self.error is None:
+            self.error = error
     outputs: dict[int, LineBuffer] = field(default_factory=dict)
 
     def output(self, fd: int) -> LineBuffer:

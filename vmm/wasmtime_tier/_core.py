@@ -39,7 +39,7 @@ from vmm.wasmtime_tier import _context
 from vmm.wasmtime_tier._context import CallContext
 from vmm.wasmtime_tier._core_imports import define_imports
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
-from vmm.wasmtime_tier._fastcall import RawFunc
+from vmm.wasmtime_tier._fastcall import RawFunc, instantiate
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
 from vmm.wasmtime_tier._memory import GuestMemory, u32
 from vmm.wasmtime_tier._runner import WasmtimeInstance, new_identity
@@ -64,7 +64,7 @@ class CoreProgram:
         return CoreSandbox(self, host, limits)
 
     def instantiate(self, store: wasmtime.Store) -> wasmtime.Instance:
-        return self._pre.instantiate(store)
+        return instantiate(self._pre, store)  # its own trap, see _fastcall.py
 
 
 class CoreSandbox(WasmtimeInstance):
@@ -126,7 +126,7 @@ class CoreSandbox(WasmtimeInstance):
         except Exception as e:
             after = self._memory.data_len(store) if self._memory is not None else None
             sizes = None if after is None else (before, after)
-            raise classify_failure(hook, e, self._ctx.error, sizes, self._limits.memory_bytes) from e
+            raise classify_failure(hook, e, self._ctx, sizes, self._limits.memory_bytes) from e
         finally:
             _context.leave()
             self._ctx.flush_outputs()

@@ -4,8 +4,8 @@ Each is defined through one wrapper (_host_call) that checks the import's
 grant from vmm.contract.IMPORT_CAPABILITY first, once (so an ungranted call
 is DENIED whatever its arguments); the function then validates every guest
 address through GuestMemory and calls HostCapabilities, whose methods do not
-check again. Any refusal is recorded on the call context and re-raised,
-which traps the plugin (see _context.py).
+check again. Any failure is recorded on the call context and re-raised,
+which traps the plugin (see _context.py); classification reads the record.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 import wasmtime
 
-from vmm.capabilities import CapabilityDenied, CapabilityMisuse
 from vmm.contract import (
     IMPORT_MODULE,
     OPTION_LIST_AREA_SIZE,
@@ -61,8 +60,8 @@ def _host_call(capability: str | None, fn: Callable[..., Any]) -> HostFn:
             if capability is not None:
                 ctx.host.check(capability)  # first: DENIED whatever the arguments
             return fn(ctx, caller, *args)
-        except (CapabilityDenied, CapabilityMisuse, AbiViolation, ProcExit) as e:
-            ctx.error = e
+        except Exception as e:  # whatever it is, the call's own record (see _faults.py)
+            ctx.record(e)
             raise
 
     return wrapper

@@ -5,21 +5,32 @@ every argument through Val on each call: ~90 µs per call here, against ~4 µs
 for the underlying wasmtime_func_call (measured by the tier's benchmark
 script; a hook makes 3-4 such calls per event). The signatures were checked
 against the contract at load time (vmm.wasm_module.check_contract), so
-RawFunc fills the C argument array directly. Errors and traps are raised
-exactly as wasmtime-py does (including re-raising a host function's Python
-exception), so nothing about isolation or classification changes.
+RawFunc fills the C argument array directly.
+
+A failed call raises the trap or error wasmtime returned for *this* call,
+never the Python exception wasmtime-py keeps in its process-global slot
+(`wasmtime._func.LAST_EXCEPTION`, `wasmtime.component._enter.LAST_EXCEPTION`):
+a host function on another thread may have put its own exception there
+between this call's trap and its return, and wasmtime-py's own wrappers would
+raise that one instead. Why a host function trapped this call is on the
+call's own context (_context.CallContext.error, see _faults.py); the slot is
+only emptied (forget_host_exception), so it keeps no sandbox's objects alive.
+Every path that runs plugin code goes through here or _component_bytes.py
+for that reason (`instantiate` too: a start function or _initialize may trap).
 """
 
 from __future__ import annotations
 
 import ctypes
+from typing import Any, NoReturn
 
 import wasmtime
+import wasmtime._func
+import wasmtime.component._enter
 from wasmtime import _ffi as ffi
-from wasmtime._func import maybe_raise_last_exn
 from wasmtime._store import Storelike
 
-__all__ = ["RawFunc"]
+__all__ = ["RawFunc", "forget_host_exception", "instantiate", "raise_failure"]
 
 _KIND = {"i32": ffi.WASMTIME_I32, "i64": ffi.WASMTIME_I64}
 
@@ -59,14 +70,37 @@ class RawFunc:
             self._nresults,
             ctypes.byref(trap),
         )
-        if error:
-            err = wasmtime.WasmtimeError._from_ptr(error)
-            maybe_raise_last_exn()
-            raise err
-        if trap:
-            trap_obj = wasmtime.Trap._from_ptr(trap)
-            maybe_raise_last_exn()
-            raise trap_obj
+        if error or trap:
+            raise_failure(error, trap)
         if not self._nresults:
             return None
         return int(results[0].of.i64 if self._result_i64 else results[0].of.i32)
+
+
+def forget_host_exception() -> None:
+    """Empty wasmtime-py's global slots for a host function's exception.
+
+    Never read here: whichever thread's exception is in them, the call that
+    failed knows its own cause from its CallContext."""
+    wasmtime._func.LAST_EXCEPTION = None
+    wasmtime.component._enter.LAST_EXCEPTION = None
+
+
+def raise_failure(error: Any, trap: Any = None) -> NoReturn:
+    """Raise this call's own WasmtimeError (or Trap) from wasmtime's pointers."""
+    forget_host_exception()
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    raise wasmtime.Trap._from_ptr(trap)
+
+
+def instantiate(pre: wasmtime.InstancePre, store: Storelike) -> wasmtime.Instance:
+    """pre.instantiate(store), failing with this call's own trap or error."""
+    instance = ffi.wasmtime_instance_t()
+    trap = ctypes.POINTER(ffi.wasm_trap_t)()
+    error = ffi.wasmtime_instance_pre_instantiate(
+        pre.ptr(), store._context(), ctypes.byref(instance), ctypes.byref(trap)
+    )
+    if error or trap:
+        raise_failure(error, trap)
+    return wasmtime.Instance._from_raw(instance)

@@ -1,14 +1,26 @@
-"""Turning what went wrong inside a hook call into one PluginFault.
+"""Turning what went wrong inside a hook call into one PluginFault: the one
+place the wasmtime tier classifies faults (core and component paths).
+
+It relies only on the call's own context: when a host function trapped the
+plugin, the reason is the exception the host-function wrapper recorded on
+that call's CallContext (`error`, the first one of the call), never the
+Python exception wasmtime-py re-raises from its process-global slot, which a
+host function on another thread (another sandbox) may have overwritten
+between this call's trap and its classification. The calls into plugin code
+(_fastcall.py, _component_bytes.py) raise this call's own trap or error for
+the same reason. So the exception classified is either the recorded cause,
+or this thread's own: the trap, or a refusal raised by host code outside a
+host function (the verdict's return area, cabi_realloc's result).
 
 Precedence, first match wins:
-1. the host refused or rejected something the plugin asked for (recorded on
-   the call context by the host function before it trapped): DENIED / ABI;
+1. the host refused or rejected something the plugin asked for: DENIED / ABI;
 2. the plugin called proc_exit: TRAP;
 3. the epoch deadline interrupted it: BUDGET;
 4. its memory is at the cap (a refused memory.grow returns -1 to the guest,
    which then aborts or faults; wasmtime-py cannot report the refusal itself,
    so the store's size is compared to the cap): MEMORY;
-5. any other trap: TRAP.
+5. any other trap: TRAP;
+6. anything else (a bug in a host function): INTERNAL.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import wasmtime
 
 from vmm.capabilities import CapabilityDenied, CapabilityMisuse
 from vmm.sandbox import FaultKind, PluginFault
+from vmm.wasmtime_tier._context import CallContext
 
 __all__ = ["AbiViolation", "ProcExit", "classify_failure", "near_memory_cap"]
 
@@ -49,32 +62,33 @@ def near_memory_cap(before: int, after: int, cap: int) -> bool:
 def classify_failure(
     hook: str,
     error: BaseException,
-    host_error: BaseException | None,
+    ctx: CallContext,
     memory: tuple[int, int] | None,
     cap: int,
 ) -> PluginFault:
-    """`memory`: linear memory size (before, after) the call, if known."""
-    if isinstance(error, PluginFault):
-        return error
-    cause = host_error if host_error is not None else error
+    """`error`: what the call raised in this thread; `ctx`: the call's own
+    context; `memory`: linear memory size (before, after) the call, if known."""
+    cause = ctx.error if ctx.error is not None else error
+    if isinstance(cause, PluginFault):
+        return cause
     if isinstance(cause, CapabilityDenied):
         return PluginFault(FaultKind.DENIED, f"{hook}: {cause}")
     if isinstance(cause, AbiViolation | CapabilityMisuse):
         return PluginFault(FaultKind.ABI, f"{hook}: {cause}")
     if isinstance(cause, ProcExit):
         return PluginFault(FaultKind.TRAP, f"{hook}: {cause}")
-    if isinstance(error, wasmtime.Trap) and error.trap_code is wasmtime.TrapCode.INTERRUPT:
+    if isinstance(cause, wasmtime.Trap) and cause.trap_code is wasmtime.TrapCode.INTERRUPT:
         return PluginFault(FaultKind.BUDGET, f"{hook}: CPU budget exhausted")
     if memory is not None and near_memory_cap(memory[0], memory[1], cap):
         return PluginFault(
             FaultKind.MEMORY,
-            f"{hook}: memory cap of {cap} bytes hit ({memory[1]} in use): {_first_line(error)}",
+            f"{hook}: memory cap of {cap} bytes hit ({memory[1]} in use): {_first_line(cause)}",
         )
-    if isinstance(error, wasmtime.Trap | wasmtime.WasmtimeError):
-        if "interrupt" in str(error):
+    if isinstance(cause, wasmtime.Trap | wasmtime.WasmtimeError):
+        if "interrupt" in str(cause):
             return PluginFault(FaultKind.BUDGET, f"{hook}: CPU budget exhausted")
-        return PluginFault(FaultKind.TRAP, f"{hook}: {_first_line(error)}")
-    return PluginFault(FaultKind.INTERNAL, f"{hook}: {type(error).__name__}: {error}")
+        return PluginFault(FaultKind.TRAP, f"{hook}: {_first_line(cause)}")
+    return PluginFault(FaultKind.INTERNAL, f"{hook}: {type(cause).__name__}: {cause}")
 
 
 def _first_line(error: BaseException) -> str:
