@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from vmm.metrics import METRICS
 from vmm.policy import EgressTarget, Grants, Limits, SandboxSpec
 from vmm.runner import Runner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError, Sandbox
+from vmm.wasmtime_tier._runner import INLINE_MAX_BUDGET_MS
 
 WAT_DIR = Path(__file__).resolve().parent / "wat"
 
@@ -289,6 +291,64 @@ async def test_a_looping_plugin_does_not_stall_other_sandboxes(load: LoadFn, plu
     assert fault.value.kind is FaultKind.BUDGET
     for s in (looping, other):
         await s.close()
+
+
+async def test_a_fast_plugin_runs_on_the_loop_thread(load: LoadFn, plugin: PathFn) -> None:
+    p = await load(plugin("faulty"))  # mode=ok: microseconds per hook
+    loop_thread = threading.get_ident()
+    ran_on: list[int] = []
+    sb = await p.sandbox("mode=ok")
+    assert isinstance(sb, Runner)
+    instance = sb._instance
+    real = instance.on_data
+
+    def spy(event: DataEvent) -> Verdict:
+        ran_on.append(threading.get_ident())
+        return real(event)
+
+    instance.on_data = spy  # type: ignore[method-assign]
+    for _ in range(5):
+        assert (await sb.on_data(ev(b"x"))).kind is VerdictKind.PASS
+    # The first entry creates the instance on a worker; later events run inline.
+    assert ran_on[0] != loop_thread and ran_on[1:] == [loop_thread] * 4
+    assert p.factory.inline_gate.open
+    await sb.close()
+
+
+async def test_a_slow_hook_moves_its_listener_off_the_loop_for_good(load: LoadFn, plugin: PathFn) -> None:
+    """A wasmtime call cannot be moved once started: the gate lets a plugin hold the
+    loop at most once per listener, for one budget, then runs it on the pool."""
+    p = await load(plugin("faulty"), event_cpu_ms=50, memory_bytes=32 << 20)
+    assert p.factory.inline_gate.open
+    slow = await p.sandbox("mode=loop;after=2")
+    assert (await slow.on_data(ev(b"first"))).kind is VerdictKind.PASS  # instantiated on a worker
+    with pytest.raises(PluginFault) as fault:
+        await slow.on_data(ev(b"spin"))  # inline: this one held the loop for its budget
+    assert fault.value.kind is FaultKind.BUDGET
+    assert not p.factory.inline_gate.open
+    await slow.close()
+    # From now on a looping sandbox of this listener spins on a worker thread.
+    again = await p.sandbox("mode=loop;after=2")
+    assert (await again.on_data(ev(b"first"))).kind is VerdictKind.PASS
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    with pytest.raises(PluginFault):
+        await again.on_data(ev(b"spin"))
+    ticker.cancel()
+    assert ticks >= 3  # the loop kept running while the plugin spun
+    await again.close()
+
+
+async def test_a_large_budget_never_runs_inline(load: LoadFn, plugin: PathFn) -> None:
+    p = await load(plugin("faulty"), event_cpu_ms=INLINE_MAX_BUDGET_MS + 1)
+    assert not p.factory.inline_gate.open
 
 
 # --- WAT fixtures: edge cases real plugins never produce ---------------------------

@@ -7,7 +7,7 @@ the worker that must run it. `Runner` wraps an instance into the async
 where and in what order hooks run:
 
 - on-open is folded into the first event (or close): one entry, one hop at most;
-- an instance that can be paused (`inline`, the micro-VM tier) runs on the
+- a hook the instance lets run inline (`runs_inline`) starts on the
   event loop's own thread, with no hand-off at all, for a short CPU slice; a
   call that outlives the slice raises `Offload` and finishes on the instance's
   worker thread while the loop serves other connections (THREAT_MODEL.md,
@@ -55,10 +55,10 @@ class Instance(Protocol):
         """Unique per instance; never reused."""
         ...
 
-    @property
-    def inline(self) -> bool:
-        """True if hooks may start on the event loop's thread (they raise Offload
-        when their slice runs out); False if they always run on the worker."""
+    def runs_inline(self, size: int) -> bool:
+        """Whether a hook with `size` bytes of input may start on the event loop's
+        thread (a preemptible one raises Offload when its slice runs out); if
+        not, it runs on the worker."""
         ...
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
@@ -128,7 +128,8 @@ class Runner:
 
     async def on_data(self, event: DataEvent) -> Verdict:
         instance = self._instance
-        verdict: Verdict = await self._run("on-data", [*self._take_open(), lambda: instance.on_data(event)])
+        steps = [*self._take_open(), lambda: instance.on_data(event)]
+        verdict: Verdict = await self._run("on-data", steps, len(event.data))
         return verdict
 
     async def close(self) -> PluginFault | None:
@@ -168,11 +169,11 @@ class Runner:
         if self._busy:
             raise PluginFault(FaultKind.INTERNAL, "sandbox called while a call is running")
 
-    async def _run(self, hook: str, steps: list[Step]) -> Any:
+    async def _run(self, hook: str, steps: list[Step], size: int = 0) -> Any:
         self._check_usable()
         self._busy = True
         try:
-            if self._instance.inline:
+            if self._instance.runs_inline(size):
                 try:
                     return _run_steps(steps)
                 except Offload as off:

@@ -56,7 +56,7 @@ from vmm.wasmtime_tier._component_bytes import call, call_on_data, post_return
 from vmm.wasmtime_tier._context import CallContext, LineBuffer
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
-from vmm.wasmtime_tier._runner import WasmtimeInstance, new_identity
+from vmm.wasmtime_tier._runner import InlineGate, WasmtimeInstance, new_identity
 
 __all__ = ["STARTUP_RANDOM_BYTES", "ComponentProgram", "ComponentSandbox", "component_capabilities"]
 
@@ -233,8 +233,8 @@ class ComponentProgram:
                 self._linkers[key] = linker
             return linker
 
-    def new_sandbox(self, host: HostCapabilities, limits: Limits) -> ComponentSandbox:
-        return ComponentSandbox(self, host, limits)
+    def new_sandbox(self, host: HostCapabilities, limits: Limits, gate: InlineGate) -> ComponentSandbox:
+        return ComponentSandbox(self, host, limits, gate)
 
     def instantiate(self, store: wasmtime.Store, grants: Grants | None = None) -> Instance:
         """Instantiate with the WASI 0.2 of `grants` (none if not given)."""
@@ -243,8 +243,10 @@ class ComponentProgram:
 
 
 class ComponentSandbox(WasmtimeInstance):
-    def __init__(self, program: ComponentProgram, host: HostCapabilities, limits: Limits) -> None:
-        super().__init__(new_identity("component"))
+    def __init__(
+        self, program: ComponentProgram, host: HostCapabilities, limits: Limits, gate: InlineGate
+    ) -> None:
+        super().__init__(new_identity("component"), gate)
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)

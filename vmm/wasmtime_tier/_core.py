@@ -42,7 +42,7 @@ from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._fastcall import RawFunc, instantiate
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
 from vmm.wasmtime_tier._memory import GuestMemory, u32
-from vmm.wasmtime_tier._runner import WasmtimeInstance, new_identity
+from vmm.wasmtime_tier._runner import InlineGate, WasmtimeInstance, new_identity
 
 __all__ = ["CoreProgram", "CoreSandbox"]
 
@@ -60,16 +60,18 @@ class CoreProgram:
         self.contract = contract
         self._pre = linker.instantiate_pre(module)
 
-    def new_sandbox(self, host: HostCapabilities, limits: Limits) -> CoreSandbox:
-        return CoreSandbox(self, host, limits)
+    def new_sandbox(self, host: HostCapabilities, limits: Limits, gate: InlineGate) -> CoreSandbox:
+        return CoreSandbox(self, host, limits, gate)
 
     def instantiate(self, store: wasmtime.Store) -> wasmtime.Instance:
         return instantiate(self._pre, store)  # its own trap, see _fastcall.py
 
 
 class CoreSandbox(WasmtimeInstance):
-    def __init__(self, program: CoreProgram, host: HostCapabilities, limits: Limits) -> None:
-        super().__init__(new_identity("core"))
+    def __init__(
+        self, program: CoreProgram, host: HostCapabilities, limits: Limits, gate: InlineGate
+    ) -> None:
+        super().__init__(new_identity("core"), gate)
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)

@@ -23,6 +23,7 @@ from vmm.wasmtime_tier._cache import cache_dir, compile_component, compile_modul
 from vmm.wasmtime_tier._component import ComponentProgram, component_capabilities
 from vmm.wasmtime_tier._core import CoreProgram
 from vmm.wasmtime_tier._engine import deadline_ticks, engine, ticker
+from vmm.wasmtime_tier._runner import InlineGate
 
 __all__ = ["LOAD_BUDGET_MS", "WasmtimeFactory", "load_sync"]
 
@@ -40,6 +41,8 @@ class WasmtimeFactory:
         self._program = program
         self._imports = imports
         self._closed = False
+        plugin = Path(spec.plugin_path).name.removesuffix(".wasm")
+        self.inline_gate = InlineGate(spec.listener, plugin, spec.limits.event_cpu_ms)
         ticker.acquire()
 
     @property
@@ -60,7 +63,7 @@ class WasmtimeFactory:
             raise RuntimeError("factory is closed")
         # Cheap: the Store and instance are created by the sandbox's first
         # hook call (open), on a worker thread, under the CPU budget.
-        return Runner(self._program.new_sandbox(host, self.spec.limits))
+        return Runner(self._program.new_sandbox(host, self.spec.limits, self.inline_gate))
 
     async def aclose(self) -> None:
         if not self._closed:
