@@ -73,7 +73,7 @@ class Session:
             verdict = await _run_plugin(sandbox, event)
         except PluginFault as fault:
             return await self._fail(event, fault)
-        metadata = self._take_metadata()
+        metadata = verdict.metadata
         if verdict.kind is VerdictKind.CLOSE or verdict.kind is VerdictKind.RESET:
             reset = verdict.kind is VerdictKind.RESET
             self._state = _State.RESET if reset else _State.CLOSED
@@ -115,9 +115,6 @@ class Session:
         self._sandbox_id = sandbox.identity
         await sandbox.open(policy.name, policy.spec.plugin_config)
         return sandbox
-
-    def _take_metadata(self) -> dict[str, str]:
-        return self._host.take_metadata() if self._host is not None else {}
 
     async def _fail(self, event: DataEvent, fault: PluginFault) -> tcp_protocol.ProcessingResponse:
         mode = self.listener.policy.failure_mode
@@ -165,13 +162,16 @@ async def _combined_verdict(sandbox: Sandbox, event: DataEvent) -> Verdict:
     if len(data) <= MAX_EVENT_BYTES:
         return await sandbox.on_data(event)
     outputs: list[bytes] = []
+    metadata: dict[str, str] = {}
     changed = False
     for start in range(0, len(data), MAX_EVENT_BYTES):
         piece = data[start : start + MAX_EVENT_BYTES]
         last = start + MAX_EVENT_BYTES >= len(data)
         verdict = await sandbox.on_data(DataEvent(event.direction, piece, event.end_of_stream and last))
+        metadata.update(verdict.metadata)
         if verdict.kind is VerdictKind.CLOSE or verdict.kind is VerdictKind.RESET:
-            return verdict
+            return Verdict(verdict.kind).with_metadata(metadata)
         changed = changed or verdict.kind is VerdictKind.REPLACE
         outputs.append(verdict.output(piece))
-    return Verdict.replace(b"".join(outputs)) if changed else Verdict.pass_()
+    combined = Verdict.replace(b"".join(outputs)) if changed else Verdict.pass_()
+    return combined.with_metadata(metadata)

@@ -61,7 +61,8 @@ class FakeSandbox:
     async def on_data(self, event: DataEvent) -> Verdict:
         assert self.close_calls == 0, "on_data after close"
         self.events.append(event)
-        return await self.behave(event, self.host)
+        verdict = await self.behave(event, self.host)
+        return verdict.with_metadata(self.host.take_metadata())  # as every tier does
 
     async def close(self) -> PluginFault | None:
         self.close_calls += 1

@@ -274,3 +274,17 @@ async def test_metadata_without_grant_is_a_denied_fault() -> None:
     session = Session(fake_listener(factory=FakeFactory(tagging)))
     reply = await session.handle(read(b"x"))
     assert reply.connection_status == CLOSE and not carries_data(reply)
+
+
+async def test_metadata_of_every_piece_of_a_large_chunk_reaches_the_reply() -> None:
+    async def tagging(event: DataEvent, host: HostCapabilities) -> Verdict:
+        host.check("metadata")
+        host.metadata_set(f"piece{len(event.data)}", "seen")
+        return Verdict.pass_()
+
+    session = Session(fake_listener(factory=FakeFactory(tagging), grants=frozenset({"metadata"})))
+    data = b"x" * (MAX_EVENT_BYTES + 10)
+    reply = await session.handle(pb.ProcessingRequest(read_data=pb.Data(data=data)))
+    fields = reply.dynamic_metadata.fields["lightcell"].struct_value.fields
+    assert set(fields) == {f"piece{MAX_EVENT_BYTES}", "piece10"}
+    assert reply.read_data.data == data

@@ -7,8 +7,10 @@ the single source both tiers use to call a plugin and to lay out results.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 WIT_PACKAGE = "lightcell:filter@0.1.0"
 TCP_WORLD = "tcp-filter"
@@ -52,10 +54,16 @@ class Verdict:
 
     kind: VerdictKind
     data: bytes = b""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """Dynamic metadata the plugin set during this hook (and a deferred on-open)."""
 
     @staticmethod
     def pass_() -> Verdict:
         return _PASS
+
+    def with_metadata(self, metadata: Mapping[str, str]) -> Verdict:
+        """This verdict carrying `metadata` (itself when there is none)."""
+        return dataclasses.replace(self, metadata=dict(metadata)) if metadata else self
 
     @staticmethod
     def replace(data: bytes) -> Verdict:

@@ -109,7 +109,12 @@ class MicroVmInstance:
         self._call(abi.Op.OPEN, len(lb), len(cb), lb + cb, _nothing)
 
     def on_data(self, event: DataEvent) -> Verdict:
-        return self._call(abi.Op.DATA, int(event.direction), int(event.end_of_stream), event.data, _verdict)
+        host = self._host
+
+        def lift(r: Response) -> Verdict:  # with what the plugin set during the hook(s)
+            return _verdict(r).with_metadata(host.take_metadata())
+
+        return self._call(abi.Op.DATA, int(event.direction), int(event.end_of_stream), event.data, lift)
 
     def close(self) -> None:
         self._call(abi.Op.CLOSE, 0, 0, b"", _nothing)

@@ -246,7 +246,7 @@ class ComponentSandbox(WasmtimeInstance):
     def __init__(
         self, program: ComponentProgram, host: HostCapabilities, limits: Limits, gate: InlineGate
     ) -> None:
-        super().__init__(new_identity("component"), gate)
+        super().__init__(new_identity("component"), host, gate)
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)

@@ -71,7 +71,7 @@ class CoreSandbox(WasmtimeInstance):
     def __init__(
         self, program: CoreProgram, host: HostCapabilities, limits: Limits, gate: InlineGate
     ) -> None:
-        super().__init__(new_identity("core"), gate)
+        super().__init__(new_identity("core"), host, gate)
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)

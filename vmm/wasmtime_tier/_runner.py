@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
+from vmm.capabilities import HostCapabilities
 from vmm.contract import DataEvent, Verdict
 from vmm.wasmtime_tier._engine import EXECUTOR
 
@@ -88,8 +89,9 @@ class WasmtimeInstance(ABC):
     the event loop while the listener's InlineGate is open, else on EXECUTOR;
     subclasses implement the synchronous hooks."""
 
-    def __init__(self, identity: str, gate: InlineGate) -> None:
+    def __init__(self, identity: str, host: HostCapabilities, gate: InlineGate) -> None:
         self._identity = identity
+        self._host = host
         self._gate = gate
         self._instantiated = False
         self._guard = threading.Lock()
@@ -136,8 +138,11 @@ class WasmtimeInstance(ABC):
         if not self._instantiated or len(event.data) > INLINE_MAX_EVENT_BYTES:
             # Never inline, so their time says nothing about the gate's question.
             self._ensure_instance()
-            return self._data_sync(event)
-        return self._timed(lambda: self._data_sync(event))
+            verdict = self._data_sync(event)
+        else:
+            verdict = self._timed(lambda: self._data_sync(event))
+        # With what the plugin set during the hook (and a deferred on-open).
+        return verdict.with_metadata(self._host.take_metadata())
 
     def close(self) -> None:
         if self._instantiated:
