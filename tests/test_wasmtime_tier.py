@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from vmm.metrics import METRICS
 from vmm.policy import EgressTarget, Grants, Limits, SandboxSpec
 from vmm.runner import Runner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError, Sandbox
+from vmm.wasmtime_tier._budget import CallBudget
 from vmm.wasmtime_tier._runner import INLINE_MAX_BUDGET_MS
 
 WAT_DIR = Path(__file__).resolve().parent / "wat"
@@ -584,3 +586,25 @@ def test_component_socket_constructors_are_always_shadowed(plugin: PathFn) -> No
         gate.define(spy, grants)  # type: ignore[arg-type]
         assert set(sockets) <= set(spy.shadowed)
         assert any(n.startswith("wasi:clocks/") for n in spy.shadowed) == ("clock" not in grants)
+
+
+def test_the_budget_counts_the_threads_cpu_time_not_wall_time() -> None:
+    """The same meaning as the micro-VM tier's watchdog: waiting (for a core, the GIL)
+    costs no budget; running does."""
+    budget = CallBudget(0.05)
+    time.sleep(0.1)  # twice the budget of wall time, almost no CPU
+    assert budget.ticks_left() > 0
+    end = time.thread_time() + 0.06
+    while time.thread_time() < end:  # burn more than the budget
+        pass
+    assert budget.ticks_left() == 0
+
+
+async def test_a_looping_plugin_is_stopped_by_its_cpu_budget(load: LoadFn, plugin: PathFn) -> None:
+    p = await load(plugin("faulty"), event_cpu_ms=30)
+    sb = await p.sandbox("mode=loop")
+    with pytest.raises(PluginFault) as fault:
+        await sb.on_data(ev(b"spin"))
+    assert fault.value.kind is FaultKind.BUDGET
+    assert "CPU budget of 30 ms exhausted" in fault.value.message  # the per-thread CPU check ended it
+    await sb.close()

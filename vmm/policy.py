@@ -43,7 +43,9 @@ class Limits:
     memory_bytes: int = 16 * 1024 * 1024
     """Cap on the plugin's linear memory (and the micro-VM's wasm heap)."""
     event_cpu_ms: int = 50
-    """Wall-clock CPU budget for one hook call (open, one chunk, close)."""
+    """Budget of one hook call (open, one chunk, close): CPU time of the thread(s)
+    running it, with a wall-clock cap of 20x (at least 2 s); the same in every tier
+    (vmm/microvm/watchdog.py, vmm/wasmtime_tier/_budget.py)."""
     max_datagram_bytes: int = 1400
     kv_max_value_bytes: int = 64 * 1024
     kv_max_keys: int = 10_000

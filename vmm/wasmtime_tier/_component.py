@@ -51,7 +51,8 @@ from vmm.contract import (
 )
 from vmm.policy import Grants, Limits
 from vmm.sandbox import FaultKind, PluginFault
-from vmm.wasmtime_tier import _context
+from vmm.wasmtime_tier import _budget, _context
+from vmm.wasmtime_tier._budget import CallBudget
 from vmm.wasmtime_tier._component_bytes import call, call_on_data, post_return
 from vmm.wasmtime_tier._context import CallContext, LineBuffer
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
@@ -250,6 +251,7 @@ class ComponentSandbox(WasmtimeInstance):
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)
+        self._budget_s = limits.event_cpu_ms / 1000
         self._ctx = ComponentCallContext(host)
         self._store: wasmtime.Store | None = None
         self._outputs: list[LineBuffer] = []
@@ -266,6 +268,7 @@ class ComponentSandbox(WasmtimeInstance):
 
     def _instantiate_sync(self) -> None:
         store = wasmtime.Store(engine())
+        _budget.install(store)  # event_cpu_ms is CPU time of the running thread
         # wasmtime caps each memory separately; componentize-py needs one.
         store.set_limits(memory_size=self._limits.memory_bytes, table_elements=1 << 20, memories=1)
         store.set_wasi(self._wasi_config())
@@ -288,6 +291,7 @@ class ComponentSandbox(WasmtimeInstance):
         assert store is not None
         store.set_epoch_deadline(self._ticks)
         _context.enter(self._ctx)
+        self._ctx.budget = CallBudget(self._budget_s)
         try:
             return call()
         except PluginFault:

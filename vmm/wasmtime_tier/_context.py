@@ -18,13 +18,17 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import wasmtime
 
 from vmm.capabilities import HostCapabilities
 from vmm.contract import LogLevel
 
-__all__ = ["CallContext", "LineBuffer", "current", "enter", "leave"]
+if TYPE_CHECKING:
+    from vmm.wasmtime_tier._budget import CallBudget
+
+__all__ = ["CallContext", "LineBuffer", "current", "current_or_none", "enter", "leave"]
 
 MAX_PENDING_LINE = 4096
 
@@ -63,6 +67,8 @@ class CallContext:
     """The guest's cabi_realloc (kv.get allocates its result with it)."""
     error: BaseException | None = None
     """Why a host function failed in this call (the first one; set before it traps)."""
+    budget: CallBudget | None = None
+    """The running hook call's CPU budget (_budget.py reads it at epoch deadlines)."""
 
     def record(self, error: BaseException) -> None:
         """Keep the first failure of the call (a nested one re-raised outward stays the cause)."""
@@ -94,6 +100,11 @@ def enter(ctx: CallContext) -> None:
 
 def leave() -> None:
     _local.ctx = None
+
+
+def current_or_none() -> CallContext | None:
+    ctx: CallContext | None = getattr(_local, "ctx", None)
+    return ctx
 
 
 def current() -> CallContext:

@@ -35,7 +35,8 @@ from vmm.contract import (
 from vmm.policy import Limits
 from vmm.sandbox import PluginFault
 from vmm.wasm_module import CoreContract
-from vmm.wasmtime_tier import _context
+from vmm.wasmtime_tier import _budget, _context
+from vmm.wasmtime_tier._budget import CallBudget
 from vmm.wasmtime_tier._context import CallContext
 from vmm.wasmtime_tier._core_imports import define_imports
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
@@ -75,6 +76,7 @@ class CoreSandbox(WasmtimeInstance):
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)
+        self._budget_s = limits.event_cpu_ms / 1000
         self._ctx = CallContext(host)
         self._store: wasmtime.Store | None = None
         self._memory: wasmtime.Memory | None = None
@@ -83,6 +85,7 @@ class CoreSandbox(WasmtimeInstance):
     # on a worker thread, under the budget (WasmtimeInstance runs it before on-open).
     def _instantiate_sync(self) -> None:
         store = wasmtime.Store(engine())
+        _budget.install(store)  # event_cpu_ms is CPU time of the running thread
         # wasmtime caps each memory separately: one memory (checked at load)
         # and one instance make memory_size the sandbox's total.
         store.set_limits(
@@ -121,6 +124,7 @@ class CoreSandbox(WasmtimeInstance):
         store.set_epoch_deadline(self._ticks)
         before = self._memory.data_len(store) if self._memory is not None else 0
         _context.enter(self._ctx)
+        self._ctx.budget = CallBudget(self._budget_s)
         try:
             return call()
         except PluginFault:

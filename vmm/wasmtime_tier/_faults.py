@@ -29,6 +29,7 @@ import wasmtime
 
 from vmm.capabilities import CapabilityDenied, CapabilityMisuse
 from vmm.sandbox import FaultKind, PluginFault
+from vmm.wasmtime_tier._budget import BudgetExceeded
 from vmm.wasmtime_tier._context import CallContext
 
 __all__ = ["AbiViolation", "ProcExit", "classify_failure", "near_memory_cap"]
@@ -77,6 +78,8 @@ def classify_failure(
         return PluginFault(FaultKind.ABI, f"{hook}: {cause}")
     if isinstance(cause, ProcExit):
         return PluginFault(FaultKind.TRAP, f"{hook}: {cause}")
+    if isinstance(cause, BudgetExceeded):
+        return PluginFault(FaultKind.BUDGET, f"{hook}: {cause}")
     if isinstance(cause, wasmtime.Trap) and cause.trap_code is wasmtime.TrapCode.INTERRUPT:
         return PluginFault(FaultKind.BUDGET, f"{hook}: CPU budget exhausted")
     if memory is not None and near_memory_cap(memory[0], memory[1], cap):
