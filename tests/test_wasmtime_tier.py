@@ -23,6 +23,7 @@ from vmm.policy import EgressTarget, Grants, Limits, SandboxSpec
 from vmm.runner import Runner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError, Sandbox
 from vmm.wasmtime_tier._budget import CallBudget
+from vmm.wasmtime_tier._factory import WARM_INSTANCES
 from vmm.wasmtime_tier._runner import INLINE_MAX_BUDGET_MS
 
 WAT_DIR = Path(__file__).resolve().parent / "wat"
@@ -311,8 +312,8 @@ async def test_a_fast_plugin_runs_on_the_loop_thread(load: LoadFn, plugin: PathF
     instance.on_data = spy  # type: ignore[method-assign]
     for _ in range(5):
         assert (await sb.on_data(ev(b"x"))).kind is VerdictKind.PASS
-    # The first entry creates the instance on a worker; later events run inline.
-    assert ran_on[0] != loop_thread and ran_on[1:] == [loop_thread] * 4
+    # An instance made ahead, or the first entry creating it on a worker; then inline.
+    assert ran_on[1:] == [loop_thread] * 4
     assert p.factory.inline_gate.open
     await sb.close()
 
@@ -346,6 +347,43 @@ async def test_a_slow_hook_moves_its_listener_off_the_loop_for_good(load: LoadFn
     ticker.cancel()
     assert ticks >= 3  # the loop kept running while the plugin spun
     await again.close()
+
+
+async def test_connections_take_instances_made_ahead_each_used_once(load: LoadFn, plugin: PathFn) -> None:
+    p = await load(plugin("faulty"))
+    for _ in range(200):  # the pool fills on a worker thread
+        if len(p.factory._warm) == WARM_INSTANCES:
+            break
+        await asyncio.sleep(0.01)
+    assert len(p.factory._warm) == WARM_INSTANCES
+    ready = set(map(id, p.factory._warm))
+    sandboxes = [await p.sandbox("mode=ok") for _ in range(3)]
+    used = [id(s._instance) for s in sandboxes if isinstance(s, Runner)]
+    assert len(set(used)) == 3 and set(used) <= ready  # three distinct instances from the pool
+    for s in sandboxes:
+        assert (await s.on_data(ev(b"x"))).kind is VerdictKind.PASS
+        await s.close()
+    assert not set(used) & set(map(id, p.factory._warm))  # never handed out again
+
+
+async def test_start_code_that_needs_capabilities_runs_with_the_connections(
+    load: LoadFn, wat: PathFn
+) -> None:
+    """Instances are made ahead without capabilities; a plugin whose _initialize calls
+    one is instantiated per connection instead, with that connection's grants."""
+    p = await load(wat("init_uses_kv"), grants=frozenset({"kv"}))
+    outputs = []
+    for _ in range(3):
+        sb = await p.sandbox()
+        outputs.append((await sb.on_data(ev(b"x"))).data)
+        await sb.close()
+    assert outputs == [b"1", b"2", b"3"]  # each start code ran once, on this listener's kv
+    assert not p.factory._warm
+    denied = await load(wat("init_uses_kv"))
+    sb = await denied.sandbox()
+    with pytest.raises(PluginFault) as fault:
+        await sb.on_data(ev(b"x"))
+    assert fault.value.kind is FaultKind.DENIED
 
 
 async def test_a_large_budget_never_runs_inline(load: LoadFn, plugin: PathFn) -> None:

@@ -81,6 +81,15 @@ class CoreSandbox(WasmtimeInstance):
         self._store: wasmtime.Store | None = None
         self._memory: wasmtime.Memory | None = None
 
+    def prepare(self) -> None:
+        """Create the Store and instance ahead of a connection (the factory's warm
+        instances); `bind` then hands it the connection's capabilities."""
+        self._locked(self._ensure_instance)
+
+    def bind(self, host: HostCapabilities) -> None:
+        self._host = host
+        self._ctx.host = host
+
     # Instantiation runs plugin code (_initialize), so it is a hook call too:
     # on a worker thread, under the budget (WasmtimeInstance runs it before on-open).
     def _instantiate_sync(self) -> None:
