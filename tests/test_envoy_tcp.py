@@ -563,6 +563,10 @@ def test_demo_once_runs_every_scenario() -> None:
     assert out.count("-> as expected") == 4, out
     assert "URYYB SEBZ GUR PYVRAG" in out
     assert "stopped envoy, lightcell and the echo upstream." in out
+    # Each listener's line shows the tier serve chose, never the policy's "auto".
+    assert "tier=auto" not in out and "tier=?" not in out
+    assert "counter.wasm" in out and "tier=wasmtime" in out  # a componentize-py component
+    assert "rewrite.wasm" in out and "tier=microvm" in out  # a C plugin, /dev/kvm here
 
 
 # ----------------------------------------------------------------------------- Lightcell dies (runs last)
