@@ -267,3 +267,41 @@ async def test_a_looping_plugin_does_not_hold_the_event_loop() -> None:
         await good.close()
     finally:
         await f.aclose()
+
+
+async def test_on_open_runs_once_in_the_snapshot_for_the_policys_arguments(rewrite: MicroVmFactory) -> None:
+    """Without capabilities on-open depends only on (listener, config): the pool runs it
+    once and snapshots after it, so a connection's first event is its only VM entry."""
+    assert rewrite.pool.opened_with == ("lst", "read=number,write=rot13")
+    s = await rewrite.new_sandbox(host())
+    assert isinstance(s, Runner)
+    vm = s._instance._lease.vm  # type: ignore[attr-defined]
+    before = vm.exits
+    await s.open("lst", "read=number,write=rot13")
+    assert (await s.on_data(_read(b"abc"))).data == b"1:abc"  # on-open's config is in effect
+    assert vm.exits == before + 1  # one entry: on-data alone
+    await s.close()
+    # Other arguments (tests do this; a session never does): on-open from the booted state.
+    other = await rewrite.new_sandbox(host())
+    await other.open("lst", "read=upper")
+    assert (await other.on_data(_read(b"abc"))).data == b"ABC"
+    assert (await other.on_data(_write(b"xyz"))).kind is VerdictKind.PASS  # not rot13: nothing of the opened state
+    await other.close()
+
+
+async def test_an_on_open_that_fails_ahead_runs_per_connection() -> None:
+    f = await _load(plugin_build.build_core("faulty"), "mode=bogus")  # on-open traps on bad config
+    try:
+        assert f.pool.opened_with is None
+        s = await f.new_sandbox(host())
+        await s.open("lst", "mode=bogus")
+        with pytest.raises(PluginFault) as fault:
+            await s.on_data(_read(b"x"))
+        assert fault.value.kind is FaultKind.TRAP
+        await s.close()
+        ok = await f.new_sandbox(host())
+        await ok.open("lst", "mode=ok")
+        assert (await ok.on_data(_read(b"x"))).kind is VerdictKind.PASS
+        await ok.close()
+    finally:
+        await f.aclose()

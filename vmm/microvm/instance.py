@@ -105,6 +105,11 @@ class MicroVmInstance:
         return self._lease.thread.submit(fn)
 
     def open(self, listener: str, config: str) -> None:
+        pool = self._pool
+        if pool.opened_with == (listener, config):
+            return  # on-open already ran, in the snapshot this VM was restored from (pool.py)
+        if pool.opened_with is not None and pool.base is not None:
+            pool.base.restore(self._lease.vm)  # other arguments: from the booted state instead
         lb, cb = listener.encode(), config.encode()
         self._call(abi.Op.OPEN, len(lb), len(cb), lb + cb, _nothing)
 

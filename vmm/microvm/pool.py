@@ -19,9 +19,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from vmm.kvm import System
+from vmm.microvm import abi
 from vmm.microvm.machine import Template
 from vmm.microvm.snapshot import Snapshot, warm_up
-from vmm.microvm.vm import MicroVm
+from vmm.microvm.vm import MicroVm, VmFault
 from vmm.microvm.worker import BACKGROUND, ThreadSet, VcpuThread
 
 LOG = logging.getLogger("lightcell.microvm.pool")
@@ -38,9 +39,17 @@ class PooledVm:
 class VmPool:
     def __init__(self, system: System, template: Template, threads: ThreadSet,
                  target: int = 4, max_idle: int | None = None,
-                 warm: Callable[[MicroVm], None] = warm_up) -> None:
+                 warm: Callable[[MicroVm], None] = warm_up,
+                 open_ahead: tuple[str, str] | None = None,
+                 run: Callable[[MicroVm, Callable[[], object]], object] = lambda _vm, fn: fn()) -> None:
         self.system = system
         self.warm = warm
+        self._open_ahead = open_ahead
+        self._run = run
+        self.opened_with: tuple[str, str] | None = None
+        """(listener, config) on-open already ran with in the snapshot, if it did."""
+        self.base: Snapshot | None = None
+        """The snapshot right after boot, before any on-open."""
         self.template = template
         self.threads = threads
         self.target = target
@@ -67,7 +76,9 @@ class VmPool:
         vm = MicroVm(self.system, self.template)
         try:
             vm.boot()
-            snap = Snapshot.take(vm)
+            snap = self.base = Snapshot.take(vm)
+            if self._open_ahead is not None:
+                snap = self._snapshot_opened(vm, snap, *self._open_ahead)
             self.warm(vm)
             snap.add_warm_pages(vm)
             snap.restore(vm)
@@ -76,6 +87,26 @@ class VmPool:
             raise
         self.snapshot = snap
         return self._track(PooledVm(vm, thread))
+
+    def _snapshot_opened(self, vm: MicroVm, base: Snapshot, listener: str, config: str) -> Snapshot:
+        """Run on-open once, with no capabilities, and snapshot after it.
+
+        Without capabilities on-open is a function of (listener, config) and
+        the booted state alone (no clock, randomness or I/O reach it), so
+        every connection of this listener restored from the opened snapshot
+        is exactly as if it had run on-open itself, one VM entry sooner. A
+        plugin whose on-open calls a capability (or fails) gets on-open per
+        connection, with that connection's grants, from the booted snapshot.
+        """
+        lb, cb = listener.encode(), config.encode()
+        try:
+            self._run(vm, lambda: vm.call(abi.Op.OPEN, len(lb), len(cb), lb + cb))
+        except VmFault as e:
+            LOG.debug("on-open runs per connection (%s)", e)
+            base.restore(vm)
+            return base
+        self.opened_with = (listener, config)
+        return Snapshot.take(vm)
 
     def _track(self, p: PooledVm) -> PooledVm:
         with self._lock:

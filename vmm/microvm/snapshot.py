@@ -132,7 +132,7 @@ def warm_up(vm: MicroVm) -> None:
 
 
 def rehearse(listener: str, config: str, run: Callable[[MicroVm, Callable[[], object]], object],
-             chunk: int = 1024) -> Callable[[MicroVm], None]:
+             chunk: int = 1024, opened: Callable[[], bool] = lambda: False) -> Callable[[MicroVm], None]:
     """A warm-up that also runs a connection's first steps (open, one chunk,
     close) with no capabilities granted, each step through `run` (the
     watchdog: the plugin may loop), so the pages of code, stack and heap
@@ -142,7 +142,8 @@ def rehearse(listener: str, config: str, run: Callable[[MicroVm, Callable[[], ob
     lb, cb = listener.encode(), config.encode()
 
     def warm(vm: MicroVm) -> None:
-        steps = [(abi.Op.WARMUP, 0, 0, b""), (abi.Op.OPEN, len(lb), len(cb), lb + cb),
+        open_step = [] if opened() else [(abi.Op.OPEN, len(lb), len(cb), lb + cb)]  # in the snapshot
+        steps = [(abi.Op.WARMUP, 0, 0, b""), *open_step,
                  (abi.Op.DATA, 0, 0, b"w" * chunk), (abi.Op.DATA, 1, 0, b"w" * chunk),
                  (abi.Op.CLOSE, 0, 0, b"")]
         for op, a0, a1, payload in steps:

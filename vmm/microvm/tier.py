@@ -136,8 +136,12 @@ def _load_sync(spec: SandboxSpec, shared: _Shared, pool_size: int) -> MicroVmFac
     def deadline(vm: MicroVm, fn: Callable[[], object]) -> object:
         return shared.watchdog.run(vm, seconds, fn)
 
+    def opened() -> bool:
+        return pool.opened_with is not None
+
     pool = VmPool(shared.system, template, shared.threads, target=pool_size,
-                  warm=rehearse(spec.listener, spec.plugin_config, deadline))
+                  warm=rehearse(spec.listener, spec.plugin_config, deadline, opened=opened),
+                  open_ahead=(spec.listener, spec.plugin_config), run=deadline)
     try:
         pool.start()
     except VmFault as e:
