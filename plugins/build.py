@@ -8,7 +8,8 @@ CLI:
     python plugins/build.py [--out DIR] [NAME ...]
 
 Outputs in out_dir (default plugins/examples/build/, gitignored):
-    <name>.wasm       the plugin: a component for rewrite/probe/faulty/counter;
+    <name>.wasm       the plugin: a component for rewrite/probe/faulty/counter
+                      (world tcp-filter) and redact (world http-filter);
                       for wasi-log a bare core module (it imports wasi_snapshot_preview1)
     <name>.core.wasm  the stripped core module (C plugins only)
 Each plugin is rebuilt only when the content hash of its sources, the C SDK,
@@ -64,6 +65,7 @@ class PluginSpec:
     name: str
     kind: str  # "c" (freestanding + SDK), "c-wasi" (wasi-libc core module), "python"
     main: str  # entry source file (C) or module name (Python)
+    world: str = WORLD  # the WIT world it implements: tcp-filter or http-filter
 
 
 PLUGINS: dict[str, PluginSpec] = {
@@ -74,6 +76,7 @@ PLUGINS: dict[str, PluginSpec] = {
         PluginSpec("faulty", "c", "faulty.c"),
         PluginSpec("wasi-log", "c-wasi", "wasi_log.c"),
         PluginSpec("counter", "python", "app"),
+        PluginSpec("redact", "c", "redact.c", world="http-filter"),
     )
 }
 
@@ -163,10 +166,10 @@ def _compile_c(spec: PluginSpec, tmp: Path) -> Path:
     return core
 
 
-def _componentize_core(core: Path, tmp: Path) -> Path:
+def _componentize_core(core: Path, tmp: Path, world: str = WORLD) -> Path:
     embedded, component = tmp / "embedded.wasm", tmp / "component.wasm"
     wt = _wasm_tools()
-    _run([*wt, "component", "embed", str(WIT_DIR), "--world", WORLD, str(core), "-o", str(embedded)])
+    _run([*wt, "component", "embed", str(WIT_DIR), "--world", world, str(core), "-o", str(embedded)])
     _run([*wt, "component", "new", str(embedded), "-o", str(component)])
     _run([*wt, "validate", str(component)])
     return component
@@ -175,7 +178,7 @@ def _componentize_core(core: Path, tmp: Path) -> Path:
 def _build_python(spec: PluginSpec, tmp: Path) -> Path:
     """componentize-py; bindings are generated here, never committed."""
     bindings, component = tmp / "bindings", tmp / "component.wasm"
-    cpy = [*_componentize_py(), "-d", str(WIT_DIR), "-w", WORLD]
+    cpy = [*_componentize_py(), "-d", str(WIT_DIR), "-w", spec.world]
     _run([*cpy, "bindings", str(bindings)], cwd=tmp)
     src = EXAMPLES_DIR / spec.name
     _run(
@@ -189,7 +192,8 @@ def _recipe(spec: PluginSpec, tmp: Path) -> dict[str, Path]:
     """Build into tmp; returns output file name -> built file."""
     if spec.kind == "c":
         core = _compile_c(spec, tmp)
-        return {f"{spec.name}.core.wasm": core, f"{spec.name}.wasm": _componentize_core(core, tmp)}
+        component = _componentize_core(core, tmp, spec.world)
+        return {f"{spec.name}.core.wasm": core, f"{spec.name}.wasm": component}
     if spec.kind == "c-wasi":
         core = _compile_c(spec, tmp)
         _run([*_wasm_tools(), "validate", str(core)])

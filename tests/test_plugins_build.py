@@ -66,13 +66,13 @@ def _sig(t: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | str:
 
 
 def test_build_all_returns_every_plugin(built: dict[str, Path]) -> None:
-    assert set(built) == {"rewrite", "probe", "faulty", "counter", "wasi-log"}
+    assert set(built) == {"rewrite", "probe", "faulty", "counter", "wasi-log", "redact"}
     for name, path in built.items():
         assert path == plugin_build.DEFAULT_OUT / f"{name}.wasm"
         assert path.is_file()
 
 
-@pytest.mark.parametrize("name", ["rewrite", "probe", "faulty", "counter", "wasi-log"])
+@pytest.mark.parametrize("name", ["rewrite", "probe", "faulty", "counter", "wasi-log", "redact"])
 def test_outputs_validate(built: dict[str, Path], name: str) -> None:
     proc = _wasm_tools("validate", str(built[name]))
     assert proc.returncode == 0, proc.stderr

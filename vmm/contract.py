@@ -198,3 +198,74 @@ def import_capability(module: str, name: str) -> str | None:
 
 
 WASI_P1_FUNCTIONS = tuple(name for module, name in IMPORT_CAPABILITY if module == WASI_P1_MODULE)
+
+
+# --- http-filter world (plugins/wit/README.md, "The http-filter world") ------
+
+HTTP_WORLD = "http-filter"
+
+
+class HttpPhase(enum.IntFlag):
+    """Bits of `http-types.phases`, as `wanted-phases` returns them."""
+
+    REQUEST_HEADERS = 1 << 0
+    REQUEST_BODY = 1 << 1
+    REQUEST_TRAILERS = 1 << 2
+    RESPONSE_HEADERS = 1 << 3
+    RESPONSE_BODY = 1 << 4
+    RESPONSE_TRAILERS = 1 << 5
+
+
+HTTP_PHASES_ALL = HttpPhase(0x3F)
+
+
+class DecisionKind(enum.IntEnum):
+    """Canonical-ABI discriminants of `http-types.decision`."""
+
+    CONTINUE = 0
+    MODIFY = 1
+    RESPOND = 2
+
+
+# Core export names (legacy wit-bindgen names) and their core signatures.
+EXPORT_WANTED_PHASES = "wanted-phases"  # () -> i32 flags
+EXPORT_ON_REQUEST_HEADERS = "on-request-headers"  # (i32 hp, i32 hn, i32 ap, i32 an, i32 eos) -> i32 retptr
+EXPORT_ON_REQUEST_BODY = "on-request-body"  # (i32 ptr, i32 len, i32 eos) -> i32 retptr
+EXPORT_ON_REQUEST_TRAILERS = "on-request-trailers"  # (i32 ptr, i32 count) -> i32 retptr
+EXPORT_ON_RESPONSE_HEADERS = "on-response-headers"
+EXPORT_ON_RESPONSE_BODY = "on-response-body"
+EXPORT_ON_RESPONSE_TRAILERS = "on-response-trailers"
+
+HTTP_HOOKS: dict[HttpPhase, str] = {
+    HttpPhase.REQUEST_HEADERS: EXPORT_ON_REQUEST_HEADERS,
+    HttpPhase.REQUEST_BODY: EXPORT_ON_REQUEST_BODY,
+    HttpPhase.REQUEST_TRAILERS: EXPORT_ON_REQUEST_TRAILERS,
+    HttpPhase.RESPONSE_HEADERS: EXPORT_ON_RESPONSE_HEADERS,
+    HttpPhase.RESPONSE_BODY: EXPORT_ON_RESPONSE_BODY,
+    HttpPhase.RESPONSE_TRAILERS: EXPORT_ON_RESPONSE_TRAILERS,
+}
+"""Each phase's hook (core export name); every one returns a decision area."""
+
+# `header` / `attribute` element of a list in memory: name ptr @0, name len @4,
+# value ptr @8, value len @12; a `string` element (header-mutation.remove): ptr @0, len @4.
+HEADER_SIZE = 16
+HEADER_ALIGN = 4
+STRING_SIZE = 8
+
+# The decision return area (40 bytes, align 4): u8 tag @0, then
+#   modify:  set (ptr, count) @4/@8, append @12/@16, remove @20/@24,
+#            body option tag u8 @28, body ptr @32, body len @36;
+#   respond: status u16 @4, headers (ptr, count) @8/@12, body (ptr, len) @16/@20.
+DECISION_AREA_SIZE = 40
+DECISION_AREA_ALIGN = 4
+DECISION_MODIFY_SET = 4
+DECISION_MODIFY_APPEND = 12
+DECISION_MODIFY_REMOVE = 20
+DECISION_MODIFY_BODY_TAG = 28
+DECISION_MODIFY_BODY = 32
+DECISION_RESPOND_STATUS = 4
+DECISION_RESPOND_HEADERS = 8
+DECISION_RESPOND_BODY = 16
+
+IMMEDIATE_STATUS_MIN = 200
+IMMEDIATE_STATUS_MAX = 599

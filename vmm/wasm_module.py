@@ -8,7 +8,9 @@ KVM tier compiles it ahead of time). Pure parsing, no wasm runtime needed:
 - `unwrap_core(data)`    the one core module implementing the contract, if the
                          component is a thin wrapper around it (C plugins)
 - `parse_core(data)`     a core module's imports, exports and memory limits
-- `check_contract(core)` the contract's core view, or ContractError saying why
+- `check_contract(core)` the tcp-filter contract's core view, or ContractError saying why
+- `check_http_contract(core)` the same for the http-filter world
+- `check_world_contract(core)` whichever world the module implements (both: refused)
 
 A component built by `wasm-tools component new` from one core module also
 holds small `wit-component:shim`/`fixups` modules (indirect lowering of imports
@@ -28,11 +30,18 @@ from vmm.contract import (
     EXPORT_ON_CLOSE,
     EXPORT_ON_DATA,
     EXPORT_ON_OPEN,
+    EXPORT_ON_REQUEST_HEADERS,
     EXPORT_POST_PREFIX,
     EXPORT_REALLOC,
+    EXPORT_WANTED_PHASES,
+    HTTP_HOOKS,
+    HTTP_PHASES_ALL,
+    HTTP_WORLD,
     IMPORT_CAPABILITY,
     IMPORT_MODULE,
+    TCP_WORLD,
     WASI_P1_MODULE,
+    HttpPhase,
 )
 
 __all__ = [
@@ -40,12 +49,15 @@ __all__ = [
     "BinaryKind",
     "ContractError",
     "CoreContract",
+    "CoreHttpContract",
     "CoreModuleInfo",
     "Export",
     "FuncSig",
     "Import",
     "WasmFormatError",
     "check_contract",
+    "check_http_contract",
+    "check_world_contract",
     "classify",
     "core_modules",
     "parse_core",
@@ -62,6 +74,7 @@ _COMPONENT_SECTION_COMPONENT = 4
 
 # Core section ids.
 _SEC_TYPE, _SEC_IMPORT, _SEC_FUNCTION, _SEC_MEMORY, _SEC_EXPORT = 1, 2, 3, 5, 7
+_SEC_CODE = 10
 
 _VALTYPES = {
     0x7F: "i32",
@@ -250,9 +263,10 @@ def unwrap_core(data: bytes) -> bytes | None:
     """The core module that implements the contract on its own, or None.
 
     A core module is returned as is. For a component: the one embedded module
-    exporting on-data, provided every other module defines no memory (the
-    wit-component shims) and the main module imports only contract or WASI p1
-    functions (so the host can stand in for the component glue). Anything
+    exporting on-data (tcp-filter) or on-request-headers (http-filter),
+    provided every other module defines no memory (the wit-component shims)
+    and the main module imports only contract or WASI p1 functions (so the
+    host can stand in for the component glue). Anything
     else (componentize-py's many linked modules) returns None: run it as a
     component.
     """
@@ -263,7 +277,11 @@ def unwrap_core(data: bytes) -> bytes | None:
     except WasmFormatError:
         return None
     infos = [(m, parse_core(m)) for m in modules]
-    mains = [(m, i) for m, i in infos if i.export(EXPORT_ON_DATA) is not None]
+    mains = [
+        (m, i)
+        for m, i in infos
+        if i.export(EXPORT_ON_DATA) is not None or i.export(EXPORT_ON_REQUEST_HEADERS) is not None
+    ]
     if len(mains) != 1:
         return None
     main, info = mains[0]
@@ -418,12 +436,11 @@ class CoreContract:
     has_initialize: bool
     post_returns: frozenset[str]
     """Hooks with a cabi_post_ export, e.g. {"on-data"}."""
+    world: str = TCP_WORLD
 
 
-def check_contract(core: bytes) -> CoreContract:
-    """Check a core module's imports and exports against the contract."""
-    info = parse_core(core)
-    problems: list[str] = []
+def _check_imports_and_memory(info: CoreModuleInfo, problems: list[str]) -> frozenset[str]:
+    """What both worlds require of imports and memory; returns the capabilities imported."""
     capabilities: set[str] = set()
     for imp in info.imports:
         where = f"import {imp.module}::{imp.name}"
@@ -451,16 +468,46 @@ def check_contract(core: bytes) -> CoreContract:
     memory = info.export(EXPORT_MEMORY)
     if memory is None or memory.kind != "memory":
         problems.append(f"missing export {EXPORT_MEMORY!r} (memory)")
-    for name, want in REQUIRED_EXPORTS.items():
+    return frozenset(capabilities)
+
+
+def _check_exports(
+    info: CoreModuleInfo, required: dict[str, FuncSig], optional: dict[str, FuncSig], problems: list[str]
+) -> None:
+    for name, want in required.items():
         e = info.export(name)
         if e is None or e.kind != "func":
             problems.append(f"missing export {name!r} (function {want})")
         elif e.sig != want:
             problems.append(f"export {name!r}: signature {e.sig}, contract says {want}")
-    for name, want in OPTIONAL_EXPORTS.items():
+    for name, want in optional.items():
         e = info.export(name)
         if e is not None and (e.kind != "func" or e.sig != want):
             problems.append(f"export {name!r}: signature {e.sig}, contract says {want}")
+
+
+def _both_worlds(info: CoreModuleInfo) -> str | None:
+    """The refusal message for a module exporting hooks of both worlds, else None."""
+    http = [name for name in (EXPORT_WANTED_PHASES, *HTTP_HOOKS.values()) if info.export(name) is not None]
+    if info.export(EXPORT_ON_DATA) is None or not http:
+        return None
+    return (
+        f"exports hooks of both worlds ({TCP_WORLD}: {EXPORT_ON_DATA!r}; {HTTP_WORLD}: "
+        f"{', '.join(repr(n) for n in http)}); a plugin implements exactly one world"
+    )
+
+
+def check_contract(core: bytes) -> CoreContract:
+    """Check a core module's imports and exports against the tcp-filter contract."""
+    info = parse_core(core)
+    problems: list[str] = []
+    capabilities = _check_imports_and_memory(info, problems)
+    both = _both_worlds(info)
+    if both is not None:
+        problems.append(both)
+    _check_exports(info, REQUIRED_EXPORTS, OPTIONAL_EXPORTS, problems)
+    if info.export(EXPORT_ON_DATA) is None and info.export(EXPORT_ON_REQUEST_HEADERS) is not None:
+        problems.append(f"this module implements the {HTTP_WORLD} world, not {TCP_WORLD}")
     if problems:
         raise ContractError("; ".join(problems))
     posts = frozenset(
@@ -470,7 +517,170 @@ def check_contract(core: bytes) -> CoreContract:
     )
     return CoreContract(
         info=info,
-        capabilities=frozenset(capabilities),
+        capabilities=capabilities,
         has_initialize=info.export(EXPORT_INITIALIZE) is not None,
         post_returns=posts,
     )
+
+
+# --- the http-filter world ------------------------------------------------------
+
+_DECISION_HOOK_SIGS: dict[str, FuncSig] = {
+    HTTP_HOOKS[HttpPhase.REQUEST_HEADERS]: _sig("i32 i32 i32 i32 i32", "i32"),
+    HTTP_HOOKS[HttpPhase.REQUEST_BODY]: _sig("i32 i32 i32", "i32"),
+    HTTP_HOOKS[HttpPhase.REQUEST_TRAILERS]: _sig("i32 i32", "i32"),
+    HTTP_HOOKS[HttpPhase.RESPONSE_HEADERS]: _sig("i32 i32 i32 i32 i32", "i32"),
+    HTTP_HOOKS[HttpPhase.RESPONSE_BODY]: _sig("i32 i32 i32", "i32"),
+    HTTP_HOOKS[HttpPhase.RESPONSE_TRAILERS]: _sig("i32 i32", "i32"),
+}
+
+HTTP_REQUIRED_EXPORTS: dict[str, FuncSig] = {
+    EXPORT_REALLOC: _sig("i32 i32 i32 i32", "i32"),
+    EXPORT_WANTED_PHASES: _sig("", "i32"),
+    EXPORT_ON_OPEN: _sig("i32 i32 i32 i32"),
+    **_DECISION_HOOK_SIGS,
+    EXPORT_ON_CLOSE: _sig(""),
+}
+"""The http-filter world's core exports (plugins/wit/README.md), besides `memory`."""
+
+HTTP_OPTIONAL_EXPORTS: dict[str, FuncSig] = {
+    EXPORT_INITIALIZE: _sig(""),
+    EXPORT_POST_PREFIX + EXPORT_WANTED_PHASES: _sig("i32"),
+    EXPORT_POST_PREFIX + EXPORT_ON_OPEN: _sig(""),
+    EXPORT_POST_PREFIX + EXPORT_ON_CLOSE: _sig(""),
+    **{EXPORT_POST_PREFIX + hook: _sig("i32") for hook in _DECISION_HOOK_SIGS},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CoreHttpContract:
+    """A core module checked against the http-filter world."""
+
+    info: CoreModuleInfo
+    capabilities: frozenset[str]
+    """Capability (grant) names the module imports, WASI included."""
+    has_initialize: bool
+    post_returns: frozenset[str]
+    """Hooks with a cabi_post_ export, e.g. {"on-request-body"}."""
+    phases: HttpPhase | None
+    """What `wanted-phases` returns, read from its code when the body is a
+    constant (`i32.const N`, as the C SDK compiles it); None: the host must
+    call it once at load time (README: "Phases")."""
+    world: str = HTTP_WORLD
+
+
+def check_http_contract(core: bytes) -> CoreHttpContract:
+    """Check a core module's imports and exports against the http-filter world."""
+    info = parse_core(core)
+    problems: list[str] = []
+    capabilities = _check_imports_and_memory(info, problems)
+    both = _both_worlds(info)
+    if both is not None:
+        problems.append(both)
+    _check_exports(info, HTTP_REQUIRED_EXPORTS, HTTP_OPTIONAL_EXPORTS, problems)
+    if info.export(EXPORT_ON_DATA) is not None and info.export(EXPORT_ON_REQUEST_HEADERS) is None:
+        problems.append(f"this module implements the {TCP_WORLD} world, not {HTTP_WORLD}")
+    phases: HttpPhase | None = None
+    if not problems:
+        constant = constant_i32_export(core, EXPORT_WANTED_PHASES)
+        if constant is not None:
+            if constant & ~int(HTTP_PHASES_ALL):
+                problems.append(
+                    f"export {EXPORT_WANTED_PHASES!r} returns 0x{constant & 0xFFFFFFFF:x}, "
+                    f"which has bits outside the phases flags (0x{int(HTTP_PHASES_ALL):x})"
+                )
+            else:
+                phases = HttpPhase(constant)
+    if problems:
+        raise ContractError("; ".join(problems))
+    posts = frozenset(
+        hook
+        for hook in (EXPORT_WANTED_PHASES, EXPORT_ON_OPEN, *HTTP_HOOKS.values(), EXPORT_ON_CLOSE)
+        if info.export(EXPORT_POST_PREFIX + hook) is not None
+    )
+    return CoreHttpContract(
+        info=info,
+        capabilities=capabilities,
+        has_initialize=info.export(EXPORT_INITIALIZE) is not None,
+        post_returns=posts,
+        phases=phases,
+    )
+
+
+def check_world_contract(core: bytes) -> CoreContract | CoreHttpContract:
+    """Check a core module against the world it implements: http-filter if it
+    exports any http-filter hook (or `wanted-phases`), tcp-filter otherwise.
+    A module exporting hooks of both worlds is refused (ContractError)."""
+    info = parse_core(core)
+    both = _both_worlds(info)
+    if both is not None:
+        raise ContractError(both)
+    if any(info.export(name) is not None for name in (EXPORT_WANTED_PHASES, *HTTP_HOOKS.values())):
+        return check_http_contract(core)
+    return check_contract(core)
+
+
+def constant_i32_export(core: bytes, name: str) -> int | None:
+    """N if the exported function `name` (defined, not imported) has no
+    locals and its body is exactly `i32.const N`; else None. Read from the
+    code section without running anything."""
+    imported_funcs = 0
+    index: int | None = None
+    code: tuple[int, int] | None = None
+    for sid, start, end in _Reader(core, 8).sections():
+        r = _Reader(core, start, end)
+        if sid == _SEC_IMPORT:
+            for _ in range(r.leb_u()):
+                r.name()
+                r.name()
+                kind = r.byte()
+                if kind == 0:
+                    imported_funcs += 1
+                    r.leb_u()
+                elif kind == 1:
+                    r.valtype()
+                    r.limits()
+                elif kind == 2:
+                    r.limits()
+                elif kind == 3:
+                    r.valtype()
+                    r.byte()
+                else:
+                    r.byte()
+                    r.leb_u()
+        elif sid == _SEC_EXPORT:
+            for _ in range(r.leb_u()):
+                ename, kind, idx = r.name(), r.byte(), r.leb_u()
+                if ename == name and kind == 0:
+                    index = idx
+        elif sid == _SEC_CODE:
+            code = (start, end)
+    if index is None or code is None or index < imported_funcs:
+        return None
+    r = _Reader(core, *code)
+    count = r.leb_u()
+    local = index - imported_funcs
+    if local >= count:
+        return None
+    for _ in range(local):
+        size = r.leb_u()
+        r.bytes_(size)
+    body = r.bytes_(r.leb_u())
+    # locals vector length 0, i32.const (0x41) signed LEB128, end (0x0b)
+    if len(body) < 4 or body[0] != 0 or body[1] != 0x41 or body[-1] != 0x0B:
+        return None
+    value, shift, pos = 0, 0, 2
+    while pos < len(body) - 1:
+        b = body[pos]
+        value |= (b & 0x7F) << shift
+        shift += 7
+        pos += 1
+        if not b & 0x80:
+            break
+    else:
+        return None
+    if pos != len(body) - 1 or shift > 35:
+        return None
+    if b & 0x40:
+        value -= 1 << shift
+    return value
