@@ -285,7 +285,8 @@ async def test_on_open_runs_once_in_the_snapshot_for_the_policys_arguments(rewri
     other = await rewrite.new_sandbox(host())
     await other.open("lst", "read=upper")
     assert (await other.on_data(_read(b"abc"))).data == b"ABC"
-    assert (await other.on_data(_write(b"xyz"))).kind is VerdictKind.PASS  # not rot13: nothing of the opened state
+    # Not rot13: nothing of the opened state is left.
+    assert (await other.on_data(_write(b"xyz"))).kind is VerdictKind.PASS
     await other.close()
 
 
