@@ -334,7 +334,8 @@ async def test_hostcall_boundary_fuzz(hostile: wt.WasmtimeFactory, seed: int) ->
             if tag == 1:
                 assert len(verdict.data) == args[2], where
         elif op not in (2, 7, 8, 9, 10):  # those may write their results over the verdict area
-            assert verdict == Verdict.pass_(), where
+            # metadata.set (6, 15) attaches what it set; the chunk itself passes.
+            assert (verdict.kind, verdict.data) == (VerdictKind.PASS, b""), where
         if op == 12:
             evil = args[0]
     await sb.close()
