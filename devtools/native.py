@@ -22,30 +22,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from vmm.capabilities import HostCapabilities
-from vmm.microvm.abi import HostcallStatus
+from vmm.microvm.abi import HostcallStatus, Op, Status  # the records are the guest ABI's own
 from vmm.microvm.hostcalls import HostcallResult, UnknownHostFn, dispatch
 
 __all__ = ["HostHandler", "NativeInstance", "Op", "Response", "Status"]
-
-
-class Status:
-    """Mirrors `enum lc_status`."""
-
-    OK = 0
-    TRAP = 1
-    MEMORY = 2
-    DENIED = 3
-    ABI = 4
-    EXIT = 5
-
-
-class Op:
-    """Mirrors `enum lc_op`."""
-
-    OPEN = 1
-    DATA = 2
-    CLOSE = 3
-    WARMUP = 4
 
 
 HostHandler = Callable[[int, int, bytes, bytes, int], HostcallResult]

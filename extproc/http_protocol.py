@@ -74,7 +74,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import json_format, struct_pb2
 
 from extproc import tcp_protocol
-from extproc.tcp_protocol import METADATA_NAMESPACE
+from extproc.tcp_protocol import METADATA_NAMESPACE, metadata_struct
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
@@ -500,15 +500,6 @@ def _header_mutation(ops: Sequence[HeaderOp], out: pb.HeaderMutation) -> None:
             out.set_headers.append(_header_value_option(op.name, op.value, op.action is HeaderAction.APPEND))
 
 
-def _metadata_struct(metadata: Mapping[str, str]) -> struct_pb2.Struct:
-    """{"lightcell": {key: value}}: Envoy takes each top-level key as a namespace."""
-    outer = struct_pb2.Struct()
-    inner = outer.fields[METADATA_NAMESPACE].struct_value
-    for key, value in metadata.items():
-        inner.fields[key].string_value = value
-    return outer
-
-
 def _mode_override(override: ModeOverride) -> processing_mode_pb2.ProcessingMode:
     return processing_mode_pb2.ProcessingMode(
         response_header_mode=int(override.response_header_mode),
@@ -532,7 +523,7 @@ def _immediate_response(answer: Immediate) -> pb.ProcessingResponse:
         out.grpc_status.status = answer.grpc_status
     out.details = answer.details
     if answer.metadata:
-        reply.dynamic_metadata.CopyFrom(_metadata_struct(answer.metadata))
+        reply.dynamic_metadata.CopyFrom(metadata_struct(answer.metadata))
     return reply
 
 
@@ -713,7 +704,7 @@ class HttpStream:
                 common.body_mutation.body = decision.body  # `body`, never clear_body: b"" is fine
             common.clear_route_cache = decision.clear_route_cache
         if decision.metadata:
-            reply.dynamic_metadata.CopyFrom(_metadata_struct(decision.metadata))
+            reply.dynamic_metadata.CopyFrom(metadata_struct(decision.metadata))
         if decision.mode_override is not None:
             reply.mode_override.CopyFrom(_mode_override(decision.mode_override))
         side.pending.popleft()
@@ -747,7 +738,7 @@ class HttpStream:
         streamed.body = body
         streamed.end_of_stream = end_of_stream
         if metadata:
-            reply.dynamic_metadata.CopyFrom(_metadata_struct(metadata))
+            reply.dynamic_metadata.CopyFrom(metadata_struct(metadata))
         return reply
 
     # -- internals --

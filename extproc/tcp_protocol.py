@@ -28,6 +28,7 @@ __all__ = [
     "close",
     "event_of",
     "forward",
+    "metadata_struct",
 ]
 
 ProcessingRequest = pb.ProcessingRequest
@@ -71,7 +72,7 @@ def forward(
     out.data = verdict.data if replaced and verdict is not None else event.data
     out.end_of_stream = event.end_of_stream
     if metadata:
-        reply.dynamic_metadata.CopyFrom(_metadata_struct(metadata))
+        reply.dynamic_metadata.CopyFrom(metadata_struct(metadata))
     return reply
 
 
@@ -81,11 +82,11 @@ def close(*, reset: bool, metadata: Mapping[str, str] | None = None) -> pb.Proce
         connection_status=pb.ProcessingResponse.CLOSE_RST if reset else pb.ProcessingResponse.CLOSE
     )
     if metadata:
-        reply.dynamic_metadata.CopyFrom(_metadata_struct(metadata))
+        reply.dynamic_metadata.CopyFrom(metadata_struct(metadata))
     return reply
 
 
-def _metadata_struct(metadata: Mapping[str, str]) -> struct_pb2.Struct:
+def metadata_struct(metadata: Mapping[str, str]) -> struct_pb2.Struct:
     """{"lightcell": {key: value, ...}}: Envoy takes each top-level key as a namespace."""
     outer = struct_pb2.Struct()
     inner = outer.fields[METADATA_NAMESPACE].struct_value
