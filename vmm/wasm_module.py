@@ -497,17 +497,30 @@ def _both_worlds(info: CoreModuleInfo) -> str | None:
     )
 
 
-def check_contract(core: bytes) -> CoreContract:
-    """Check a core module's imports and exports against the tcp-filter contract."""
-    info = parse_core(core)
-    problems: list[str] = []
+def _check_world(info: CoreModuleInfo, world: str, problems: list[str]) -> frozenset[str]:
+    """What both worlds check alike: imports and memory, one world only, the world's
+    exports. Appends to `problems`; returns the capabilities imported."""
     capabilities = _check_imports_and_memory(info, problems)
     both = _both_worlds(info)
     if both is not None:
         problems.append(both)
-    _check_exports(info, REQUIRED_EXPORTS, OPTIONAL_EXPORTS, problems)
-    if info.export(EXPORT_ON_DATA) is None and info.export(EXPORT_ON_REQUEST_HEADERS) is not None:
-        problems.append(f"this module implements the {HTTP_WORLD} world, not {TCP_WORLD}")
+    tcp = world == TCP_WORLD
+    required, optional = (
+        (REQUIRED_EXPORTS, OPTIONAL_EXPORTS) if tcp else (HTTP_REQUIRED_EXPORTS, HTTP_OPTIONAL_EXPORTS)
+    )
+    _check_exports(info, required, optional, problems)
+    hooks = (EXPORT_ON_DATA, EXPORT_ON_REQUEST_HEADERS)
+    own, other = hooks if tcp else hooks[::-1]
+    if info.export(own) is None and info.export(other) is not None:
+        problems.append(f"this module implements the {HTTP_WORLD if tcp else TCP_WORLD} world, not {world}")
+    return capabilities
+
+
+def check_contract(core: bytes) -> CoreContract:
+    """Check a core module's imports and exports against the tcp-filter contract."""
+    info = parse_core(core)
+    problems: list[str] = []
+    capabilities = _check_world(info, TCP_WORLD, problems)
     if problems:
         raise ContractError("; ".join(problems))
     posts = frozenset(
@@ -573,13 +586,7 @@ def check_http_contract(core: bytes) -> CoreHttpContract:
     """Check a core module's imports and exports against the http-filter world."""
     info = parse_core(core)
     problems: list[str] = []
-    capabilities = _check_imports_and_memory(info, problems)
-    both = _both_worlds(info)
-    if both is not None:
-        problems.append(both)
-    _check_exports(info, HTTP_REQUIRED_EXPORTS, HTTP_OPTIONAL_EXPORTS, problems)
-    if info.export(EXPORT_ON_DATA) is not None and info.export(EXPORT_ON_REQUEST_HEADERS) is None:
-        problems.append(f"this module implements the {TCP_WORLD} world, not {HTTP_WORLD}")
+    capabilities = _check_world(info, HTTP_WORLD, problems)
     phases: HttpPhase | None = None
     if not problems:
         constant = constant_i32_export(core, EXPORT_WANTED_PHASES)
