@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from _kvm_helpers import host
+from _loop_ticks import loop_ticks
 
 from plugins import build as plugin_build
 from vmm.contract import DataEvent, Direction, VerdictKind
@@ -245,24 +246,15 @@ async def test_a_looping_plugin_does_not_hold_the_event_loop() -> None:
         good = await f.new_sandbox(host())
         await bad.open("lst", "mode=loop")
         await good.open("lst", "mode=ok")
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        spinning = asyncio.create_task(bad.on_data(_read(b"spin")))
-        await asyncio.sleep(0.2)
-        assert not spinning.done()  # still spinning on its vCPU thread ...
-        assert ticks >= 5  # ... while the loop ran the ticker
+        async with loop_ticks(0.01) as ticks:
+            spinning = asyncio.create_task(bad.on_data(_read(b"spin")))
+            await asyncio.sleep(0.2)
+            assert not spinning.done()  # still spinning on its vCPU thread ...
+            assert ticks.count >= 5  # ... while the loop ran the ticker
         assert (await good.on_data(_read(b"still served"))).kind is VerdictKind.PASS
         with pytest.raises(PluginFault) as fault:
             await spinning
         assert fault.value.kind is FaultKind.BUDGET
-        ticker.cancel()
         await bad.close()
         await good.close()
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from _host_fakes import Sent
+from _loop_ticks import loop_ticks
 
 import vmm.wasmtime_tier as wt
 from plugins import build as plugin_build
@@ -333,19 +334,10 @@ async def test_a_slow_hook_moves_its_listener_off_the_loop_for_good(load: LoadFn
     # From now on a looping sandbox of this listener spins on a worker thread.
     again = await p.sandbox("mode=loop;after=2")
     assert (await again.on_data(ev(b"first"))).kind is VerdictKind.PASS
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    with pytest.raises(PluginFault):
-        await again.on_data(ev(b"spin"))
-    ticker.cancel()
-    assert ticks >= 3  # the loop kept running while the plugin spun
+    async with loop_ticks() as ticks:
+        with pytest.raises(PluginFault):
+            await again.on_data(ev(b"spin"))
+    assert ticks.count >= 3  # the loop kept running while the plugin spun
     await again.close()
 
 
