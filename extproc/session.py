@@ -15,7 +15,7 @@ import logging
 
 from extproc import tcp_protocol
 from extproc.listener import FailureMode, Listener
-from vmm.capabilities import DatagramSender, HostCapabilities
+from vmm.capabilities import MAX_METADATA_ENTRIES, DatagramSender, HostCapabilities
 from vmm.contract import (
     MAX_EVENT_BYTES,
     MAX_OUTPUT_BYTES,
@@ -169,6 +169,9 @@ async def _combined_verdict(sandbox: Sandbox, event: DataEvent) -> Verdict:
         last = start + MAX_EVENT_BYTES >= len(data)
         verdict = await sandbox.on_data(DataEvent(event.direction, piece, event.end_of_stream and last))
         metadata.update(verdict.metadata)
+        if len(metadata) > MAX_METADATA_ENTRIES:  # the per-reply cap holds for a chunk in pieces too
+            too_many = f"on-data: more than {MAX_METADATA_ENTRIES} metadata keys in one reply"
+            raise PluginFault(FaultKind.ABI, too_many)
         if verdict.kind is VerdictKind.CLOSE or verdict.kind is VerdictKind.RESET:
             return Verdict(verdict.kind).with_metadata(metadata)
         changed = changed or verdict.kind is VerdictKind.REPLACE

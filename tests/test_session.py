@@ -288,3 +288,18 @@ async def test_metadata_of_every_piece_of_a_large_chunk_reaches_the_reply() -> N
     fields = reply.dynamic_metadata.fields["lightcell"].struct_value.fields
     assert set(fields) == {f"piece{MAX_EVENT_BYTES}", "piece10"}
     assert reply.read_data.data == data
+
+
+async def test_metadata_over_the_reply_cap_across_pieces_is_a_fault() -> None:
+    async def tagging(event: DataEvent, host: HostCapabilities) -> Verdict:
+        host.check("metadata")
+        for i in range(40):  # 40 per piece: each piece alone is under the cap of 64
+            host.metadata_set(f"{len(event.data)}-{i}", "v")
+        return Verdict.pass_()
+
+    session = Session(fake_listener(factory=FakeFactory(tagging), grants=frozenset({"metadata"}),
+                                    failure_mode=FailureMode.RESET))
+    data = b"x" * (MAX_EVENT_BYTES + 10)
+    reply = await session.handle(pb.ProcessingRequest(read_data=pb.Data(data=data)))
+    assert reply.connection_status == pb.ProcessingResponse.CLOSE_RST
+    assert not reply.HasField("read_data")  # nothing of the chunk forwarded

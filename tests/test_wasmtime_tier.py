@@ -378,6 +378,28 @@ async def test_start_code_that_needs_capabilities_runs_with_the_connections(
     assert fault.value.kind is FaultKind.DENIED
 
 
+async def test_a_slow_on_open_shuts_the_gate_too(load: LoadFn, wat: PathFn) -> None:
+    """on-open of an instance made ahead runs inline with the first event: it is timed."""
+    p = await load(wat("slow_open"), event_cpu_ms=100)
+    sb = await p.sandbox()
+    assert (await sb.on_data(ev(b"x"))).kind is VerdictKind.PASS
+    assert not p.factory.inline_gate.open
+    await sb.close()
+
+
+async def test_a_call_queued_before_release_never_runs_plugin_code(load: LoadFn, plugin: PathFn) -> None:
+    p = await load(plugin("faulty"))
+    sb = await p.sandbox("mode=ok")
+    assert isinstance(sb, Runner)
+    instance = sb._instance
+    ran: list[str] = []
+    assert instance.release() is None  # nothing running: released at once
+    with pytest.raises(PluginFault) as fault:
+        instance.submit(lambda: ran.append("plugin code")).result(10)
+    assert fault.value.kind is FaultKind.INTERNAL and "released" in fault.value.message
+    assert ran == []
+
+
 async def test_a_large_budget_never_runs_inline(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("faulty"), event_cpu_ms=INLINE_MAX_BUDGET_MS + 1)
     assert not p.factory.inline_gate.open

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 WIT_PACKAGE = "lightcell:filter@0.1.0"
 TCP_WORLD = "tcp-filter"
@@ -48,13 +49,16 @@ class SendError(enum.IntEnum):
     UNREACHABLE = 2
 
 
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})  # shared, read-only
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What the plugin decided for one chunk."""
 
     kind: VerdictKind
     data: bytes = b""
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=lambda: _NO_METADATA)
     """Dynamic metadata the plugin set during this hook (and a deferred on-open)."""
 
     @staticmethod
@@ -63,7 +67,7 @@ class Verdict:
 
     def with_metadata(self, metadata: Mapping[str, str]) -> Verdict:
         """This verdict carrying `metadata` (itself when there is none)."""
-        return dataclasses.replace(self, metadata=dict(metadata)) if metadata else self
+        return dataclasses.replace(self, metadata=MappingProxyType(dict(metadata))) if metadata else self
 
     @staticmethod
     def replace(data: bytes) -> Verdict:
@@ -85,8 +89,9 @@ boundaries carry no meaning), so every tier can size its buffers for it."""
 MAX_OUTPUT_BYTES = 8 * 1024 * 1024
 """Most bytes one on-data call may return (a `replace` verdict's data), in
 every tier; more is a plugin fault (FaultKind.ABI) under the listener's
-failure mode, raised before the bytes are copied out of the plugin. The same
-cap holds for the joined output of one Envoy message handed over in pieces.
+failure mode, raised before the bytes are copied out of the plugin. The joined
+output of one Envoy message handed over in pieces may be as large as the larger
+of this and the message itself (which fitted a gRPC message already).
 It fits the micro-VM's 16 MiB OUT buffer with its header, and a reply
 carrying it fits a gRPC message (extproc/tcp_service.py MAX_MESSAGE_BYTES,
 64 MiB) with room to spare; it is 32x MAX_EVENT_BYTES."""

@@ -89,9 +89,14 @@ def _run_steps(steps: Sequence[Step]) -> Any:
 
 
 def _finish(resume: Step, rest: Sequence[Step]) -> Any:
+    """On the worker: the rest of an offloaded entry. A step that runs out of a
+    slice here is already where it would move to, so it just goes on."""
     result = resume()
     for step in rest:
-        result = step()
+        try:
+            result = step()
+        except Offload as off:
+            result = off.resume()
     return result
 
 
@@ -183,6 +188,9 @@ class Runner:
         except PluginFault as fault:
             self._fault = fault
             raise
+        except Exception as e:  # the sandbox failed, not the plugin: still only this connection's
+            self._fault = PluginFault(FaultKind.INTERNAL, f"{hook}: {type(e).__name__}: {e}")
+            raise self._fault from e
         except asyncio.CancelledError:
             # The call may still be running on the worker: its state is unknown.
             self._fault = PluginFault(FaultKind.INTERNAL, f"{hook}: call cancelled")

@@ -11,6 +11,7 @@ wall-clock cap (watchdog.py).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -34,7 +35,9 @@ R = TypeVar("R")
 INLINE_SLICE_S = 0.001
 """CPU time a hook may run on the event loop's thread before it moves to the
 VM's vCPU thread. A 1 KiB event takes ~50 us, a 256 KiB one a few hundred: the
-common case never moves, and no plugin holds the loop longer than this."""
+common case never moves. The loop is held longer only by a host call already
+running when the slice ends (it finishes first), by a budget no larger than
+the slice (the call then ends there, as a fault), or by a late watchdog."""
 
 _STATUS_KIND = {
     abi.Status.TRAP: FaultKind.TRAP,
@@ -136,6 +139,11 @@ class MicroVmInstance:
         """One hook; `lift` turns its response into the hook's result (also after an Offload)."""
         vm, dog = self._lease.vm, self._dog
         budget = self._budget_s
+        if threading.get_ident() == self._lease.thread.ident:
+            # Already on the VM's vCPU thread (the rest of an offloaded entry):
+            # nowhere to move to, so the whole budget applies.
+            return lift(self._checked(op, lambda: self._dog.run(
+                vm, budget, lambda: vm.call(op, arg0, arg1, payload, host=self._host))))
         slice_s = min(INLINE_SLICE_S, budget)
         # A budget no larger than the slice ends the call at the slice (a fault);
         # otherwise the slice only pauses it.

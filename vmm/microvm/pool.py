@@ -153,6 +153,11 @@ class VmPool:
 
     def give_back(self, p: PooledVm) -> Future[None]:
         """Restore off the critical path, then pool (or destroy if enough are idle)."""
+        if not p.leased:  # given back twice: it must never be pooled twice
+            LOG.error("VM %s given back twice; ignored", p.vm.identity)
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
         p.leased = False
         with self._lock:
             self._restoring += 1

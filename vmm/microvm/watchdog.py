@@ -1,13 +1,14 @@
 """Per-event deadlines: a watchdog thread interrupts a vCPU that overruns.
 
-The budget is CPU time of the vCPU thread (guest time is accounted to it),
-not wall time: under load a vCPU thread can wait for the GIL or a core for
+The budget is CPU time of the thread running the guest (guest time is
+accounted to it: the event loop's thread for an inline slice, then the vCPU
+thread), not wall time: under load a vCPU thread can wait for the GIL or a core for
 longer than the budget without the guest running at all, and an innocent
 plugin must not fail for that. A deadline that comes due with budget left is
 pushed back by what is left; a wall-clock cap (WALL_FACTOR x the budget,
 at least MIN_WALL_S) still ends a call that never gets to run.
 
-Interrupting = set `immediate_exit` and send a signal to the vCPU thread, so
+Interrupting = set `immediate_exit` and send a signal to the guest's thread, so
 KVM_RUN returns EINTR whether the guest is running or just about to enter
 (MicroVm.interrupt). The call then fails with DEADLINE and the VM is
 poisoned; the pool restores it before any reuse. A late firing (the call

@@ -83,7 +83,7 @@ def _on_deadline(_store: Any, _data: Any, delta: Any, kind: Any) -> int:
         call = _context.current_or_none()
         budget = call.budget if call is not None else None
         if budget is None:
-            return _trap(b"lightcell: budget exhausted")  # load-time start code: wall ticks only
+            return _trap(b"lightcell: budget exhausted")  # a call outside _guest_call: wall ticks only
         ticks = budget.ticks_left()
         if ticks > 0:
             delta[0] = ticks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -77,6 +78,8 @@ class WasmtimeFactory:
         self._warm: collections.deque[CoreSandbox] = collections.deque()
         self._filling = False
         self._fill_lock = threading.Lock()
+        self._fill_idle = threading.Event()
+        self._fill_idle.set()
         self._prewarm = isinstance(program, CoreProgram)
         self._unbound = _Unbound(
             spec.listener, plugin, Grants(), spec.limits, KvStore(1, 1), metrics=Metrics()
@@ -116,9 +119,12 @@ class WasmtimeFactory:
         if not self._closed:
             self._closed = True
             self._prewarm = False
+            # Start code may be running for a warm instance: the epoch must tick
+            # until it ends (its budget), so stop the ticker only after.
+            await asyncio.to_thread(self._fill_idle.wait, 30)
             while self._warm:
                 self._warm.popleft().release()
-            ticker.release()
+            await asyncio.to_thread(ticker.release)
 
     # --- instances made ahead ---------------------------------------------------
     def _refill(self) -> None:
@@ -126,6 +132,7 @@ class WasmtimeFactory:
             if self._filling or not self._prewarm or len(self._warm) >= WARM_INSTANCES:
                 return
             self._filling = True
+            self._fill_idle.clear()
         EXECUTOR.submit(self._fill)
 
     def _fill(self) -> None:
@@ -149,6 +156,7 @@ class WasmtimeFactory:
         finally:
             with self._fill_lock:
                 self._filling = False
+                self._fill_idle.set()
 
 
 def load_sync(spec: SandboxSpec, cache: Path | None = None) -> WasmtimeFactory:

@@ -10,10 +10,12 @@ InlineGate below decides, and bounds what inline execution can cost the
 loop: one stall of at most one event budget per listener.
 
 Ordering and state: vmm.runner.Runner (the one async edge of every tier)
-keeps a sandbox's hooks in call order and poisons it on a fault or a
-cancellation; a threading.Lock per instance guarantees its Store is never
-used by two threads at once, even when an awaiting task was cancelled while
-its call still runs (release waits for that call).
+keeps a sandbox's hooks in call order, one at a time, and poisons it on a
+fault or a cancellation; it never runs a hook inline while a worker call of
+the same sandbox may still be running. Worker calls hold the instance's
+_guard; release() drops the Store at once when no worker call runs, and
+otherwise leaves that to the running call (a queued call that has not
+started refuses to run plugin code once release was asked for).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TypeVar
 
 from vmm.capabilities import HostCapabilities
 from vmm.contract import DataEvent, Verdict
+from vmm.sandbox import FaultKind, PluginFault
 from vmm.wasmtime_tier._engine import EXECUTOR
 
 __all__ = [
@@ -95,14 +98,22 @@ class WasmtimeInstance(ABC):
         self._gate = gate
         self._instantiated = False
         self._guard = threading.Lock()
+        """Held while plugin code runs on a worker (inline calls need none: the
+        runner has one call in flight and never runs inline while a worker call
+        may still be running, see vmm/runner.py)."""
+        self._flags = threading.Lock()
+        self._running = False
+        self._release_requested = False
+        self._released: Future[None] = Future()
 
     @property
     def identity(self) -> str:
         return self._identity
 
     def runs_inline(self, size: int) -> bool:
-        # The first entry creates the Store and instance (~0.4-0.8 ms, page
-        # faults included): always on the worker, and never held against the gate.
+        # Creating the Store and instance (~0.4-0.8 ms, page faults included) runs
+        # on the worker and is never held against the gate; an instance made ahead
+        # (_factory.py) can take its connection's first entry inline.
         return self._instantiated and size <= INLINE_MAX_EVENT_BYTES and self._gate.open
 
     # --- what a tier implements (run on a worker thread, under _guard) --------
@@ -130,15 +141,16 @@ class WasmtimeInstance(ABC):
     # Instantiation happens in the same worker round trip as on-open (the
     # runner folds on-open into the first event): one thread hop per new
     # connection; a plugin that cannot instantiate fails that first call.
+    # Every hook with at most INLINE_MAX_EVENT_BYTES of input is timed for the
+    # gate, wherever it runs; creating the instance is not.
     def open(self, listener: str, config: str) -> None:
         self._ensure_instance()
-        self._open_sync(listener, config)
+        self._timed(lambda: self._open_sync(listener, config))
 
     def on_data(self, event: DataEvent) -> Verdict:
-        if not self._instantiated or len(event.data) > INLINE_MAX_EVENT_BYTES:
-            # Never inline, so their time says nothing about the gate's question.
-            self._ensure_instance()
-            verdict = self._data_sync(event)
+        self._ensure_instance()
+        if len(event.data) > INLINE_MAX_EVENT_BYTES:
+            verdict = self._data_sync(event)  # never inline: says nothing about the gate's question
         else:
             verdict = self._timed(lambda: self._data_sync(event))
         # With what the plugin set during the hook (and a deferred on-open).
@@ -149,15 +161,25 @@ class WasmtimeInstance(ABC):
             self._timed(self._close_sync)
 
     def release(self) -> Future[None] | None:
-        # Usually no call is running: drop the Store here, without a hop. A call
-        # that was cancelled may still run on a worker: release after it.
-        if self._guard.acquire(blocking=False):
+        """Drop the Store now if no worker call is running; else the running call
+        drops it when it ends (no worker waits for it), and a queued call that
+        had not started yet never runs plugin code."""
+        with self._flags:
+            self._release_requested = True
+            running = self._running
+        if not running and self._guard.acquire(blocking=False):
             try:
-                self._release_sync()
+                self._release_now()
             finally:
                 self._guard.release()
             return None
-        return EXECUTOR.submit(self._locked, self._release_sync)
+        return self._released  # done when the call holding _guard has released
+
+    def _release_now(self) -> None:
+        """Under _guard."""
+        if not self._released.done():
+            self._release_sync()
+            self._released.set_result(None)
 
     # --- machinery --------------------------------------------------------------
     def _timed(self, call: Callable[[], T]) -> T:
@@ -169,7 +191,20 @@ class WasmtimeInstance(ABC):
 
     def _locked(self, call: Callable[[], T]) -> T:
         with self._guard:
-            return call()
+            with self._flags:
+                refused = self._release_requested
+                self._running = not refused
+            if refused:  # released while this call waited for a worker
+                self._release_now()
+                raise PluginFault(FaultKind.INTERNAL, "sandbox released before the call ran")
+            try:
+                return call()
+            finally:
+                with self._flags:
+                    self._running = False
+                    release = self._release_requested
+                if release:
+                    self._release_now()
 
     def _ensure_instance(self) -> None:
         if not self._instantiated:
