@@ -64,11 +64,14 @@ CONFORMANCE_SOURCES = (RUNTIME_DIR / "wasm_rt.c", RUNTIME_DIR / "lc_libc.c",
 
 
 def _suite_dir() -> Path:
-    """$LIGHTCELL_WASM_TESTSUITE, else `shared/wasm-testsuite` beside the repository."""
+    """$LIGHTCELL_WASM_TESTSUITE, else the nearest `shared/wasm-testsuite` beside the
+    repository or beside one of its parent folders (a checkout may sit one level
+    deeper than the workspace that holds the suite)."""
     env = os.environ.get(SUITE_ENV)
     if env:
         return Path(env)
-    return REPO.parent / "shared" / "wasm-testsuite"
+    candidates = [parent / "shared" / "wasm-testsuite" for parent in REPO.parents]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 SUITE_DIR = _suite_dir()
