@@ -14,9 +14,11 @@ headers) belongs to the HTTP adapter, not here.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from vmm.contract import (
     DECISION_AREA_ALIGN,
@@ -74,6 +76,16 @@ class HttpDecision:
     """RESPOND only."""
     response_headers: tuple[Header, ...] = ()
     """RESPOND only."""
+    metadata: Mapping[str, str] = field(default_factory=lambda: _NO_METADATA)
+    """Dynamic metadata the plugin set during this hook (and a deferred
+    on-open), attached by the tier as vmm.contract.Verdict's."""
+
+    def with_metadata(self, metadata: Mapping[str, str]) -> HttpDecision:
+        """This decision carrying `metadata` (itself when there is none)."""
+        return dataclasses.replace(self, metadata=MappingProxyType(dict(metadata))) if metadata else self
+
+
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})  # shared, read-only
 
 
 def _abi(message: str) -> PluginFault:

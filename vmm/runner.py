@@ -2,9 +2,11 @@
 
 A tier hands out *instances*: one connection's plugin, driven synchronously
 (open, on-data, close raise PluginFault; release never raises), each bound to
-the worker that must run it. `Runner` wraps an instance into the async
-`vmm.sandbox.Sandbox` the session uses, and is the only place that decides
-where and in what order hooks run:
+the worker that must run it. `Runner` wraps a tcp-filter instance into the
+async `vmm.sandbox.Sandbox` the session uses, `HttpRunner` an http-filter
+instance (one per HTTP request) into its HTTP counterpart; both are thin
+layers over `RunnerBase`, the only place that decides where and in what
+order hooks run:
 
 - on-open is folded into the first event (or close): one entry, one hop at most;
 - a hook the instance lets run inline (`runs_inline`) starts on the
@@ -27,14 +29,17 @@ import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from vmm.contract import DataEvent, Verdict
+from vmm.contract import HTTP_HOOKS, DataEvent, DecisionKind, HttpPhase, Verdict
+from vmm.http_abi import Header, HttpDecision
 from vmm.sandbox import FaultKind, PluginFault
 
-__all__ = ["Instance", "Offload", "Runner"]
+__all__ = ["BaseInstance", "HttpInstance", "HttpRunner", "Instance", "Offload", "Runner", "RunnerBase"]
 
 T = TypeVar("T")
+InstanceT = TypeVar("InstanceT", bound="BaseInstance")
+CONTINUE = HttpDecision(DecisionKind.CONTINUE)
 Step = Callable[[], Any]
 
 
@@ -47,8 +52,9 @@ class Offload(Exception):  # control flow, not an error
         self.resume = resume
 
 
-class Instance(Protocol):
-    """One connection's plugin in one tier, driven synchronously."""
+class BaseInstance(Protocol):
+    """One sandbox's plugin in one tier, driven synchronously: what every world's
+    instance has (the world's hooks come on top, see Instance and HttpInstance)."""
 
     @property
     def identity(self) -> str:
@@ -67,14 +73,42 @@ class Instance(Protocol):
 
     def open(self, listener: str, config: str) -> None: ...
 
-    def on_data(self, event: DataEvent) -> Verdict: ...
-
     def close(self) -> None: ...
 
     def release(self) -> Future[None] | None:
         """Give the resources back; never raises or blocks. Returns a future when
         that has to wait for a call still running (the runner awaits it)."""
         ...
+
+
+class Instance(BaseInstance, Protocol):
+    """One connection's tcp-filter plugin in one tier, driven synchronously."""
+
+    def on_data(self, event: DataEvent) -> Verdict: ...
+
+
+class HttpInstance(BaseInstance, Protocol):
+    """One HTTP request's http-filter plugin in one tier, driven synchronously.
+    A hook of a phase the plugin does not want answers continue without
+    running plugin code."""
+
+    def wanted_phases(self) -> HttpPhase: ...
+
+    def request_headers(
+        self, headers: Sequence[Header], attributes: Sequence[tuple[str, str]], end_of_stream: bool
+    ) -> HttpDecision: ...
+
+    def request_body(self, body: bytes, end_of_stream: bool) -> HttpDecision: ...
+
+    def request_trailers(self, trailers: Sequence[Header]) -> HttpDecision: ...
+
+    def response_headers(
+        self, headers: Sequence[Header], attributes: Sequence[tuple[str, str]], end_of_stream: bool
+    ) -> HttpDecision: ...
+
+    def response_body(self, body: bytes, end_of_stream: bool) -> HttpDecision: ...
+
+    def response_trailers(self, trailers: Sequence[Header]) -> HttpDecision: ...
 
 
 def _run_steps(steps: Sequence[Step]) -> Any:
@@ -100,10 +134,11 @@ def _finish(resume: Step, rest: Sequence[Step]) -> Any:
     return result
 
 
-class Runner:
-    """The async Sandbox over one Instance (see the module docstring)."""
+class RunnerBase(Generic[InstanceT]):
+    """The async edge over one instance of any world (see the module docstring):
+    open, close, and `call` for a world's hooks."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: InstanceT) -> None:
         self._instance = instance
         self._pending_open: tuple[str, str] | None = None
         self._opened = False
@@ -131,11 +166,12 @@ class Runner:
         self._opened = True
         self._pending_open = (listener, config)
 
-    async def on_data(self, event: DataEvent) -> Verdict:
-        instance = self._instance
-        steps = [*self._take_open(), lambda: instance.on_data(event)]
-        verdict: Verdict = await self._run("on-data", steps, len(event.data))
-        return verdict
+    async def call(self, hook: str, fn: Callable[[], T], size: int = 0) -> T:
+        """Run one hook (`fn`, a call on the instance) in order, a deferred
+        on-open first, in one entry; `size`: its input bytes (where it may run).
+        A fault or a cancellation poisons the sandbox."""
+        result: T = await self._run(hook, [*self._take_open(), fn], size)
+        return result
 
     async def close(self) -> PluginFault | None:
         """Run on-close if the sandbox is healthy, then release it. Returns the
@@ -197,3 +233,81 @@ class Runner:
             raise
         finally:
             self._busy = False
+
+
+class Runner(RunnerBase[Instance]):
+    """The async Sandbox (tcp-filter) over one Instance."""
+
+    async def on_data(self, event: DataEvent) -> Verdict:
+        instance = self._instance
+        return await self.call("on-data", lambda: instance.on_data(event), len(event.data))
+
+
+def _header_bytes(headers: Sequence[Header]) -> int:
+    return sum(len(h.name) + len(h.value) for h in headers)
+
+
+class HttpRunner(RunnerBase[HttpInstance]):
+    """The async sandbox (http-filter) over one HttpInstance: the same order,
+    poisoning and release as Runner. A hook of a phase the plugin does not want
+    answers continue at once (after the usual checks: a poisoned or closed
+    sandbox still raises) without an entry into the instance, so a deferred
+    on-open waits for the next wanted hook (or close)."""
+
+    def __init__(self, instance: HttpInstance) -> None:
+        super().__init__(instance)
+        self._phases = instance.wanted_phases()
+
+    @property
+    def phases(self) -> HttpPhase:
+        return self._phases
+
+    async def _hook(self, phase: HttpPhase, fn: Callable[[], HttpDecision], size: int) -> HttpDecision:
+        if not self._phases & phase:
+            self._check_usable()
+            return CONTINUE
+        return await self.call(HTTP_HOOKS[phase], fn, size)
+
+    async def request_headers(
+        self, headers: Sequence[Header], attributes: Sequence[tuple[str, str]], end_of_stream: bool
+    ) -> HttpDecision:
+        i = self._instance
+        return await self._hook(
+            HttpPhase.REQUEST_HEADERS,
+            lambda: i.request_headers(headers, attributes, end_of_stream),
+            _header_bytes(headers) + sum(len(n) + len(v) for n, v in attributes),
+        )
+
+    async def request_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
+        i = self._instance
+        return await self._hook(
+            HttpPhase.REQUEST_BODY, lambda: i.request_body(body, end_of_stream), len(body)
+        )
+
+    async def request_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
+        i = self._instance
+        return await self._hook(
+            HttpPhase.REQUEST_TRAILERS, lambda: i.request_trailers(trailers), _header_bytes(trailers)
+        )
+
+    async def response_headers(
+        self, headers: Sequence[Header], attributes: Sequence[tuple[str, str]], end_of_stream: bool
+    ) -> HttpDecision:
+        i = self._instance
+        return await self._hook(
+            HttpPhase.RESPONSE_HEADERS,
+            lambda: i.response_headers(headers, attributes, end_of_stream),
+            _header_bytes(headers) + sum(len(n) + len(v) for n, v in attributes),
+        )
+
+    async def response_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
+        i = self._instance
+        return await self._hook(
+            HttpPhase.RESPONSE_BODY, lambda: i.response_body(body, end_of_stream), len(body)
+        )
+
+    async def response_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
+        i = self._instance
+        return await self._hook(
+            HttpPhase.RESPONSE_TRAILERS, lambda: i.response_trailers(trailers), _header_bytes(trailers)
+        )

@@ -8,6 +8,15 @@
 A plugin that is a core module, or a component wrapping one core module (C
 plugins), runs on the fast core path (_core.py); any other component
 (componentize-py) runs through the component API (_component.py).
+
+http-filter plugins (one sandbox per HTTP request), core path only so far:
+
+    factory = await vmm.wasmtime_tier.load_http(spec)   # HttpFactory
+    sandbox = await factory.new_sandbox(host)           # vmm.runner.HttpRunner
+    await sandbox.open(listener, config)
+    decision = await sandbox.request_headers(headers, attributes, end_of_stream)  # HttpDecision
+    ... request_body / request_trailers / response_* ...; await sandbox.close()
+    factory.new_instance(host)                          # the synchronous HttpCoreInstance
 """
 
 from __future__ import annotations
@@ -18,9 +27,9 @@ from pathlib import Path
 
 from vmm.policy import SandboxSpec
 from vmm.wasmtime_tier._cache import cache_dir
-from vmm.wasmtime_tier._factory import WasmtimeFactory, load_sync
+from vmm.wasmtime_tier._factory import HttpFactory, WasmtimeFactory, load_http_sync, load_sync
 
-__all__ = ["WasmtimeFactory", "cache_dir", "load", "load_sync"]
+__all__ = ["HttpFactory", "WasmtimeFactory", "cache_dir", "load", "load_http", "load_http_sync", "load_sync"]
 
 
 async def load(spec: SandboxSpec, cache: str | os.PathLike[str] | None = None) -> WasmtimeFactory:
@@ -30,3 +39,9 @@ async def load(spec: SandboxSpec, cache: str | os.PathLike[str] | None = None) -
     contract-breaking plugin. Compiling runs on a worker thread.
     """
     return await asyncio.to_thread(load_sync, spec, Path(cache) if cache is not None else None)
+
+
+async def load_http(spec: SandboxSpec, cache: str | os.PathLike[str] | None = None) -> HttpFactory:
+    """Load, check and compile an http-filter plugin (core module, or a component
+    wrapping one) and read its wanted phases. Raises PluginLoadError."""
+    return await asyncio.to_thread(load_http_sync, spec, Path(cache) if cache is not None else None)

@@ -1,7 +1,10 @@
 """Core-module path: a plugin's core exports called at the canonical-ABI level.
 
-Per connection: a fresh Store and Instance from a pre-linked InstancePre (no
-memory, globals or tables survive a connection). Per event: cabi_realloc for
+Per connection (or HTTP request, _http_core.py): a fresh Store and Instance
+from a pre-linked InstancePre (no memory, globals or tables survive it);
+CoreProgramBase and CoreInstanceBase hold what both worlds share (linking,
+the Store and its limits, the budget, calls into plugin code and their fault
+classification, memory access, lowering, on-open, on-close). Per TCP event: cabi_realloc for
 the input list, one memmove into linear memory, on-data, the verdict read
 back from its return area (every pointer checked by GuestMemory; a
 replacement over MAX_OUTPUT_BYTES refused before it is copied), then
@@ -10,6 +13,7 @@ cabi_post_on-data if exported.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,7 +38,7 @@ from vmm.contract import (
 )
 from vmm.policy import Limits
 from vmm.sandbox import PluginFault
-from vmm.wasm_module import CoreContract
+from vmm.wasm_module import CoreContract, CoreHttpContract
 from vmm.wasmtime_tier import _budget, _context
 from vmm.wasmtime_tier._budget import CallBudget
 from vmm.wasmtime_tier._context import CallContext
@@ -43,36 +47,52 @@ from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._fastcall import RawFunc, instantiate
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
 from vmm.wasmtime_tier._memory import GuestMemory, u32
-from vmm.wasmtime_tier._runner import InlineGate, WasmtimeInstance, new_identity
+from vmm.wasmtime_tier._runner import InlineGate, WasmtimeInstance, WasmtimeInstanceBase, new_identity
 
-__all__ = ["CoreProgram", "CoreSandbox"]
+__all__ = ["CoreInstanceBase", "CoreProgram", "CoreProgramBase", "CoreSandbox"]
 
 T = TypeVar("T")
 TABLE_ELEMENTS = 1 << 20  # 8 MiB of host memory at most; C plugins use a handful
 _VERDICTS = {int(k): k for k in VerdictKind}
 
 
-class CoreProgram:
-    """A compiled, linked core plugin: hands out fresh instances."""
+class CoreProgramBase:
+    """A compiled core plugin linked with the host functions (either world)."""
 
-    def __init__(self, module: wasmtime.Module, contract: CoreContract) -> None:
+    def __init__(self, module: wasmtime.Module, contract: CoreContract | CoreHttpContract) -> None:
         linker = wasmtime.Linker(engine())
         define_imports(linker)
         self.contract = contract
         self._pre = linker.instantiate_pre(module)
 
-    def new_sandbox(self, host: HostCapabilities, limits: Limits, gate: InlineGate) -> CoreSandbox:
-        return CoreSandbox(self, host, limits, gate)
-
     def instantiate(self, store: wasmtime.Store) -> wasmtime.Instance:
         return instantiate(self._pre, store)  # its own trap, see _fastcall.py
 
 
-class CoreSandbox(WasmtimeInstance):
+class CoreProgram(CoreProgramBase):
+    """A compiled, linked tcp-filter core plugin: hands out fresh instances."""
+
+    def __init__(self, module: wasmtime.Module, contract: CoreContract) -> None:
+        super().__init__(module, contract)
+
+    def new_sandbox(self, host: HostCapabilities, limits: Limits, gate: InlineGate) -> CoreSandbox:
+        return CoreSandbox(self, host, limits, gate)
+
+
+class CoreInstanceBase(WasmtimeInstanceBase):
+    """One core instance of either world: its Store, exports and calls into it.
+    Subclasses bind their world's hooks (`_bind_exports`) and call them through
+    `_guest_call`."""
+
     def __init__(
-        self, program: CoreProgram, host: HostCapabilities, limits: Limits, gate: InlineGate
+        self,
+        program: CoreProgramBase,
+        host: HostCapabilities,
+        limits: Limits,
+        gate: InlineGate,
+        kind: str = "core",
     ) -> None:
-        super().__init__(new_identity("core"), host, gate)
+        super().__init__(new_identity(kind), host, gate)
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)
@@ -118,13 +138,17 @@ class CoreSandbox(WasmtimeInstance):
         self._realloc = func(EXPORT_REALLOC)
         self._ctx.realloc = self._realloc
         self._on_open = func(EXPORT_ON_OPEN)
-        self._on_data = func(EXPORT_ON_DATA)
         self._on_close = func(EXPORT_ON_CLOSE)
+        self._bind_exports(func)
         posts = self._program.contract.post_returns
         self._post = {hook: func(EXPORT_POST_PREFIX + hook) for hook in posts}
         if self._program.contract.has_initialize:
             init = func(EXPORT_INITIALIZE)
             self._guest_call("_initialize", lambda: init(store))
+
+    @abstractmethod
+    def _bind_exports(self, func: Callable[[str], RawFunc]) -> None:
+        """Look up the world's own hooks (`func(name)`: the export, checked at load)."""
 
     def _guest_call(self, hook: str, call: Callable[[], T]) -> T:
         """Run plugin code with the budget set and failures classified."""
@@ -177,6 +201,32 @@ class CoreSandbox(WasmtimeInstance):
 
         self._guest_call("on-open", call)
 
+    def _close_sync(self) -> None:
+        def call() -> None:
+            self._on_close(self._live_store())
+            self._post_return(EXPORT_ON_CLOSE)
+
+        self._guest_call("on-close", call)
+
+    def _release_sync(self) -> None:
+        self._ctx.memory = None
+        self._ctx.realloc = None
+        self._memory = None
+        self._store = None
+        self._post = {}
+
+
+class CoreSandbox(CoreInstanceBase, WasmtimeInstance):
+    """One TCP connection's tcp-filter core instance."""
+
+    def __init__(
+        self, program: CoreProgram, host: HostCapabilities, limits: Limits, gate: InlineGate
+    ) -> None:
+        super().__init__(program, host, limits, gate)
+
+    def _bind_exports(self, func: Callable[[str], RawFunc]) -> None:
+        self._on_data = func(EXPORT_ON_DATA)
+
     def _data_sync(self, event: DataEvent) -> Verdict:
         def call() -> Verdict:
             data = event.data
@@ -205,17 +255,3 @@ class CoreSandbox(WasmtimeInstance):
         if length > MAX_OUTPUT_BYTES:  # checked before a byte is copied out
             raise AbiViolation(output_too_large(length))
         return Verdict(kind, mem.read(ptr, length, "replacement data"))
-
-    def _close_sync(self) -> None:
-        def call() -> None:
-            self._on_close(self._live_store())
-            self._post_return(EXPORT_ON_CLOSE)
-
-        self._guest_call("on-close", call)
-
-    def _release_sync(self) -> None:
-        self._ctx.memory = None
-        self._ctx.realloc = None
-        self._memory = None
-        self._store = None
-        self._post = {}

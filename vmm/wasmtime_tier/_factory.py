@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import wasmtime
 
 from vmm.capabilities import HostCapabilities
+from vmm.contract import HttpPhase
 from vmm.kvstore import KvStore
 from vmm.metrics import Metrics
 from vmm.policy import Grants, SandboxSpec
-from vmm.runner import Runner
-from vmm.sandbox import PluginLoadError
+from vmm.runner import HttpRunner, Runner
+from vmm.sandbox import PluginFault, PluginLoadError
 from vmm.wasm_module import (
     WASM_PAGE,
     BinaryKind,
     ContractError,
+    CoreModuleInfo,
     WasmFormatError,
     check_contract,
+    check_http_contract,
     classify,
     unwrap_core,
 )
@@ -29,9 +34,12 @@ from vmm.wasmtime_tier._cache import cache_dir, compile_component, compile_modul
 from vmm.wasmtime_tier._component import ComponentProgram, component_capabilities
 from vmm.wasmtime_tier._core import CoreProgram, CoreSandbox
 from vmm.wasmtime_tier._engine import EXECUTOR, deadline_ticks, engine, ticker
+from vmm.wasmtime_tier._http_core import HttpCoreInstance, HttpCoreProgram, read_phases
 from vmm.wasmtime_tier._runner import InlineGate
 
-__all__ = ["LOAD_BUDGET_MS", "WARM_INSTANCES", "WasmtimeFactory", "load_sync"]
+__all__ = [
+    "LOAD_BUDGET_MS", "WARM_INSTANCES", "HttpFactory", "WasmtimeFactory", "load_http_sync", "load_sync",
+]
 
 LOG = logging.getLogger("lightcell.wasmtime")
 
@@ -159,23 +167,11 @@ class WasmtimeFactory:
                 self._fill_idle.set()
 
 
-def load_sync(spec: SandboxSpec, cache: Path | None = None) -> WasmtimeFactory:
-    path = Path(spec.plugin_path)
+@contextlib.contextmanager
+def _loading(path: Path) -> Iterator[None]:
+    """Load-time errors as PluginLoadError, with the plugin's path."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PluginLoadError(f"{path}: cannot read plugin: {e.strerror or e}") from e
-    try:
-        kind = classify(data)
-        core = unwrap_core(data)
-    except WasmFormatError as e:
-        raise PluginLoadError(f"{path}: malformed wasm: {e}") from e
-    directory = cache_dir(cache)
-    try:
-        if core is not None:
-            return _load_core(spec, core, directory)
-        assert kind is BinaryKind.COMPONENT
-        return _load_component(spec, data, directory)
+        yield
     except ContractError as e:
         raise PluginLoadError(f"{path}: does not implement the lightcell contract: {e}") from e
     except WasmFormatError as e:
@@ -184,14 +180,41 @@ def load_sync(spec: SandboxSpec, cache: Path | None = None) -> WasmtimeFactory:
         raise PluginLoadError(f"{path}: invalid plugin: {str(e).strip()}") from e
 
 
-def _load_core(spec: SandboxSpec, core: bytes, directory: Path) -> WasmtimeFactory:
-    contract = check_contract(core)
-    minimum = contract.info.memory_min_pages
+def _read(path: Path) -> tuple[bytes, BinaryKind, bytes | None]:
+    """The file, its kind, and its core module (None: a general component)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PluginLoadError(f"{path}: cannot read plugin: {e.strerror or e}") from e
+    try:
+        return data, classify(data), unwrap_core(data)
+    except WasmFormatError as e:
+        raise PluginLoadError(f"{path}: malformed wasm: {e}") from e
+
+
+def load_sync(spec: SandboxSpec, cache: Path | None = None) -> WasmtimeFactory:
+    path = Path(spec.plugin_path)
+    data, kind, core = _read(path)
+    directory = cache_dir(cache)
+    with _loading(path):
+        if core is not None:
+            return _load_core(spec, core, directory)
+        assert kind is BinaryKind.COMPONENT
+        return _load_component(spec, data, directory)
+
+
+def _check_start_memory(spec: SandboxSpec, info: CoreModuleInfo) -> None:
+    minimum = info.memory_min_pages
     if minimum is not None and minimum * WASM_PAGE > spec.limits.memory_bytes:
         raise PluginLoadError(
             f"{spec.plugin_path}: needs {minimum * WASM_PAGE} bytes of memory at start, "
             f"over the limit of {spec.limits.memory_bytes}"
         )
+
+
+def _load_core(spec: SandboxSpec, core: bytes, directory: Path) -> WasmtimeFactory:
+    contract = check_contract(core)
+    _check_start_memory(spec, contract.info)
     module = compile_module(engine(), core, directory)
     return WasmtimeFactory(spec, CoreProgram(module, contract), contract.capabilities)
 
@@ -224,3 +247,85 @@ def _load_component(spec: SandboxSpec, data: bytes, directory: Path) -> Wasmtime
         if instance.get_func(store, name) is None:
             raise PluginLoadError(f"{spec.plugin_path}: component has no export {name!r}")
     return WasmtimeFactory(spec, program, imports)
+
+
+# --- the http-filter world ---------------------------------------------------------
+
+
+class HttpFactory:
+    """A loaded http-filter plugin (core path): every new_sandbox() (one per HTTP
+    request) is a fresh Store and instance, created by its first wanted hook on
+    a worker thread under the CPU budget; grants are checked by the same host
+    functions as on the tcp-filter path."""
+
+    def __init__(self, spec: SandboxSpec, program: HttpCoreProgram, imports: frozenset[str]) -> None:
+        self.spec = spec
+        self._program = program
+        self._imports = imports
+        self._closed = False
+        plugin = Path(spec.plugin_path).name.removesuffix(".wasm")
+        self.inline_gate = InlineGate(spec.listener, plugin, spec.limits.event_cpu_ms)
+        ticker.acquire()
+
+    @property
+    def tier(self) -> str:
+        return "wasmtime"
+
+    @property
+    def path(self) -> str:
+        return "core"
+
+    @property
+    def imports(self) -> frozenset[str]:
+        return self._imports
+
+    @property
+    def phases(self) -> HttpPhase:
+        """What the plugin's `wanted-phases` says (read once, at load)."""
+        return self._program.phases
+
+    def new_instance(self, host: HostCapabilities) -> HttpCoreInstance:
+        """A fresh synchronous instance (vmm.runner.HttpInstance) for one request."""
+        if self._closed:
+            raise RuntimeError("factory is closed")
+        return self._program.new_instance(host, self.spec.limits, self.inline_gate)
+
+    async def new_sandbox(self, host: HostCapabilities) -> HttpRunner:
+        return HttpRunner(self.new_instance(host))
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.to_thread(ticker.release)
+
+
+def load_http_sync(spec: SandboxSpec, cache: Path | None = None) -> HttpFactory:
+    """Load an http-filter plugin: a core module, or a component wrapping one.
+
+    The phases come from check_http_contract when `wanted-phases` is a
+    constant; otherwise `wanted-phases` is called once, here, in a throwaway
+    instance with no capabilities (a fault there, or bits outside the flags,
+    is a load error)."""
+    path = Path(spec.plugin_path)
+    _, _, core = _read(path)
+    if core is None:
+        raise PluginLoadError(
+            f"{path}: an http-filter component of many core modules (componentize-py, "
+            "componentize-js) does not run in the wasmtime tier yet; only core modules "
+            "and components wrapping one core module (C plugins) do"
+        )
+    directory = cache_dir(cache)
+    with _loading(path):
+        contract = check_http_contract(core)
+        _check_start_memory(spec, contract.info)
+        module = compile_module(engine(), core, directory)
+        program = HttpCoreProgram(module, contract, contract.phases or HttpPhase(0))
+        if contract.phases is None:
+            ticker.acquire()  # the call is budgeted like a hook: the epoch must tick
+            try:
+                program.phases = read_phases(program, spec)
+            except PluginFault as e:
+                raise PluginLoadError(f"{path}: wanted-phases failed at load: {e}") from e
+            finally:
+                ticker.release()
+        return HttpFactory(spec, program, contract.capabilities)

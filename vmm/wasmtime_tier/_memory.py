@@ -39,6 +39,15 @@ class GuestMemory:
     def size(self) -> int:
         return self._size
 
+    def view(self) -> memoryview:
+        """The whole linear memory as a zero-copy byte view, for readers that
+        bounds-check against its length (vmm.http_abi.lift_decision). Valid only
+        until plugin code runs again (memory.grow may move the memory): never
+        keep it."""
+        if not self._size:
+            return memoryview(b"")
+        return memoryview((ctypes.c_ubyte * self._size).from_address(self._base)).cast("B")
+
     def span(self, ptr: int, length: int, align: int = 1, what: str = "buffer") -> int:
         """Validated host address of guest [ptr, ptr+length)."""
         p, n = u32(ptr), u32(length)

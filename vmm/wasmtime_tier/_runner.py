@@ -36,7 +36,7 @@ from vmm.wasmtime_tier._engine import EXECUTOR
 
 __all__ = [
     "INLINE_MAX_BUDGET_MS", "INLINE_MAX_EVENT_BYTES", "SLOW_HOOK_S", "InlineGate", "WasmtimeInstance",
-    "new_identity",
+    "WasmtimeInstanceBase", "new_identity",
 ]
 
 LOG = logging.getLogger("lightcell.wasmtime")
@@ -87,10 +87,11 @@ class InlineGate:
             )  # fmt: skip
 
 
-class WasmtimeInstance(ABC):
-    """vmm.runner.Instance for the wasmtime tier: one hook at a time, inline on
-    the event loop while the listener's InlineGate is open, else on EXECUTOR;
-    subclasses implement the synchronous hooks."""
+class WasmtimeInstanceBase(ABC):
+    """vmm.runner.BaseInstance for the wasmtime tier, whatever the world: one
+    hook at a time, inline on the event loop while the listener's InlineGate is
+    open, else on EXECUTOR; subclasses implement the synchronous hooks
+    (WasmtimeInstance adds tcp-filter's on-data)."""
 
     def __init__(self, identity: str, host: HostCapabilities, gate: InlineGate) -> None:
         self._identity = identity
@@ -125,16 +126,13 @@ class WasmtimeInstance(ABC):
     def _open_sync(self, listener: str, config: str) -> None: ...
 
     @abstractmethod
-    def _data_sync(self, event: DataEvent) -> Verdict: ...
-
-    @abstractmethod
     def _close_sync(self) -> None: ...
 
     @abstractmethod
     def _release_sync(self) -> None:
         """Drop the store and instance. Must not raise."""
 
-    # --- vmm.runner.Instance ----------------------------------------------------
+    # --- vmm.runner.BaseInstance ------------------------------------------------
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         return EXECUTOR.submit(self._locked, fn)
 
@@ -146,15 +144,6 @@ class WasmtimeInstance(ABC):
     def open(self, listener: str, config: str) -> None:
         self._ensure_instance()
         self._timed(lambda: self._open_sync(listener, config))
-
-    def on_data(self, event: DataEvent) -> Verdict:
-        self._ensure_instance()
-        if len(event.data) > INLINE_MAX_EVENT_BYTES:
-            verdict = self._data_sync(event)  # never inline: says nothing about the gate's question
-        else:
-            verdict = self._timed(lambda: self._data_sync(event))
-        # With what the plugin set during the hook (and a deferred on-open).
-        return verdict.with_metadata(self._host.take_metadata())
 
     def close(self) -> None:
         if self._instantiated:
@@ -182,6 +171,14 @@ class WasmtimeInstance(ABC):
             self._released.set_result(None)
 
     # --- machinery --------------------------------------------------------------
+    def _hook(self, size: int, call: Callable[[], T]) -> T:
+        """Run a hook with `size` bytes of input (instance made first), timed for
+        the gate unless it is too large ever to run inline."""
+        self._ensure_instance()
+        if size > INLINE_MAX_EVENT_BYTES:
+            return call()  # never inline: says nothing about the gate's question
+        return self._timed(call)
+
     def _timed(self, call: Callable[[], T]) -> T:
         start = time.thread_time()
         try:
@@ -210,3 +207,15 @@ class WasmtimeInstance(ABC):
         if not self._instantiated:
             self._instantiate_sync()
             self._instantiated = True
+
+
+class WasmtimeInstance(WasmtimeInstanceBase):
+    """vmm.runner.Instance (tcp-filter) for the wasmtime tier."""
+
+    @abstractmethod
+    def _data_sync(self, event: DataEvent) -> Verdict: ...
+
+    def on_data(self, event: DataEvent) -> Verdict:
+        verdict = self._hook(len(event.data), lambda: self._data_sync(event))
+        # With what the plugin set during the hook (and a deferred on-open).
+        return verdict.with_metadata(self._host.take_metadata())
