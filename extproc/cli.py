@@ -24,10 +24,13 @@ from typing import TYPE_CHECKING, TextIO, cast
 from extproc.config import ConfigError, LightcellConfig, load_config
 
 if TYPE_CHECKING:
-    from extproc.listener import TierChoice
+    from extproc.listener import ListenerPolicy, TierChoice
     from extproc.server import DefaultSocket
 
 __all__ = ["main"]
+
+LOG = logging.getLogger("lightcell.cli")
+HTTP_NOT_SERVED = "not served yet (issue 8)"
 
 # Subcommands implemented elsewhere: their arguments are passed through untouched.
 _DELEGATED = {
@@ -128,6 +131,16 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_workers(args, socket_path)
     try:
         config = load_config(args.envoy_config)
+        http = _http_names(config)
+        if not config.listeners:
+            return _fail(f"{config.path}: no TCP listener to serve; HTTP ({http}) is {HTTP_NOT_SERVED}")
+        if http:
+            LOG.warning(
+                "HTTP listener(s) and route policies %s are %s: Lightcell refuses their streams "
+                "(Envoy answers with an error unless failure_mode_allow)",
+                http,
+                HTTP_NOT_SERVED,
+            )
         run = serve(
             config,
             socket_path=socket_path,
@@ -189,12 +202,23 @@ async def _load_and_close(config: LightcellConfig) -> dict[str, tuple[frozenset[
         await plugins.close_all(loaded.values())
 
 
+def _http_names(config: LightcellConfig) -> str:
+    return ", ".join([*config.http_listeners, *config.routes])
+
+
 def _report(
     config: LightcellConfig,
     loaded: dict[str, tuple[frozenset[str], TierChoice]],
     out: TextIO,
 ) -> None:
-    print(f"{config.path}: OK, {len(config.listeners)} listener(s)", file=out)
+    if config.http_listeners:
+        print(
+            f"{config.path}: OK, {len(config.listeners)} TCP listener(s), {len(config.http_listeners)} "
+            f"HTTP listener(s) and {len(config.routes)} route policy(ies): {HTTP_NOT_SERVED}",
+            file=out,
+        )
+    else:
+        print(f"{config.path}: OK, {len(config.listeners)} listener(s)", file=out)
     for warning in config.warnings:
         print(f"warning: {warning}", file=out)
     for name, policy in config.listeners.items():
@@ -225,6 +249,31 @@ def _report(
         unused = sorted(granted - used)
         if unused:
             print(f"  unused        {', '.join(unused)}: granted but never imported", file=out)
+    # HTTP policies are checked but their plugins are not loaded: nothing serves them yet.
+    for name, policy in config.http_listeners.items():
+        print(f"\nhttp listener {name}: {HTTP_NOT_SERVED}, plugin not loaded", file=out)
+        _report_unloaded(policy, out)
+        # A route policy is "<listener>/<route>"; route names carry no '/'.
+        routes = [key for key in config.routes if key.rpartition("/")[0] == name]
+        print(f"  route policies {', '.join(routes) or 'none'}; every other route runs this one", file=out)
+    for key, policy in config.routes.items():
+        print(f"\nroute {key}: {HTTP_NOT_SERVED}, plugin not loaded", file=out)
+        _report_unloaded(policy, out)
+        for where in config.route_selections.get(key, ()):
+            print(f"  selected by   {where}", file=out)
+
+
+def _report_unloaded(policy: ListenerPolicy, out: TextIO) -> None:
+    spec = policy.spec
+    print(f"  from          {policy.source}", file=out)
+    print(f"  plugin        {spec.plugin_path}", file=out)
+    if spec.plugin_config:
+        print(f"  config        {spec.plugin_config!r}", file=out)
+    print(f"  tier          {policy.tier.value} (as requested; chosen when the plugin is loaded)", file=out)
+    print(f"  failure_mode  {policy.failure_mode.value}", file=out)
+    print(f"  grants        {', '.join(sorted(spec.grants.capabilities)) or 'none'}", file=out)
+    if spec.grants.egress_allow:
+        print(f"  egress_allow  {', '.join(sorted(map(str, spec.grants.egress_allow)))}", file=out)
 
 
 def _delegate(command: str, argv: list[str]) -> int:

@@ -6,6 +6,25 @@ static listener with `metadata.filter_metadata["lightcell"]` becomes a
 ListenerPolicy; its network ext_proc filter must name the listener to
 Lightcell with `grpc_service.initial_metadata` key `x-lightcell-listener`.
 
+HTTP (issue 8; parsed and checked here, not served yet): a listener whose
+`envoy.filters.network.http_connection_manager` has an
+`envoy.filters.http.ext_proc` HTTP filter gets its policy the same way (the
+filter names the listener with the same `x-lightcell-listener` entry) and goes
+to `LightcellConfig.http_listeners`, never to `listeners`, which stays the TCP
+listeners that `lightcell serve` loads. A route of that HTTP connection
+manager's inline `route_config` may carry its own policy in its
+`metadata.filter_metadata.lightcell`. Its name is "<listener>/<route>", where
+<route> is the route's `name` (or, for an unnamed route, the value it sends);
+the route must select it with a `typed_per_filter_config` entry under the
+ext_proc filter's name holding an `ExtProcPerRoute` whose
+`overrides.grpc_initial_metadata` has `{key: x-lightcell-route, value: <route>}`.
+Envoy adds that to the filter's initial metadata, so a stream of that route
+arrives naming both the listener and the route. Any other route (or virtual
+host) may select an existing route policy of the same listener by sending its
+<route> name too; every other route runs the listener's policy. Route
+policies go to `LightcellConfig.routes`, keyed "<listener>/<route>". Routes
+from RDS are not read.
+
 Every problem raises ConfigError with a message that names the file, the
 listener and the field, so that `lightcell serve` never starts half-configured.
 Only static listeners are read (no LDS).
@@ -24,25 +43,37 @@ from typing import Any, TypeVar
 
 import yaml
 
-from extproc.listener import FailureMode, ListenerPolicy
+from extproc.listener import FailureMode, ListenerPolicy, Protocol
 from extproc.tcp_protocol import METADATA_NAMESPACE
 from vmm.microvm.layout import MAX_MEMORY_BYTES
 from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec, Tier
 
 __all__ = [
+    "EXT_PROC_PER_ROUTE_TYPE",
     "EXT_PROC_TYPE",
+    "HTTP_CONNECTION_MANAGER_TYPE",
+    "HTTP_EXT_PROC_TYPE",
     "LISTENER_METADATA_KEY",
     "POLICY_NAMESPACE",
+    "ROUTE_METADATA_KEY",
     "ConfigError",
     "LightcellConfig",
     "load_config",
+    "route_key",
 ]
 
 LOG = logging.getLogger("lightcell.config")
 
 POLICY_NAMESPACE = "lightcell"
 LISTENER_METADATA_KEY = "x-lightcell-listener"
+ROUTE_METADATA_KEY = "x-lightcell-route"
 EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor"
+HTTP_CONNECTION_MANAGER_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+HTTP_EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+EXT_PROC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+_FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 
 _POLICY_KEYS = frozenset({"plugin", "config", "tier", "failure_mode", "grants", "egress_allow", "limits"})
@@ -58,7 +89,19 @@ class ConfigError(Exception):
 class LightcellConfig:
     path: Path
     listeners: Mapping[str, ListenerPolicy]
+    """The TCP listeners' policies, by listener name: what `lightcell serve` loads."""
     warnings: Sequence[str] = field(default_factory=tuple)
+    http_listeners: Mapping[str, ListenerPolicy] = field(default_factory=dict)
+    """The HTTP listeners' policies (protocol http), by listener name. Not served yet (issue 8)."""
+    routes: Mapping[str, ListenerPolicy] = field(default_factory=dict)
+    """Route policies of the HTTP listeners (protocol http), by "<listener>/<route>" (route_key)."""
+    route_selections: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """For each route policy: where (inside its listener) each ExtProcPerRoute selecting it is."""
+
+
+def route_key(listener: str, route: str) -> str:
+    """The name of a route policy: "<listener>/<route>"."""
+    return f"{listener}/{route}"
 
 
 def load_config(path: str | Path) -> LightcellConfig:
@@ -67,6 +110,8 @@ def load_config(path: str | Path) -> LightcellConfig:
     doc = _read_yaml(path)
     listeners = _listeners(path, doc)
     policies: dict[str, ListenerPolicy] = {}
+    http_policies: dict[str, ListenerPolicy] = {}
+    routes = _Routes()
     notes: list[str] = []
     for listener in listeners:
         name = listener.get("name")
@@ -75,30 +120,61 @@ def load_config(path: str | Path) -> LightcellConfig:
         ctx = _Context(path, name)
         raw = _policy_of(listener)
         filters = list(_ext_proc_filters(listener))
+        hcms = _http_connection_managers(listener)
+        http_ext_procs = [e for hcm in hcms for e in hcm.ext_procs]
         if raw is None:
-            for where, config in filters:
+            for where, config in [*filters, *((e.where, e.config) for e in http_ext_procs)]:
                 named = _named_listener(config)
                 if named is not None:
                     notes.append(
                         f"{path}: listener {name!r}: {where}: sends {LISTENER_METADATA_KEY}={named!r} "
                         f"but the listener has no filter_metadata.{POLICY_NAMESPACE} policy"
                     )
+            _refuse_route_policies(
+                ctx, hcms, f"the listener has no metadata.filter_metadata.{POLICY_NAMESPACE} policy: "
+                "give it one (it filters the listener's other routes)",
+            )  # fmt: skip
             continue
-        if name in policies:
+        if name in policies or name in http_policies:
             raise ctx.error("name", "two listeners carry the same name")
+        if filters and http_ext_procs:
+            raise ctx.error(
+                "filter_chains",
+                f"has both an envoy.filters.network.ext_proc filter ({filters[0][0]}) and an "
+                f"envoy.filters.http.ext_proc filter ({http_ext_procs[0].where}): one lightcell policy "
+                "cannot serve both; put them on two listeners",
+            )
+        if hcms and not filters:
+            source = f"listener {name!r} metadata.filter_metadata.{POLICY_NAMESPACE}"
+            policy = _parse_policy(ctx, raw, Protocol.HTTP, source)
+            notes.extend(_check_http_filters(ctx, policy, hcms))
+            notes.extend(_route_policies(ctx, policy, hcms, routes))
+            http_policies[name] = policy
+            continue
         policy = _parse_policy(ctx, raw)
         notes.extend(_check_filters(ctx, policy, filters))
+        _refuse_route_policies(
+            ctx, hcms, "the listener is served through envoy.filters.network.ext_proc, not an HTTP ext_proc "
+            "filter: a route policy would never run",
+        )  # fmt: skip
         policies[name] = policy
     # After the policies, so that a policy mistake is reported with its listener and field.
     _validate_bootstrap(path, doc)
-    if not policies:
+    if not policies and not http_policies:
         raise ConfigError(
             f"{path}: no listener carries a metadata.filter_metadata.{POLICY_NAMESPACE} policy: "
             "nothing to serve"
         )
     for note in notes:
         LOG.warning("%s", note)
-    return LightcellConfig(path, policies, tuple(notes))
+    return LightcellConfig(
+        path,
+        policies,
+        tuple(notes),
+        http_listeners=http_policies,
+        routes=routes.policies,
+        route_selections={key: tuple(found) for key, found in routes.selections.items()},
+    )
 
 
 # --------------------------------------------------------------------------- the Envoy file
@@ -176,8 +252,10 @@ def _policy_of(listener: dict[str, Any]) -> Any:
     return filter_metadata.get(POLICY_NAMESPACE) if isinstance(filter_metadata, dict) else None
 
 
-def _ext_proc_filters(listener: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, typed_config) of every network ext_proc filter of a listener."""
+def _network_filters(
+    listener: dict[str, Any], type_url: str, default_name: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """(where, typed_config) of every network filter of a listener with this `@type`."""
     chains: list[tuple[str, Any]] = [
         (f"filter_chains[{i}]", chain) for i, chain in enumerate(listener.get("filter_chains") or [])
     ]
@@ -187,9 +265,14 @@ def _ext_proc_filters(listener: dict[str, Any]) -> list[tuple[str, dict[str, Any
     for where, chain in chains:
         for j, flt in enumerate(chain.get("filters") or [] if isinstance(chain, dict) else []):
             config = flt.get("typed_config") if isinstance(flt, dict) else None
-            if isinstance(config, dict) and config.get("@type") == EXT_PROC_TYPE:
-                found.append((f"{where}.filters[{j}] ({flt.get('name', 'ext_proc')})", config))
+            if isinstance(config, dict) and config.get("@type") == type_url:
+                found.append((f"{where}.filters[{j}] ({flt.get('name', default_name)})", config))
     return found
+
+
+def _ext_proc_filters(listener: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, typed_config) of every network ext_proc filter of a listener."""
+    return _network_filters(listener, EXT_PROC_TYPE, "ext_proc")
 
 
 def _named_listener(ext_proc: dict[str, Any]) -> str | None:
@@ -212,31 +295,41 @@ def _check_filters(
         )
     notes = []
     for where, config in filters:
-        named = _named_listener(config)
-        if named is None:
-            raise ctx.error(
-                f"{where}.grpc_service.initial_metadata",
-                f"no {LISTENER_METADATA_KEY} entry; "
-                f"add {{key: {LISTENER_METADATA_KEY}, value: {ctx.listener}}}",
-            )
-        if named != ctx.listener:
-            raise ctx.error(
-                f"{where}.grpc_service.initial_metadata",
-                f"{LISTENER_METADATA_KEY} is {named!r}, expected the listener's own name {ctx.listener!r}",
-            )
-        if config.get("failure_mode_allow") is True and policy.failure_mode is not FailureMode.ALLOW:
-            # The listener fails closed; Envoy's own fail-open would undo that whenever
-            # Lightcell is unreachable or a stream ends badly.
-            raise ctx.error(
-                f"{where}.failure_mode_allow",
-                f"is true while the listener's failure_mode is {policy.failure_mode.value}: if "
-                "Lightcell is unreachable Envoy would pass traffic unfiltered; set it to false "
-                f"(or failure_mode: allow if fail-open is really wanted)",
-            )
+        _check_names_listener(ctx, where, config)
+        _check_fail_open(ctx, f"{where}.failure_mode_allow", config.get("failure_mode_allow"), policy)
         notes.extend(_skipped_directions(ctx, where, config))
         if "metadata" in policy.spec.grants.capabilities:
             notes.extend(_unreceived_metadata(ctx, where, config))
     return notes
+
+
+def _check_names_listener(ctx: _Context, where: str, config: dict[str, Any]) -> None:
+    """An ext_proc filter (network or HTTP) must send the listener's own name."""
+    named = _named_listener(config)
+    if named is None:
+        raise ctx.error(
+            f"{where}.grpc_service.initial_metadata",
+            f"no {LISTENER_METADATA_KEY} entry; add {{key: {LISTENER_METADATA_KEY}, value: {ctx.listener}}}",
+        )
+    if named != ctx.listener:
+        raise ctx.error(
+            f"{where}.grpc_service.initial_metadata",
+            f"{LISTENER_METADATA_KEY} is {named!r}, expected the listener's own name {ctx.listener!r}",
+        )
+
+
+def _check_fail_open(
+    ctx: _Context, where: str, failure_mode_allow: Any, policy: ListenerPolicy, owner: str = "listener"
+) -> None:
+    if failure_mode_allow is True and policy.failure_mode is not FailureMode.ALLOW:
+        # The policy fails closed; Envoy's own fail-open would undo that whenever
+        # Lightcell is unreachable or a stream ends badly.
+        raise ctx.error(
+            where,
+            f"is true while the {owner}'s failure_mode is {policy.failure_mode.value}: if "
+            "Lightcell is unreachable Envoy would pass traffic unfiltered; set it to false "
+            f"(or failure_mode: allow if fail-open is really wanted)",
+        )
 
 
 # Envoy's network ext_proc ProcessingMode.DataSendMode: STREAMED = 0, SKIP = 1.
@@ -250,8 +343,7 @@ def _skipped_directions(ctx: _Context, where: str, config: dict[str, Any]) -> li
     if not isinstance(mode, dict):
         return []
     return [
-        f"{ctx.path}: listener {ctx.listener!r}: {where}.processing_mode.{key} is SKIP: "
-        f"{text} bytes are not filtered by the plugin"
+        f"{ctx.prefix}{where}.processing_mode.{key} is SKIP: {text} bytes are not filtered by the plugin"
         for key, text in _DIRECTIONS.items()
         if mode.get(key) in _SKIP
     ]
@@ -269,8 +361,8 @@ def _unreceived_metadata(ctx: _Context, where: str, config: dict[str, Any]) -> l
     if isinstance(untyped, list) and METADATA_NAMESPACE in untyped:
         return []
     return [
-        f"{ctx.path}: listener {ctx.listener!r}: {where}.metadata_options.receiving_namespaces.untyped "
-        f"does not include {METADATA_NAMESPACE!r}: the listener grants metadata, but Envoy drops "
+        f"{ctx.prefix}{where}.metadata_options.receiving_namespaces.untyped "
+        f"does not include {METADATA_NAMESPACE!r}: the {ctx.owner} grants metadata, but Envoy drops "
         f"what the plugin sets; add metadata_options: {{receiving_namespaces: {{untyped: "
         f"[{METADATA_NAMESPACE}]}}}} to the filter"
     ]
@@ -283,6 +375,269 @@ def _get(node: Any, name: str, json_name: str) -> Any:
     return node.get(name, node.get(json_name))
 
 
+# --------------------------------------------------------------------------- HTTP listeners and routes
+
+
+@dataclass(frozen=True)
+class _HttpExtProc:
+    where: str
+    name: str
+    """The HTTP filter's name: the key of its typed_per_filter_config entries."""
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Hcm:
+    where: str
+    config: dict[str, Any]
+    ext_procs: list[_HttpExtProc]
+
+
+def _http_connection_managers(listener: dict[str, Any]) -> list[_Hcm]:
+    """Every HTTP connection manager of a listener, with its HTTP ext_proc filters."""
+    found = []
+    for where, config in _network_filters(listener, HTTP_CONNECTION_MANAGER_TYPE, "http_connection_manager"):
+        ext_procs = []
+        for k, flt in enumerate(_get(config, "http_filters", "httpFilters") or []):
+            typed = _get(flt, "typed_config", "typedConfig")
+            if isinstance(typed, dict) and typed.get("@type") == HTTP_EXT_PROC_TYPE:
+                name = str(flt.get("name", ""))
+                ext_procs.append(_HttpExtProc(f"{where}.http_filters[{k}] ({name})", name, typed))
+        found.append(_Hcm(where, config, ext_procs))
+    return found
+
+
+def _check_http_filters(ctx: _Context, policy: ListenerPolicy, hcms: list[_Hcm]) -> list[str]:
+    ext_procs = [e for hcm in hcms for e in hcm.ext_procs]
+    if not ext_procs:
+        raise ctx.error(
+            f"{hcms[0].where}.http_filters",
+            "has a lightcell policy but no envoy.filters.http.ext_proc filter: the plugin would never run",
+        )
+    notes = []
+    for ext in ext_procs:
+        _check_names_listener(ctx, ext.where, ext.config)
+        fail_open = _get(ext.config, "failure_mode_allow", "failureModeAllow")
+        _check_fail_open(ctx, f"{ext.where}.failure_mode_allow", fail_open, policy)
+        mode = _get(ext.config, "processing_mode", "processingMode")
+        notes.extend(_http_modes(ctx, f"{ext.where}.processing_mode", mode, on_filter=True))
+        if "metadata" in policy.spec.grants.capabilities:
+            notes.extend(_unreceived_metadata(ctx, ext.where, ext.config))
+    return notes
+
+
+# Envoy's HTTP ext_proc ProcessingMode: HeaderSendMode DEFAULT = 0, SEND = 1, SKIP = 2;
+# BodySendMode NONE = 0, STREAMED = 1, BUFFERED = 2, BUFFERED_PARTIAL = 3, FULL_DUPLEX_STREAMED = 4.
+_HEADER_SKIP = ("SKIP", 2)
+_HEADER_SEND = ("SEND", 1)
+_FULL_DUPLEX = ("FULL_DUPLEX_STREAMED", 4)
+
+
+def _http_modes(ctx: _Context, where: str, mode: Any, *, on_filter: bool) -> list[str]:
+    """Warnings for an HTTP processing_mode; on the filter itself, an error for what Envoy refuses."""
+    if not isinstance(mode, dict):
+        return []
+    notes = []
+    if _get(mode, "request_header_mode", "requestHeaderMode") in _HEADER_SKIP:
+        notes.append(
+            f"{ctx.prefix}{where}.request_header_mode is SKIP: the plugin never sees the request headers"
+        )
+    for direction in ("request", "response"):
+        body = _get(mode, f"{direction}_body_mode", f"{direction}BodyMode")
+        trailer = _get(mode, f"{direction}_trailer_mode", f"{direction}TrailerMode")
+        if body not in _FULL_DUPLEX or trailer in _HEADER_SEND:
+            continue
+        shown = trailer if trailer is not None else "DEFAULT"
+        needs = (
+            f"is {shown}, but {direction}_body_mode FULL_DUPLEX_STREAMED needs {direction}_trailer_mode SEND"
+        )
+        if on_filter:  # Envoy 1.40 refuses to load such a filter
+            raise ctx.error(f"{where}.{direction}_trailer_mode", f"{needs} (Envoy refuses the filter)")
+        notes.append(
+            f"{ctx.prefix}{where}.{direction}_trailer_mode {needs} "
+            "(Envoy accepts it on a route, but refuses the same on the filter itself)"
+        )
+    return notes
+
+
+@dataclass
+class _Routes:
+    """The route policies of every HTTP listener, filled listener by listener."""
+
+    policies: dict[str, ListenerPolicy] = field(default_factory=dict)
+    selections: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """One ExtProcPerRoute of an HTTP ext_proc filter, on a route, a virtual host or the route_config."""
+
+    where: str
+    route: str | None
+    """The route's label, for messages (None for a virtual host or the route_config)."""
+    ext: _HttpExtProc
+    per_route: dict[str, Any]
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        found = self.per_route.get("overrides")
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def route_name(self) -> str | None:
+        """The x-lightcell-route value this override sends, if any."""
+        entries = _get(self.overrides, "grpc_initial_metadata", "grpcInitialMetadata")
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and str(entry.get("key", "")).lower() == ROUTE_METADATA_KEY:
+                value = entry.get("value")
+                return value if isinstance(value, str) else str(value)
+        return None
+
+    @property
+    def metadata_where(self) -> str:
+        return f"{self.where}.overrides" if "metadata_options" in self.overrides else self.ext.where
+
+    def metadata_config(self) -> dict[str, Any]:
+        return self.overrides if "metadata_options" in self.overrides else self.ext.config
+
+
+def _route_nodes(hcm: _Hcm) -> list[tuple[str, dict[str, Any], bool]]:
+    """(where, node, is_route) of the inline route_config, its virtual hosts and their routes."""
+    config = _get(hcm.config, "route_config", "routeConfig")
+    if not isinstance(config, dict):
+        return []  # RDS (or nothing): route policies are read from static route configs only
+    base = f"{hcm.where}.route_config"
+    found: list[tuple[str, dict[str, Any], bool]] = [(base, config, False)]
+    for i, vhost in enumerate(_get(config, "virtual_hosts", "virtualHosts") or []):
+        if not isinstance(vhost, dict):
+            continue
+        found.append((f"{base}.virtual_hosts[{i}]", vhost, False))
+        for j, route in enumerate(vhost.get("routes") or []):
+            if isinstance(route, dict):
+                found.append((f"{base}.virtual_hosts[{i}].routes[{j}]", route, True))
+    return found
+
+
+def _selections(hcm: _Hcm, where: str, node: dict[str, Any], route: str | None) -> list[_Selection]:
+    """The ExtProcPerRoute entries of a node for the HCM's HTTP ext_proc filters."""
+    per_filter = _get(node, "typed_per_filter_config", "typedPerFilterConfig")
+    if not isinstance(per_filter, dict):
+        return []
+    found = []
+    for ext in hcm.ext_procs:
+        entry = per_filter.get(ext.name)
+        if isinstance(entry, dict) and entry.get("@type") == _FILTER_CONFIG_TYPE:
+            entry = entry.get("config")
+        if isinstance(entry, dict) and entry.get("@type") == EXT_PROC_PER_ROUTE_TYPE:
+            found.append(_Selection(f"{where}.typed_per_filter_config[{ext.name}]", route, ext, entry))
+    return found
+
+
+def _refuse_route_policies(ctx: _Context, hcms: list[_Hcm], why: str) -> None:
+    for hcm in hcms:
+        for where, node, is_route in _route_nodes(hcm):
+            if is_route and _policy_of(node) is not None:
+                raise ctx.error(
+                    f"{where}.metadata.filter_metadata.{POLICY_NAMESPACE}", f"a route policy, but {why}"
+                )
+
+
+def _route_policies(ctx: _Context, listener: ListenerPolicy, hcms: list[_Hcm], routes: _Routes) -> list[str]:
+    """Parse and check the route policies of one HTTP listener into `routes`; the warnings."""
+    own: dict[str, tuple[ListenerPolicy, str]] = {}  # route label -> (policy, where)
+    pending: list[_Selection] = []
+    for hcm in hcms:
+        for where, node, is_route in _route_nodes(hcm):
+            name = node.get("name") if is_route else None
+            label = name if isinstance(name, str) and name else None
+            selections = _selections(hcm, where, node, label)
+            raw = _policy_of(node) if is_route else None
+            if raw is None:
+                pending.extend(selections)
+                continue
+            sent = [s.route_name for s in selections if s.route_name is not None]
+            label = label or (sent[0] if sent else None)
+            if label is None:
+                raise ctx.error(
+                    f"{where}.name",
+                    f"the route carries a lightcell policy but has no name: name it; its policy is then "
+                    f"'{ctx.listener}/<name>', selected with {ROUTE_METADATA_KEY}: <name>",
+                )
+            rctx = _Context(ctx.path, ctx.listener, label, f"{where}.")
+            if "/" in label:
+                raise rctx.error(
+                    f"{where}.name", f"{label!r}: a route with a policy needs a name without '/'"
+                )
+            if label in own:
+                raise rctx.error(
+                    f"{where}.name", f"two routes carry a policy named {label!r} (the other: {own[label][1]})"
+                )
+            source = f"route {label!r} {where}.metadata.filter_metadata.{POLICY_NAMESPACE}"
+            policy = _parse_policy(rctx, raw, Protocol.HTTP, source)
+            filter_names = ", ".join(repr(e.name) for e in hcm.ext_procs)
+            if not selections:
+                raise rctx.error(
+                    f"{where}.typed_per_filter_config",
+                    f"the route carries a lightcell policy but no ExtProcPerRoute under the ext_proc "
+                    f"filter's name ({filter_names}) selects it; add one whose "
+                    f"overrides.grpc_initial_metadata has {{key: {ROUTE_METADATA_KEY}, value: {label}}}",
+                )
+            for selection in selections:
+                if selection.per_route.get("disabled") is True:
+                    raise rctx.error(
+                        f"{selection.where}.disabled", "is true: the route's policy would never run"
+                    )
+                if selection.route_name is None:
+                    raise rctx.error(
+                        f"{selection.where}.overrides.grpc_initial_metadata",
+                        f"no {ROUTE_METADATA_KEY} entry; add {{key: {ROUTE_METADATA_KEY}, value: {label}}} "
+                        "to select the route's policy",
+                    )
+                if selection.route_name != label:
+                    raise rctx.error(
+                        f"{selection.where}.overrides.grpc_initial_metadata",
+                        f"{ROUTE_METADATA_KEY} is {selection.route_name!r}, expected the route's own name "
+                        f"{label!r}: a route with its own policy selects that one",
+                    )
+            own[label] = (policy, where)
+            pending.extend(selections)
+    notes: list[str] = []
+    for selection in pending:
+        sctx = _Context(ctx.path, ctx.listener, selection.route)
+        value = selection.route_name
+        if value is None:
+            policy, owner = listener, "listener"
+        elif value in own:
+            policy, owner = own[value][0], "route policy"
+            routes.selections.setdefault(route_key(ctx.listener, value), []).append(selection.where)
+        else:
+            known = ", ".join(sorted(own)) or "none"
+            raise sctx.error(
+                f"{selection.where}.overrides.grpc_initial_metadata",
+                f"{ROUTE_METADATA_KEY} is {value!r}, but no route of listener {ctx.listener!r} carries a "
+                f"policy by that name (route policies: {known})",
+            )
+        if selection.per_route.get("disabled") is True:
+            continue
+        fail_open = _get(selection.overrides, "failure_mode_allow", "failureModeAllow")
+        if fail_open is None:
+            fail_open = _get(selection.ext.config, "failure_mode_allow", "failureModeAllow")
+        fail_where = (
+            f"{selection.where}.overrides"
+            if "failure_mode_allow" in selection.overrides
+            else selection.ext.where
+        )
+        _check_fail_open(sctx, f"{fail_where}.failure_mode_allow", fail_open, policy, owner)
+        mode = _get(selection.overrides, "processing_mode", "processingMode")
+        notes.extend(_http_modes(sctx, f"{selection.where}.overrides.processing_mode", mode, on_filter=False))
+        if value is not None and "metadata" in policy.spec.grants.capabilities:
+            pctx = _Context(ctx.path, ctx.listener, value)
+            notes.extend(_unreceived_metadata(pctx, selection.metadata_where, selection.metadata_config()))
+    for label, (policy, _) in own.items():
+        routes.policies[route_key(ctx.listener, label)] = policy
+    return list(dict.fromkeys(notes))  # routes sharing a policy and a filter share its warnings
+
+
 # --------------------------------------------------------------------------- the listener policy
 
 
@@ -290,23 +645,47 @@ def _get(node: Any, name: str, json_name: str) -> Any:
 class _Context:
     path: Path
     listener: str
+    route: str | None = None
+    """Set for a route policy (and messages about one route)."""
+    base: str = ""
+    """Where the policy's node is inside the listener ("" for the listener itself; "....routes[1].")."""
+
+    @property
+    def name(self) -> str:
+        """The policy's name: the listener's, or "<listener>/<route>"."""
+        return self.listener if self.route is None else route_key(self.listener, self.route)
+
+    @property
+    def owner(self) -> str:
+        return "listener" if self.route is None else "route policy"
+
+    @property
+    def prefix(self) -> str:
+        route = "" if self.route is None else f"route {self.route!r}: "
+        return f"{self.path}: listener {self.listener!r}: {route}"
 
     def error(self, where: str, message: str) -> ConfigError:
         """An error at `where`, a path inside the listener."""
-        return ConfigError(f"{self.path}: listener {self.listener!r}: {where}: {message}")
+        return ConfigError(f"{self.prefix}{where}: {message}")
+
+    @property
+    def policy_where(self) -> str:
+        return f"{self.base}metadata.filter_metadata.{POLICY_NAMESPACE}"
 
     def policy_error(self, fld: str, message: str) -> ConfigError:
-        """An error at `fld` of the listener's lightcell policy."""
-        return self.error(f"metadata.filter_metadata.{POLICY_NAMESPACE}.{fld}", message)
+        """An error at `fld` of the listener's (or route's) lightcell policy."""
+        return self.error(f"{self.policy_where}.{fld}", message)
 
 
-def _parse_policy(ctx: _Context, raw: Any) -> ListenerPolicy:
+def _parse_policy(
+    ctx: _Context, raw: Any, protocol: Protocol = Protocol.TCP, source: str = ""
+) -> ListenerPolicy:
     if not isinstance(raw, dict):
-        raise ctx.error(f"metadata.filter_metadata.{POLICY_NAMESPACE}", "expected a mapping")
+        raise ctx.error(ctx.policy_where, "expected a mapping")
     unknown = sorted(set(raw) - _POLICY_KEYS)
     if unknown:
         raise ctx.error(
-            f"metadata.filter_metadata.{POLICY_NAMESPACE}",
+            ctx.policy_where,
             f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_POLICY_KEYS))})",
         )
     plugin = _plugin_path(ctx, raw.get("plugin"))
@@ -325,13 +704,15 @@ def _parse_policy(ctx: _Context, raw: Any) -> ListenerPolicy:
             "(tier: microvm); lower it, or use tier: auto or wasmtime",
         )
     spec = SandboxSpec(
-        listener=ctx.listener,
+        listener=ctx.name,
         plugin_path=str(plugin),
         grants=Grants(capabilities, egress),
         limits=limits,
         plugin_config=config,
     )
-    return ListenerPolicy(ctx.listener, spec, tier, failure_mode)
+    if protocol is Protocol.TCP:
+        return ListenerPolicy(ctx.name, spec, tier, failure_mode)
+    return ListenerPolicy(ctx.name, spec, tier, failure_mode, protocol, source)
 
 
 def _plugin_path(ctx: _Context, value: Any) -> Path:

@@ -10,7 +10,7 @@ from vmm.kvstore import KvStore
 from vmm.policy import SandboxSpec, Tier
 from vmm.sandbox import SandboxFactory
 
-__all__ = ["FailureMode", "Listener", "ListenerPolicy", "TierChoice"]
+__all__ = ["FailureMode", "Listener", "ListenerPolicy", "Protocol", "TierChoice"]
 
 
 class FailureMode(enum.Enum):
@@ -21,14 +21,27 @@ class FailureMode(enum.Enum):
     ALLOW = "allow"  # drop the plugin, pass the rest of the connection through unchanged
 
 
+class Protocol(enum.Enum):
+    """Which Envoy ext_proc filter a policy is served through."""
+
+    TCP = "tcp"  # envoy.filters.network.ext_proc: one stream per connection
+    HTTP = "http"  # envoy.filters.http.ext_proc: one stream per request (not served yet, issue 8)
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerPolicy:
-    """One Envoy listener's `filter_metadata["lightcell"]`, validated."""
+    """One Envoy listener's (or HTTP route's) `filter_metadata["lightcell"]`, validated.
+
+    A route policy's name is "<listener>/<route>" (see extproc.config).
+    """
 
     name: str
     spec: SandboxSpec
     tier: Tier = Tier.AUTO
     failure_mode: FailureMode = FailureMode.CLOSE
+    protocol: Protocol = Protocol.TCP
+    source: str = ""
+    """Where in the Envoy file the policy is (set for HTTP policies; `check` prints it)."""
 
     @property
     def plugin(self) -> str:

@@ -13,7 +13,7 @@ import yaml
 
 from extproc import plugins
 from extproc.config import ConfigError, load_config
-from extproc.listener import FailureMode
+from extproc.listener import FailureMode, Protocol
 from vmm.policy import EgressTarget, Tier
 
 EXT_PROC = "type.googleapis.com/envoy.extensions.filters.network.ext_proc.v3.NetworkExternalProcessor"
@@ -459,3 +459,483 @@ async def test_auto_with_memory_over_the_micro_vm_limit_falls_back_to_wasmtime(
         assert len(warnings) == 1 and "big:" in warnings[0]
     finally:
         await plugins.close_all(loaded.values())
+
+
+# --------------------------------------------------------------------------- HTTP listeners and routes
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+HTTP_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+EXT_PROC_NAME = "envoy.filters.http.ext_proc"
+PER_ROUTE_AT = f"typed_per_filter_config[{EXT_PROC_NAME}]"
+
+
+def http_ext_proc(listener_name: str | None, **extra: Any) -> dict[str, Any]:
+    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "lightcell"}}
+    if listener_name is not None:
+        grpc_service["initial_metadata"] = [{"key": "x-lightcell-listener", "value": listener_name}]
+    return {
+        "name": EXT_PROC_NAME,
+        "typed_config": {
+            "@type": HTTP_EXT_PROC,
+            "failure_mode_allow": False,
+            "processing_mode": {"request_header_mode": "SEND", "request_body_mode": "STREAMED"},
+            "grpc_service": grpc_service,
+            **extra,
+        },
+    }
+
+
+def per_route(route: str | None, **overrides: Any) -> dict[str, Any]:
+    """typed_per_filter_config selecting route policy `route` (None: no x-lightcell-route)."""
+    metadata = [] if route is None else [{"key": "x-lightcell-route", "value": route}]
+    return {
+        EXT_PROC_NAME: {"@type": PER_ROUTE, "overrides": {"grpc_initial_metadata": metadata, **overrides}}
+    }
+
+
+def http_route(
+    name: str | None, prefix: str, policy: dict[str, Any] | None = None, select: str | None = None
+) -> dict[str, Any]:
+    route: dict[str, Any] = {"match": {"prefix": prefix}, "route": {"cluster": "up"}}
+    if name is not None:
+        route["name"] = name
+    if policy is not None:
+        route["metadata"] = {"filter_metadata": {"lightcell": policy}}
+    if select is not None:
+        route["typed_per_filter_config"] = per_route(select)
+    return route
+
+
+def http_listener(
+    name: str,
+    policy: dict[str, Any] | None,
+    routes: list[dict[str, Any]],
+    http_filters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    filters = http_filters if http_filters is not None else [http_ext_proc(name)]
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": name,
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "route_config": {
+            "name": name,
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+        },
+    }
+    out: dict[str, Any] = {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10080}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+    if policy is not None:
+        out["metadata"] = {"filter_metadata": {"lightcell": policy}}
+    return out
+
+
+ROUTE_POLICY: dict[str, Any] = {
+    "plugin": "plugins/counter.wasm",
+    "config": "touch=clock",
+    "tier": "wasmtime",
+    "failure_mode": "reset",
+    "grants": ["kv", "clock"],
+    "limits": {"memory_mb": 64, "event_cpu_ms": 200},
+}
+
+
+def http_doc(**route_policy_changes: Any) -> dict[str, Any]:
+    """Listener `web`: its own policy; route `api` with its own policy selected by the route;
+    route `static` sharing api's policy; route `default` running the listener's."""
+    route_policy = {**ROUTE_POLICY, **route_policy_changes}
+    routes = [
+        http_route("api", "/api/", route_policy, select="api"),
+        http_route("static", "/static/", select="api"),
+        http_route("default", "/"),
+    ]
+    return bootstrap(http_listener("web", {"plugin": "plugins/rewrite.wasm", "grants": ["log"]}, routes))
+
+
+@pytest.fixture
+def httpdir(confdir: Path, built_plugins: dict[str, Path]) -> Path:
+    shutil.copy(built_plugins["counter"], confdir / "plugins" / "counter.wasm")
+    return confdir
+
+
+ROUTES_AT = "filter_chains[0].filters[0] (envoy.filters.network.http_connection_manager).route_config"
+
+
+def test_good_http_config(httpdir: Path) -> None:
+    doc = http_doc()
+    doc["static_resources"]["listeners"].append(listener("edge", dict(GOOD_POLICY)))
+    config = load_config(write(httpdir, doc))
+    # TCP listeners alone stay in `listeners` (what serve loads); HTTP ones are apart.
+    assert list(config.listeners) == ["edge"] and config.listeners["edge"].protocol is Protocol.TCP
+    assert config.listeners["edge"].source == ""
+    assert list(config.http_listeners) == ["web"]
+    web = config.http_listeners["web"]
+    assert web.protocol is Protocol.HTTP and web.name == "web" and web.spec.listener == "web"
+    assert web.plugin == "rewrite" and web.spec.grants.capabilities == frozenset({"log"})
+    assert web.failure_mode is FailureMode.CLOSE and web.tier is Tier.AUTO
+    assert web.source == "listener 'web' metadata.filter_metadata.lightcell"
+    # The route policy differs in plugin, config, grants, limits, failure mode and tier.
+    assert list(config.routes) == ["web/api"]
+    api = config.routes["web/api"]
+    assert api.protocol is Protocol.HTTP and api.name == "web/api" and api.spec.listener == "web/api"
+    assert api.spec.plugin_path == str((httpdir / "plugins" / "counter.wasm").resolve())
+    assert api.spec.plugin_config == "touch=clock"
+    assert api.spec.grants.capabilities == frozenset({"kv", "clock"})
+    assert api.spec.limits.memory_bytes == 64 << 20 and api.spec.limits.event_cpu_ms == 200
+    assert api.failure_mode is FailureMode.RESET and api.tier is Tier.WASMTIME
+    assert (
+        api.source == f"route 'api' {ROUTES_AT}.virtual_hosts[0].routes[0].metadata.filter_metadata.lightcell"
+    )
+    # Selected by its own route and shared by `static`.
+    assert config.route_selections == {
+        "web/api": (
+            f"{ROUTES_AT}.virtual_hosts[0].routes[0].{PER_ROUTE_AT}",
+            f"{ROUTES_AT}.virtual_hosts[0].routes[1].{PER_ROUTE_AT}",
+        )
+    }
+    assert config.warnings == ()
+
+
+def test_an_http_only_config_is_accepted(httpdir: Path) -> None:
+    config = load_config(write(httpdir, http_doc()))
+    assert config.listeners == {} and list(config.http_listeners) == ["web"]
+
+
+def test_an_unnamed_route_is_named_by_the_value_it_sends(httpdir: Path) -> None:
+    routes = [
+        http_route(None, "/api/", dict(ROUTE_POLICY), select="v1"),
+        http_route("v1b", "/b/", select="v1"),
+    ]
+    doc = bootstrap(http_listener("web", {"plugin": "plugins/rewrite.wasm"}, routes))
+    config = load_config(write(httpdir, doc))
+    assert list(config.routes) == ["web/v1"] and len(config.route_selections["web/v1"]) == 2
+
+
+def test_the_per_route_config_may_be_wrapped_in_a_filter_config(httpdir: Path) -> None:
+    doc = http_doc()
+    route = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"
+    ]["virtual_hosts"][0]["routes"][0]
+    inner = route["typed_per_filter_config"][EXT_PROC_NAME]
+    route["typed_per_filter_config"][EXT_PROC_NAME] = {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+        "config": inner,
+    }
+    assert list(load_config(write(httpdir, doc)).routes) == ["web/api"]
+
+
+async def test_load_all_loads_the_tcp_listeners_only(httpdir: Path) -> None:
+    doc = http_doc()
+    doc["static_resources"]["listeners"].append(listener("edge", {"plugin": "plugins/rewrite.wasm"}))
+    config = load_config(write(httpdir, doc))
+    loaded = await plugins.load_all(config)
+    try:
+        assert set(loaded) == {"edge"}
+    finally:
+        await plugins.close_all(loaded.values())
+
+
+def _hcm(doc: dict[str, Any]) -> dict[str, Any]:
+    typed: dict[str, Any] = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return typed
+
+
+def _routes(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    routes: list[dict[str, Any]] = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
+    return routes
+
+
+def _http_ext_proc(**changes: Any) -> Mutation:
+    def mutate(doc: dict[str, Any]) -> None:
+        _hcm(doc)["http_filters"][0]["typed_config"].update(changes)
+
+    return mutate
+
+
+def _route(index: int, **changes: Any) -> Mutation:
+    def mutate(doc: dict[str, Any]) -> None:
+        route = _routes(doc)[index]
+        for key, value in changes.items():
+            if value is None:
+                route.pop(key, None)
+            else:
+                route[key] = value
+
+    return mutate
+
+
+def _override(index: int, **changes: Any) -> Mutation:
+    def mutate(doc: dict[str, Any]) -> None:
+        _routes(doc)[index]["typed_per_filter_config"][EXT_PROC_NAME]["overrides"].update(changes)
+
+    return mutate
+
+
+def _drop_http_ext_proc(doc: dict[str, Any]) -> None:
+    _hcm(doc)["http_filters"].pop(0)
+
+
+def _listener_policy(doc: dict[str, Any]) -> dict[str, Any]:
+    policy: dict[str, Any] = doc["static_resources"]["listeners"][0]["metadata"]["filter_metadata"][
+        "lightcell"
+    ]
+    return policy
+
+
+def _drop_listener_policy(doc: dict[str, Any]) -> None:
+    del doc["static_resources"]["listeners"][0]["metadata"]
+
+
+def _add_network_ext_proc(doc: dict[str, Any]) -> None:
+    doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"].insert(0, ext_proc_filter("web"))
+
+
+def _vhost_selects(value: str) -> Mutation:
+    def mutate(doc: dict[str, Any]) -> None:
+        _hcm(doc)["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = per_route(value)
+
+    return mutate
+
+
+def _duplicate_route(doc: dict[str, Any]) -> None:
+    _routes(doc).insert(1, copy.deepcopy(_routes(doc)[0]))
+
+
+def _full_duplex(where: str) -> dict[str, Any]:
+    return {"request_header_mode": "SEND", f"{where}_body_mode": "FULL_DUPLEX_STREAMED"}
+
+
+ROUTE0 = f"{ROUTES_AT}.virtual_hosts[0].routes[0]"
+FILTER0 = "filter_chains[0].filters[0] (envoy.filters.network.http_connection_manager).http_filters[0]"
+
+BAD_HTTP: dict[str, tuple[Mutation, list[str]]] = {
+    "no_http_ext_proc": (
+        _drop_http_ext_proc,
+        ["'web'", "http_connection_manager).http_filters:", "no envoy.filters.http.ext_proc", "never run"],
+    ),
+    "missing_listener_header": (
+        _http_ext_proc(grpc_service={"envoy_grpc": {"cluster_name": "lightcell"}}),
+        ["'web'", f"{FILTER0} ({EXT_PROC_NAME}).grpc_service.initial_metadata", "no x-lightcell-listener"],
+    ),
+    "wrong_listener_header": (
+        _http_ext_proc(
+            grpc_service={
+                "envoy_grpc": {"cluster_name": "lightcell"},
+                "initial_metadata": [{"key": "x-lightcell-listener", "value": "other"}],
+            }
+        ),
+        ["'web'", "initial_metadata", "'other'", "expected the listener's own name 'web'"],
+    ),
+    "fail_open_filter": (
+        _http_ext_proc(failure_mode_allow=True),
+        ["'web'", f"({EXT_PROC_NAME}).failure_mode_allow", "listener's failure_mode is close"],
+    ),
+    "fail_open_route_override": (
+        _override(0, failure_mode_allow=True),
+        ["'web'", "route 'api'", f"{ROUTE0}.{PER_ROUTE_AT}.overrides.failure_mode_allow", "route policy's"],
+    ),
+    "fail_open_on_a_route_running_the_listener_policy": (
+        lambda d: _routes(d)[2].update(typed_per_filter_config=per_route(None, failure_mode_allow=True)),
+        ["'web'", "route 'default'", "routes[2]", "failure_mode_allow", "listener's failure_mode is close"],
+    ),
+    "full_duplex_request_without_trailers": (
+        _http_ext_proc(processing_mode=_full_duplex("request")),
+        ["'web'", "processing_mode.request_trailer_mode", "is DEFAULT", "FULL_DUPLEX_STREAMED", "SEND"],
+    ),
+    "full_duplex_response_with_trailers_skipped": (
+        _http_ext_proc(processing_mode={**_full_duplex("response"), "response_trailer_mode": "SKIP"}),
+        ["'web'", "processing_mode.response_trailer_mode", "is SKIP"],
+    ),
+    "route_policy_without_override": (
+        _route(0, typed_per_filter_config=None),
+        [
+            "'web'",
+            "route 'api'",
+            f"{ROUTE0}.typed_per_filter_config:",
+            "no ExtProcPerRoute",
+            "x-lightcell-route",
+        ],
+    ),
+    "override_without_route_key": (
+        _override(0, grpc_initial_metadata=[{"key": "x-other", "value": "api"}]),
+        ["route 'api'", f"{PER_ROUTE_AT}.overrides.grpc_initial_metadata", "no x-lightcell-route entry"],
+    ),
+    "override_naming_another_policy": (
+        _override(0, grpc_initial_metadata=[{"key": "x-lightcell-route", "value": "other"}]),
+        ["route 'api'", "x-lightcell-route is 'other'", "expected the route's own name 'api'"],
+    ),
+    "override_naming_an_unknown_policy": (
+        _override(1, grpc_initial_metadata=[{"key": "x-lightcell-route", "value": "nope"}]),
+        [
+            "'web'",
+            "route 'static'",
+            "routes[1]",
+            "'nope'",
+            "no route of listener 'web'",
+            "route policies: api",
+        ],
+    ),
+    "virtual_host_naming_an_unknown_policy": (
+        _vhost_selects("nope"),
+        ["'web'", f"{ROUTES_AT}.virtual_hosts[0].{PER_ROUTE_AT}", "'nope'"],
+    ),
+    "duplicate_route_policy": (
+        _duplicate_route,
+        ["'web'", "route 'api'", "routes[1].name", "two routes carry a policy named 'api'", "routes[0]"],
+    ),
+    "route_policy_disabled": (
+        lambda d: _routes(d)[0]["typed_per_filter_config"][EXT_PROC_NAME].update(disabled=True),
+        ["route 'api'", f"{PER_ROUTE_AT}.disabled", "never run"],
+    ),
+    "unnamed_route_without_override": (
+        _route(0, name=None, typed_per_filter_config=None),
+        ["'web'", f"{ROUTE0}.name", "no name"],
+    ),
+    "route_name_with_slash": (
+        _route(0, name="a/b"),
+        ["'web'", f"{ROUTE0}.name", "without '/'"],
+    ),
+    "bad_route_grant": (
+        lambda d: _routes(d)[0]["metadata"]["filter_metadata"]["lightcell"].update(grants=["teleport"]),
+        ["'web'", "route 'api'", f"{ROUTE0}.metadata.filter_metadata.lightcell.grants[0]", "teleport"],
+    ),
+    "missing_route_plugin": (
+        lambda d: _routes(d)[0]["metadata"]["filter_metadata"]["lightcell"].update(plugin="nope.wasm"),
+        ["route 'api'", f"{ROUTE0}.metadata.filter_metadata.lightcell.plugin", "not found"],
+    ),
+    "route_policy_not_a_mapping": (
+        lambda d: _routes(d)[0]["metadata"]["filter_metadata"].update(lightcell=["x"]),
+        ["route 'api'", f"{ROUTE0}.metadata.filter_metadata.lightcell:", "expected a mapping"],
+    ),
+    "route_policy_without_listener_policy": (
+        _drop_listener_policy,
+        ["'web'", f"{ROUTE0}.metadata.filter_metadata.lightcell", "the listener has no"],
+    ),
+    "second_http_ext_proc_naming_another_listener": (
+        lambda d: _hcm(d)["http_filters"].insert(0, http_ext_proc("ghost") | {"name": "other"}),
+        ["'web'", "http_filters[0] (other).grpc_service.initial_metadata", "'ghost'"],
+    ),
+    "network_and_http_ext_proc": (_add_network_ext_proc, ["'web'", "filter_chains", "both", "two listeners"]),
+    "envoy_schema_in_a_route": (
+        _override(0, grpc_service_typo=1),
+        ["not a valid Envoy bootstrap", "grpc_service_typo"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HTTP))
+def test_bad_http_config(httpdir: Path, case: str) -> None:
+    mutate, words = BAD_HTTP[case]
+    doc = http_doc()
+    mutate(doc)
+    path = write(httpdir, doc, "bad.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:"), message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_a_route_policy_on_a_tcp_listener_is_an_error(httpdir: Path) -> None:
+    doc = http_doc()
+    _drop_http_ext_proc(doc)
+    _add_network_ext_proc(doc)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(httpdir, doc))
+    message = str(info.value)
+    assert "'web'" in message and "filters[1] (envoy.filters.network.http_connection_manager)" in message
+    assert "routes[0].metadata.filter_metadata.lightcell" in message
+    assert "envoy.filters.network.ext_proc" in message and "never run" in message
+
+
+def test_a_fail_open_route_is_fine_when_its_policy_allows(httpdir: Path) -> None:
+    doc = http_doc(failure_mode="allow")
+    _override(0, failure_mode_allow=True)(doc)
+    assert load_config(write(httpdir, doc)).routes["web/api"].failure_mode is FailureMode.ALLOW
+
+
+METADATA_GRANT_NOTE = "metadata_options.receiving_namespaces.untyped does not include 'lightcell'"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (
+            _http_ext_proc(processing_mode={"request_header_mode": "SKIP"}),
+            [
+                "'web'",
+                f"{FILTER0} ({EXT_PROC_NAME}).processing_mode.request_header_mode is SKIP",
+                "never sees",
+            ],
+        ),
+        (
+            _override(0, processing_mode={"request_header_mode": "SKIP"}),
+            ["route 'api'", f"{PER_ROUTE_AT}.overrides.processing_mode.request_header_mode is SKIP"],
+        ),
+        (
+            _override(0, processing_mode=_full_duplex("response")),
+            ["route 'api'", "overrides.processing_mode.response_trailer_mode is DEFAULT", "FULL_DUPLEX"],
+        ),
+        (
+            lambda d: _routes(d)[0]["metadata"]["filter_metadata"]["lightcell"].update(grants=["metadata"]),
+            [
+                "'web'",
+                "route 'api'",
+                f"{FILTER0} ({EXT_PROC_NAME}).{METADATA_GRANT_NOTE}",
+                "route policy grants",
+            ],
+        ),
+        (
+            lambda d: _listener_policy(d).update(grants=["metadata"]),
+            ["'web'", f"{FILTER0} ({EXT_PROC_NAME}).{METADATA_GRANT_NOTE}", "the listener grants metadata"],
+        ),
+    ],
+)
+def test_http_warnings(httpdir: Path, mutate: Mutation, words: list[str]) -> None:
+    """Each warning once (two routes selecting the same policy give one metadata warning)."""
+    doc = http_doc()
+    mutate(doc)
+    path = write(httpdir, doc)
+    (warning,) = load_config(path).warnings
+    assert warning.startswith(f"{path}: listener 'web': ")
+    for word in words:
+        assert word in warning, f"{word!r} not in {warning!r}"
+
+
+@pytest.mark.parametrize("where", ["filter", "override"])
+def test_a_route_metadata_grant_with_receiving_namespace_has_no_warning(httpdir: Path, where: str) -> None:
+    doc = http_doc(grants=["metadata"])
+    if where == "filter":
+        _http_ext_proc(metadata_options=METADATA_RECEIVED)(doc)
+    else:
+        _override(0, metadata_options=METADATA_RECEIVED)(doc)
+        _override(1, metadata_options=METADATA_RECEIVED)(doc)
+    assert load_config(write(httpdir, doc)).warnings == ()
+
+
+def test_an_http_filter_naming_a_listener_without_policy_is_a_note(httpdir: Path) -> None:
+    doc = http_doc()
+    doc["static_resources"]["listeners"].append(http_listener("bare", None, [http_route("r", "/")]))
+    path = write(httpdir, doc)
+    (warning,) = load_config(path).warnings
+    assert (
+        "listener 'bare'" in warning
+        and "x-lightcell-listener='bare'" in warning
+        and "no filter_metadata" in warning
+    )
+
+
+def test_the_http_example_config_in_the_repo_is_valid(built_plugins: dict[str, Path]) -> None:
+    config = load_config(Path(__file__).parent.parent / "envoy-config" / "http.yaml")
+    assert config.listeners == {} and list(config.http_listeners) == ["web"]
+    assert list(config.routes) == ["web/api"] and config.warnings == ()
+    assert config.http_listeners["web"].plugin == "redact" and config.routes["web/api"].plugin == "redact"
