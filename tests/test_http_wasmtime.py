@@ -240,6 +240,8 @@ async def test_unwanted_hooks_do_not_even_instantiate(load: LoadFn, misbehave: P
     i = p.factory.new_instance(p.host())
     assert i.response_body(b"x", True) == CONTINUE
     assert not i._instantiated
+    assert i.request_headers([], [], True) == CONTINUE  # the first wanted hook instantiates
+    assert i._instantiated
     i.release()
 
 

@@ -148,11 +148,10 @@ class HttpCoreInstance(CoreInstanceBase):
         if not self._phases & phase:
             return CONTINUE  # never asked for: no plugin code runs
         hook = HTTP_HOOKS[phase]
-        export = self._hooks  # bound by instantiation, which _hook runs first
 
-        def call() -> HttpDecision:
+        def call() -> HttpDecision:  # after instantiation (_hook), which binds self._hooks
             args = lower()
-            ret = export[hook](self._live_store(), *args)
+            ret = self._hooks[hook](self._live_store(), *args)
             assert ret is not None
             decision = self._lift(hook, phase, ret)
             self._post_return(hook, ret)
