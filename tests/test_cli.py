@@ -242,3 +242,152 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for command in ("serve", "check", "demo", "compile"):
         assert command in out
+
+
+# --------------------------------------------------------------------------- HTTP policies (not served yet)
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+HTTP_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+
+
+def _http_listener(name: str, policy: dict[str, Any], route_policy: dict[str, Any]) -> dict[str, Any]:
+    select = {
+        "envoy.filters.http.ext_proc": {
+            "@type": PER_ROUTE,
+            "overrides": {"grpc_initial_metadata": [{"key": "x-lightcell-route", "value": "api"}]},
+        }
+    }
+    routes = [
+        {
+            "name": "api",
+            "match": {"prefix": "/api/"},
+            "route": {"cluster": "up"},
+            "metadata": {"filter_metadata": {"lightcell": route_policy}},
+            "typed_per_filter_config": select,
+        },
+        {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": "up"}},
+    ]
+    ext_proc = {
+        "@type": HTTP_EXT_PROC,
+        "processing_mode": {"request_header_mode": "SKIP"},
+        "grpc_service": {
+            "envoy_grpc": {"cluster_name": "lightcell"},
+            "initial_metadata": [{"key": "x-lightcell-listener", "value": name}],
+        },
+    }
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": name,
+        "http_filters": [{"name": "envoy.filters.http.ext_proc", "typed_config": ext_proc}],
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "metadata": {"filter_metadata": {"lightcell": policy}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _http_config(tmp_path: Path, built_plugins: dict[str, Path], with_tcp: bool) -> Path:
+    web = _http_listener(
+        "web",
+        {"plugin": str(built_plugins["redact"]), "config": "pattern=secret", "grants": ["log"]},
+        {
+            "plugin": str(built_plugins["probe"]),
+            "tier": "wasmtime",
+            "failure_mode": "reset",
+            "grants": ["egress", "kv"],
+            "egress_allow": ["127.0.0.1:9125"],
+        },
+    )
+    listeners = [web]
+    if with_tcp:
+        listeners.append(_listener("upper", {"plugin": str(built_plugins["rewrite"]), "tier": "wasmtime"}))
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump({"static_resources": {"listeners": listeners}}))
+    return path
+
+
+def test_check_lists_http_listeners_and_route_policies_without_loading_them(
+    tmp_path: Path,
+    built_plugins: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from extproc import plugins
+    from extproc.listener import TierChoice
+    from vmm.policy import SandboxSpec, Tier
+
+    real = plugins.choose_tier
+    loaded: list[str] = []
+
+    def counted(spec: SandboxSpec, requested: Tier) -> TierChoice:
+        loaded.append(spec.listener)
+        return real(spec, requested)
+
+    monkeypatch.setattr(plugins, "choose_tier", counted)
+    path = _http_config(tmp_path, built_plugins, with_tcp=True)
+    assert cli.main(["check", "--envoy-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert loaded == ["upper"]  # the HTTP plugins are not loaded
+    assert (
+        f"{path}: OK, 1 TCP listener(s), 1 HTTP listener(s) and 1 route policy(ies): "
+        "not served yet (issue 8)" in out
+    )
+    assert "\nlistener upper\n" in out and "tier          wasmtime" in out
+    web = out.split("\nhttp listener web: not served yet (issue 8), plugin not loaded\n")[1]
+    web, api = web.split("\nroute web/api: not served yet (issue 8), plugin not loaded\n")
+    assert "  from          listener 'web' metadata.filter_metadata.lightcell" in web
+    assert f"  plugin        {built_plugins['redact']}" in web
+    assert "  config        'pattern=secret'" in web
+    assert "  tier          auto (as requested; chosen when the plugin is loaded)" in web
+    assert "  failure_mode  close" in web and "  grants        log" in web
+    assert "  route policies web/api; every other route runs this one" in web
+    assert "  from          route 'api' filter_chains[0].filters[0]" in api
+    assert "routes[0].metadata.filter_metadata.lightcell" in api
+    assert f"  plugin        {built_plugins['probe']}" in api
+    assert "  tier          wasmtime (as requested" in api
+    assert "  failure_mode  reset" in api and "  grants        egress, kv" in api
+    assert "  egress_allow  127.0.0.1:9125" in api
+    selected = "routes[0].typed_per_filter_config[envoy.filters.http.ext_proc]"
+    assert "  selected by   filter_chains[0].filters[0]" in api and selected in api
+    # The HTTP filter skips request headers: a warning naming the listener and the field.
+    (warning,) = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert "'web'" in warning and "processing_mode.request_header_mode is SKIP" in warning
+
+
+def test_serve_refuses_a_config_with_http_listeners_only(
+    tmp_path: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _http_config(tmp_path, built_plugins, with_tcp=False)
+    assert cli.main(["serve", "--envoy-config", str(path), "--socket", str(tmp_path / "s.sock")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lightcell: error: ") and str(path) in err
+    assert "no TCP listener to serve" in err and "web, web/api" in err and "not served yet (issue 8)" in err
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_serve_says_that_http_listeners_are_not_served(
+    tmp_path: Path,
+    built_plugins: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from extproc import server
+    from extproc.config import LightcellConfig
+
+    served: list[list[str]] = []
+
+    async def fake_serve(config: LightcellConfig, **_: Any) -> None:
+        served.append(list(config.listeners))
+
+    monkeypatch.setattr(server, "serve", fake_serve)
+    path = _http_config(tmp_path, built_plugins, with_tcp=True)
+    assert cli.main(["serve", "--envoy-config", str(path), "--socket", str(tmp_path / "s.sock")]) == 0
+    assert served == [["upper"]]
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "lightcell.cli"]
+    assert "web, web/api" in message and "not served yet (issue 8)" in message

@@ -22,6 +22,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SOCKET_DIR = "/run/lightcell"
 APP_DIR = "/app"  # where the Dockerfile puts the repository
+CONFIGS = ["compose.yaml", "demo.yaml", "http.yaml"]
 
 
 @pytest.fixture(scope="module")
@@ -132,19 +133,33 @@ def test_the_production_image_has_no_dev_extra() -> None:
     assert any(line.startswith("ENTRYPOINT") and "lightcell" in line for line in final)
 
 
-@pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])
+def _policy(node: dict[str, Any]) -> Any:
+    return node.get("metadata", {}).get("filter_metadata", {}).get("lightcell")
+
+
+def _http_routes(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every route of the listeners' HTTP connection managers (route policies live there)."""
+    return [
+        route
+        for lst in listeners
+        for chain in lst["filter_chains"]
+        for flt in chain["filters"]
+        for vhost in flt["typed_config"].get("route_config", {}).get("virtual_hosts", [])
+        for route in vhost.get("routes", [])
+    ]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_plugin_paths_are_built_examples(name: str) -> None:
     """Policies point at files plugins/build.py produces (paths relative to the config)."""
     from plugins import build as plugin_build
 
     config = _envoy_config(ROOT / "envoy-config" / name)
     out = plugin_build.DEFAULT_OUT.resolve()
-    policies = [
-        lst["metadata"]["filter_metadata"]["lightcell"]
-        for lst in config["static_resources"]["listeners"]
-        if "lightcell" in lst.get("metadata", {}).get("filter_metadata", {})
-    ]
+    listeners = config["static_resources"]["listeners"]
+    policies = [_policy(lst) for lst in listeners if _policy(lst)]
     assert policies
+    policies += [_policy(route) for route in _http_routes(listeners) if _policy(route)]
     for policy in policies:
         path = (ROOT / "envoy-config" / policy["plugin"]).resolve()
         assert path.parent == out, policy["plugin"]
@@ -152,7 +167,7 @@ def test_plugin_paths_are_built_examples(name: str) -> None:
 
 
 @pytest.mark.envoy
-@pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", CONFIGS)
 def test_envoy_accepts_config(envoy_bin: Path, name: str) -> None:
     result = subprocess.run(
         [str(envoy_bin), "--mode", "validate", "-c", str(ROOT / "envoy-config" / name)],
@@ -165,7 +180,7 @@ def test_envoy_accepts_config(envoy_bin: Path, name: str) -> None:
 
 
 @pytest.mark.envoy
-@pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", CONFIGS)
 def test_lightcell_check_accepts_config(built_plugins: dict[str, Path], name: str) -> None:
     """Lightcell itself loads every plugin these configs name (relative paths work from the repo too)."""
     from extproc.harness import lightcell_command
