@@ -18,7 +18,7 @@ manager's inline `route_config` may carry its own policy in its
 the route must select it with a `typed_per_filter_config` entry under the
 ext_proc filter's name holding an `ExtProcPerRoute` whose
 `overrides.grpc_initial_metadata` has `{key: x-lightcell-route, value: <route>}`.
-Envoy adds that to the filter's initial metadata, so a stream of that route
+Envoy 1.40 adds that to the filter's initial metadata (checked live), so a stream of that route
 arrives naming both the listener and the route. Any other route (or virtual
 host) may select an existing route policy of the same listener by sending its
 <route> name too; every other route runs the listener's policy. Route
@@ -493,12 +493,25 @@ class _Selection:
                 return value if isinstance(value, str) else str(value)
         return None
 
+    def _overrides(self, name: str, json_name: str) -> bool:
+        return _get(self.overrides, name, json_name) is not None
+
     @property
     def metadata_where(self) -> str:
-        return f"{self.where}.overrides" if "metadata_options" in self.overrides else self.ext.where
+        """Where the metadata_options in force are: the override's, else the filter's."""
+        overridden = self._overrides("metadata_options", "metadataOptions")
+        return f"{self.where}.overrides" if overridden else self.ext.where
 
     def metadata_config(self) -> dict[str, Any]:
-        return self.overrides if "metadata_options" in self.overrides else self.ext.config
+        return self.overrides if self._overrides("metadata_options", "metadataOptions") else self.ext.config
+
+    def failure_mode_allow(self) -> tuple[str, Any]:
+        """(where, value) of the failure_mode_allow in force: the override's, else the filter's."""
+        if self._overrides("failure_mode_allow", "failureModeAllow"):
+            where, config = f"{self.where}.overrides", self.overrides
+        else:
+            where, config = self.ext.where, self.ext.config
+        return f"{where}.failure_mode_allow", _get(config, "failure_mode_allow", "failureModeAllow")
 
 
 def _route_nodes(hcm: _Hcm) -> list[tuple[str, dict[str, Any], bool]]:
@@ -619,15 +632,8 @@ def _route_policies(ctx: _Context, listener: ListenerPolicy, hcms: list[_Hcm], r
             )
         if selection.per_route.get("disabled") is True:
             continue
-        fail_open = _get(selection.overrides, "failure_mode_allow", "failureModeAllow")
-        if fail_open is None:
-            fail_open = _get(selection.ext.config, "failure_mode_allow", "failureModeAllow")
-        fail_where = (
-            f"{selection.where}.overrides"
-            if "failure_mode_allow" in selection.overrides
-            else selection.ext.where
-        )
-        _check_fail_open(sctx, f"{fail_where}.failure_mode_allow", fail_open, policy, owner)
+        fail_where, fail_open = selection.failure_mode_allow()
+        _check_fail_open(sctx, fail_where, fail_open, policy, owner)
         mode = _get(selection.overrides, "processing_mode", "processingMode")
         notes.extend(_http_modes(sctx, f"{selection.where}.overrides.processing_mode", mode, on_filter=False))
         if value is not None and "metadata" in policy.spec.grants.capabilities:
