@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 LOG = logging.getLogger("lightcell.cli")
-HTTP_NOT_SERVED = "not served yet (issue 8)"
 
 # Subcommands implemented elsewhere: their arguments are passed through untouched.
 _DELEGATED = {
@@ -56,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve Envoy's network ext_proc streams")
+    serve = sub.add_parser("serve", help="serve Envoy's network and HTTP ext_proc streams")
     _config_arg(serve)
     serve.add_argument(
         "--socket", type=Path, default=None, metavar="PATH",
@@ -75,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.add_argument(
         "--max-connections", type=int, default=4096, metavar="N",
-        help="serve at most N connections at once; more are refused and Envoy closes them "
-        "(default: %(default)s)",
+        help="serve at most N connections and HTTP requests at once (one count); more are refused "
+        "and Envoy closes them or answers an error (default: %(default)s)",
     )  # fmt: skip
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -131,16 +130,6 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_workers(args, socket_path)
     try:
         config = load_config(args.envoy_config)
-        http = _http_names(config)
-        if not config.listeners:
-            return _fail(f"{config.path}: no TCP listener to serve; HTTP ({http}) is {HTTP_NOT_SERVED}")
-        if http:
-            LOG.warning(
-                "HTTP listener(s) and route policies %s are %s: Lightcell refuses their streams "
-                "(Envoy answers with an error unless failure_mode_allow)",
-                http,
-                HTTP_NOT_SERVED,
-            )
         run = serve(
             config,
             socket_path=socket_path,
@@ -192,18 +181,20 @@ def _check(args: argparse.Namespace) -> int:
 
 async def _load_and_close(config: LightcellConfig) -> dict[str, tuple[frozenset[str], TierChoice]]:
     """Load every plugin as serve would (which checks it against the contract and chooses
-    its tier); each listener's imports and tier."""
+    its tier); each listener's (HTTP listener's, route policy's) imports and tier."""
     from extproc import plugins
 
     loaded = await plugins.load_all(config)
     try:
-        return {name: (listener.factory.imports, listener.tier) for name, listener in loaded.items()}
+        http = await plugins.load_http_all(config)
     finally:
         await plugins.close_all(loaded.values())
-
-
-def _http_names(config: LightcellConfig) -> str:
-    return ", ".join([*config.http_listeners, *config.routes])
+    try:
+        found = {name: (listener.factory.imports, listener.tier) for name, listener in loaded.items()}
+        found.update({item.name: (item.factory.imports, item.tier) for item in http.all()})
+        return found
+    finally:
+        await plugins.close_http(http)
 
 
 def _report(
@@ -214,7 +205,7 @@ def _report(
     if config.http_listeners:
         print(
             f"{config.path}: OK, {len(config.listeners)} TCP listener(s), {len(config.http_listeners)} "
-            f"HTTP listener(s) and {len(config.routes)} route policy(ies): {HTTP_NOT_SERVED}",
+            f"HTTP listener(s) and {len(config.routes)} route policy(ies)",
             file=out,
         )
     else:
@@ -222,58 +213,54 @@ def _report(
     for warning in config.warnings:
         print(f"warning: {warning}", file=out)
     for name, policy in config.listeners.items():
-        spec = policy.spec
-        granted = spec.grants.capabilities
-        used, choice = loaded[name]
-        missing = sorted(used - granted)
-        tier_text = choice.describe()
         print(f"\nlistener {name}", file=out)
-        print(f"  plugin        {spec.plugin_path}", file=out)
-        if spec.plugin_config:
-            print(f"  config        {spec.plugin_config!r}", file=out)
-        print(f"  tier          {tier_text}", file=out)
-        print(f"  failure_mode  {policy.failure_mode.value}", file=out)
-        imports_text = ", ".join(f"{cap} (needs grant {cap})" for cap in sorted(used)) or "none"
-        print(f"  imports       {imports_text}", file=out)
-        print(f"  grants        {', '.join(sorted(granted)) or 'none'}", file=out)
-        if spec.grants.egress_allow:
-            print(f"  egress_allow  {', '.join(sorted(map(str, spec.grants.egress_allow)))}", file=out)
-        if missing:
-            print(
-                f"  missing       {', '.join(missing)}: imported but not granted; allowed, "
-                "but every call will be denied at runtime (a fault for the connection)",
-                file=out,
-            )
-        else:
-            print("  missing       none", file=out)
-        unused = sorted(granted - used)
-        if unused:
-            print(f"  unused        {', '.join(unused)}: granted but never imported", file=out)
-    # HTTP policies are checked but their plugins are not loaded: nothing serves them yet.
+        _report_policy(policy, loaded[name], out)
     for name, policy in config.http_listeners.items():
-        print(f"\nhttp listener {name}: {HTTP_NOT_SERVED}, plugin not loaded", file=out)
-        _report_unloaded(policy, out)
+        print(f"\nhttp listener {name}", file=out)
+        print(f"  from          {policy.source}", file=out)
+        _report_policy(policy, loaded[name], out, "request")
         # A route policy is "<listener>/<route>"; route names carry no '/'.
         routes = [key for key in config.routes if key.rpartition("/")[0] == name]
         print(f"  route policies {', '.join(routes) or 'none'}; every other route runs this one", file=out)
     for key, policy in config.routes.items():
-        print(f"\nroute {key}: {HTTP_NOT_SERVED}, plugin not loaded", file=out)
-        _report_unloaded(policy, out)
+        print(f"\nroute {key}", file=out)
+        print(f"  from          {policy.source}", file=out)
+        _report_policy(policy, loaded[key], out, "request")
         for where in config.route_selections.get(key, ()):
             print(f"  selected by   {where}", file=out)
 
 
-def _report_unloaded(policy: ListenerPolicy, out: TextIO) -> None:
+def _report_policy(
+    policy: ListenerPolicy,
+    loaded: tuple[frozenset[str], TierChoice],
+    out: TextIO,
+    unit: str = "connection",
+) -> None:
     spec = policy.spec
-    print(f"  from          {policy.source}", file=out)
+    granted = spec.grants.capabilities
+    used, choice = loaded
+    missing = sorted(used - granted)
     print(f"  plugin        {spec.plugin_path}", file=out)
     if spec.plugin_config:
         print(f"  config        {spec.plugin_config!r}", file=out)
-    print(f"  tier          {policy.tier.value} (as requested; chosen when the plugin is loaded)", file=out)
+    print(f"  tier          {choice.describe()}", file=out)
     print(f"  failure_mode  {policy.failure_mode.value}", file=out)
-    print(f"  grants        {', '.join(sorted(spec.grants.capabilities)) or 'none'}", file=out)
+    imports_text = ", ".join(f"{cap} (needs grant {cap})" for cap in sorted(used)) or "none"
+    print(f"  imports       {imports_text}", file=out)
+    print(f"  grants        {', '.join(sorted(granted)) or 'none'}", file=out)
     if spec.grants.egress_allow:
         print(f"  egress_allow  {', '.join(sorted(map(str, spec.grants.egress_allow)))}", file=out)
+    if missing:
+        print(
+            f"  missing       {', '.join(missing)}: imported but not granted; allowed, "
+            f"but every call will be denied at runtime (a fault for the {unit})",
+            file=out,
+        )
+    else:
+        print("  missing       none", file=out)
+    unused = sorted(granted - used)
+    if unused:
+        print(f"  unused        {', '.join(unused)}: granted but never imported", file=out)
 
 
 def _delegate(command: str, argv: list[str]) -> int:

@@ -6,12 +6,12 @@ static listener with `metadata.filter_metadata["lightcell"]` becomes a
 ListenerPolicy; its network ext_proc filter must name the listener to
 Lightcell with `grpc_service.initial_metadata` key `x-lightcell-listener`.
 
-HTTP (issue 8; parsed and checked here, not served yet): a listener whose
+HTTP (issue 8; served by extproc/http_service.py): a listener whose
 `envoy.filters.network.http_connection_manager` has an
 `envoy.filters.http.ext_proc` HTTP filter gets its policy the same way (the
 filter names the listener with the same `x-lightcell-listener` entry) and goes
 to `LightcellConfig.http_listeners`, never to `listeners`, which stays the TCP
-listeners that `lightcell serve` loads. A route of that HTTP connection
+listeners (`lightcell serve` loads both). A route of that HTTP connection
 manager's inline `route_config` may carry its own policy in its
 `metadata.filter_metadata.lightcell`. Its name is "<listener>/<route>", where
 <route> is the route's `name` (or, for an unnamed route, the value it sends);
@@ -92,7 +92,7 @@ class LightcellConfig:
     """The TCP listeners' policies, by listener name: what `lightcell serve` loads."""
     warnings: Sequence[str] = field(default_factory=tuple)
     http_listeners: Mapping[str, ListenerPolicy] = field(default_factory=dict)
-    """The HTTP listeners' policies (protocol http), by listener name. Not served yet (issue 8)."""
+    """The HTTP listeners' policies (protocol http), by listener name (extproc.plugins.load_http_all)."""
     routes: Mapping[str, ListenerPolicy] = field(default_factory=dict)
     """Route policies of the HTTP listeners (protocol http), by "<listener>/<route>" (route_key)."""
     route_selections: Mapping[str, Sequence[str]] = field(default_factory=dict)

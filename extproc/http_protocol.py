@@ -597,6 +597,11 @@ class HttpStream:
     def body_mode(self, side: Side) -> BodyMode:
         return self._sides[side].body_mode
 
+    def headers_held(self, side: Side) -> bool:
+        """Whether a reply to a body message of `side` may still change that side's headers
+        (Envoy holds them: BUFFERED / BUFFERED_PARTIAL after headers SEND)."""
+        return self._headers_held(self._sides[side])
+
     def pending(self, side: Side | None = None) -> tuple[HttpEvent, ...]:
         """Messages still owed a reply, oldest first (both sides, request side first, if None)."""
         sides = [side] if side is not None else [Side.REQUEST, Side.RESPONSE]

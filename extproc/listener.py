@@ -5,12 +5,26 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Protocol as _Protocol
 
 from vmm.kvstore import KvStore
 from vmm.policy import SandboxSpec, Tier
 from vmm.sandbox import SandboxFactory
 
-__all__ = ["FailureMode", "Listener", "ListenerPolicy", "Protocol", "TierChoice"]
+if TYPE_CHECKING:
+    from vmm.capabilities import HostCapabilities
+    from vmm.runner import HttpRunner
+
+__all__ = [
+    "FailureMode",
+    "HttpListener",
+    "HttpSandboxFactory",
+    "Listener",
+    "ListenerPolicy",
+    "Protocol",
+    "TierChoice",
+]
 
 
 class FailureMode(enum.Enum):
@@ -25,7 +39,7 @@ class Protocol(enum.Enum):
     """Which Envoy ext_proc filter a policy is served through."""
 
     TCP = "tcp"  # envoy.filters.network.ext_proc: one stream per connection
-    HTTP = "http"  # envoy.filters.http.ext_proc: one stream per request (not served yet, issue 8)
+    HTTP = "http"  # envoy.filters.http.ext_proc: one stream per request
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +104,40 @@ class Listener:
     @property
     def one_wall_reason(self) -> str | None:
         """Why `tier: auto` fell back to wasmtime (only the wasm wall is up), if it did."""
+        return self.tier.reason if self.tier.fell_back else None
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+
+class HttpSandboxFactory(_Protocol):
+    """An http-filter plugin loaded in one tier (vmm.wasmtime_tier.HttpFactory): one fresh
+    sandbox per HTTP request."""
+
+    @property
+    def tier(self) -> str: ...
+
+    @property
+    def imports(self) -> frozenset[str]: ...
+
+    async def new_sandbox(self, host: HostCapabilities) -> HttpRunner: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HttpListener:
+    """An HTTP listener's (or route's) policy ready to serve: its loaded http-filter plugin and
+    the plugin's kv store (shared by every request under this policy)."""
+
+    policy: ListenerPolicy
+    factory: HttpSandboxFactory
+    kv: KvStore
+    tier: TierChoice
+
+    @property
+    def one_wall_reason(self) -> str | None:
         return self.tier.reason if self.tier.fell_back else None
 
     @property

@@ -7,6 +7,10 @@ a missing or broken tier only matters to listeners that ask for it.
 Tier `auto` prefers the micro-VM tier (two walls: wasm sandbox + KVM) where
 /dev/kvm works and the plugin is a core module, or a component wrapping one;
 otherwise it falls back to wasmtime (one wall) with a start-up warning.
+
+HTTP policies (listeners and routes, issue 8) load http-filter plugins with
+`vmm.wasmtime_tier.load_http`: tier `auto` is wasmtime for them (one wall,
+warned about), tier `microvm` is refused until that tier serves http-filter.
 """
 
 from __future__ import annotations
@@ -14,22 +18,29 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 from extproc.config import POLICY_NAMESPACE, ConfigError, LightcellConfig
-from extproc.listener import Listener, ListenerPolicy, TierChoice
+from extproc.listener import HttpListener, Listener, ListenerPolicy, TierChoice
 from vmm.kvstore import KvStore
 from vmm.policy import SandboxSpec, Tier
 from vmm.sandbox import PluginLoadError, SandboxFactory
 
 __all__ = [
+    "HTTP_ONE_WALL_REASON",
+    "HttpLoaded",
     "TierChoice",
     "TierUnavailable",
+    "choose_http_tier",
     "choose_tier",
     "close_all",
+    "close_http",
     "load_all",
+    "load_http_all",
+    "load_http_policy",
     "load_listener",
     "load_listeners",
 ]
@@ -157,3 +168,84 @@ async def load_all(config: LightcellConfig) -> dict[str, Listener]:
 async def close_all(listeners: Iterable[Listener]) -> None:
     for listener in listeners:
         await listener.factory.aclose()
+
+
+# --- HTTP policies (listeners and routes) --------------------------------------------------------
+
+HTTP_ONE_WALL_REASON = "HTTP plugins run in wasmtime until the micro-VM tier serves http-filter"
+
+
+@dataclass(frozen=True)
+class HttpLoaded:
+    """Every HTTP policy of a config, loaded: listeners by name, routes by "<listener>/<route>"."""
+
+    listeners: Mapping[str, HttpListener] = field(default_factory=dict)
+    routes: Mapping[str, HttpListener] = field(default_factory=dict)
+
+    def all(self) -> list[HttpListener]:
+        return [*self.listeners.values(), *self.routes.values()]
+
+
+def choose_http_tier(policy: ListenerPolicy) -> TierChoice:
+    """The tier an HTTP policy's plugin runs in: wasmtime, for now. PluginLoadError for microvm."""
+    if policy.tier is Tier.MICROVM:
+        raise TierUnavailable(
+            "tier 'microvm' does not serve HTTP plugins yet (the micro-VM tier runs tcp-filter "
+            "plugins only); use tier: wasmtime or auto"
+        )
+    if policy.tier is Tier.AUTO:
+        return TierChoice(Tier.WASMTIME, HTTP_ONE_WALL_REASON)
+    return TierChoice(policy.tier, "asked for by the policy", policy.tier)
+
+
+async def load_http_policy(policy: ListenerPolicy) -> HttpListener:
+    """Load (and check) the http-filter plugin of one HTTP listener or route. Raises PluginLoadError."""
+    choice = choose_http_tier(policy)
+    try:
+        from vmm.wasmtime_tier import load_http
+    except ImportError as e:
+        raise TierUnavailable(f"tier 'wasmtime' is not available: {e}") from e
+    factory = await load_http(policy.spec)
+    limits = policy.spec.limits
+    return HttpListener(policy, factory, KvStore(limits.kv_max_keys, limits.kv_max_value_bytes), choice)
+
+
+async def load_http_all(config: LightcellConfig) -> HttpLoaded:
+    """Every HTTP listener and route policy of `config` loaded, or ConfigError naming each plugin
+    that failed (all or nothing, as load_all)."""
+    policies = [*config.http_listeners.values(), *config.routes.values()]
+
+    async def one(policy: ListenerPolicy) -> HttpListener | PluginLoadError:
+        try:
+            return await load_http_policy(policy)
+        except PluginLoadError as e:
+            return e
+
+    results = await asyncio.gather(*(one(p) for p in policies))
+    errors = [
+        f"{config.path}: {p.source or p.name}.plugin: {r}"
+        for p, r in zip(policies, results, strict=True)
+        if isinstance(r, PluginLoadError)
+    ]
+    loaded = [r for r in results if isinstance(r, HttpListener)]
+    if errors:
+        for item in loaded:
+            await item.factory.aclose()
+        raise ConfigError("\n".join(errors))
+    listeners = {r.name: r for r in loaded if r.name in config.http_listeners}
+    routes = {r.name: r for r in loaded if r.name in config.routes}
+    for item in loaded:
+        kind = "route" if item.name in routes else "http listener"
+        LOG.info("%s %s: plugin %s, tier %s", kind, item.name, item.policy.plugin, item.tier.describe())
+    one_wall = sorted(item.name for item in loaded if item.one_wall_reason)
+    if one_wall:
+        LOG.warning(
+            "only one wall is up (wasm sandbox, no micro-VM) for HTTP policy(ies) %s: %s",
+            ", ".join(one_wall), HTTP_ONE_WALL_REASON,
+        )  # fmt: skip
+    return HttpLoaded(listeners, routes)
+
+
+async def close_http(loaded: HttpLoaded) -> None:
+    for item in loaded.all():
+        await item.factory.aclose()

@@ -1,4 +1,5 @@
-"""The Lightcell gRPC server: network ext_proc + health, on a Unix socket (and optionally loopback TCP).
+"""The Lightcell gRPC server: network ext_proc, HTTP ext_proc and health, on a Unix socket (and
+optionally loopback TCP).
 
 In-process use (tests, the demo):
 
@@ -29,9 +30,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from extproc import plugins, tcp_service
+from extproc import http_service, plugins, tcp_service
 from extproc.config import ConfigError, LightcellConfig
-from extproc.listener import Listener
+from extproc.listener import HttpListener, Listener
 from extproc.socket_path import prepare_default_socket
 from vmm.egress import UdpEgress
 
@@ -40,6 +41,8 @@ __all__ = ["DEFAULT_GRACE_S", "DEFAULT_SOCKET", "DefaultSocket", "LightcellServe
 LOG = logging.getLogger("lightcell.server")
 
 DEFAULT_GRACE_S = 3.0
+_SERVICES = ("", tcp_service.SERVICE_NAME, http_service.SERVICE_NAME)
+"""Health reports SERVING for the server as a whole and for each ext_proc service."""
 
 
 class DefaultSocket:
@@ -64,10 +67,13 @@ class LightcellServer:
         egress: UdpEgress,
         socket_path: Path | None,
         port: int | None,
+        http: plugins.HttpLoaded | None = None,
     ) -> None:
         self._server = server
         self.health = health
         self.listeners = listeners
+        self.http = http if http is not None else plugins.HttpLoaded()
+        """The HTTP listener and route policies served (loaded http-filter plugins)."""
         self._egress = egress
         self.socket_path = socket_path
         self.port = port
@@ -82,11 +88,13 @@ class LightcellServer:
         socket_path: Path | DefaultSocket | None = DEFAULT_SOCKET,
         port: int | None = None,
         loaded: Mapping[str, Listener] | None = None,
+        http_loaded: plugins.HttpLoaded | None = None,
         max_connections: int = tcp_service.DEFAULT_MAX_CONNECTIONS,
     ) -> LightcellServer:
         """Load every plugin, bind, start serving. Raises ConfigError (nothing left running).
 
-        `loaded` skips plugin loading (tests hand in listeners with fake factories).
+        `loaded` skips plugin loading (tests hand in listeners with fake factories); then the
+        HTTP policies are `http_loaded` (none if not given), also the caller's to close.
         """
         if socket_path is None and port is None:
             raise ConfigError("nothing to listen on: give a Unix socket path or a TCP port")
@@ -96,17 +104,29 @@ class LightcellServer:
             socket_path = prepare_default_socket()
         if socket_path is not None:
             _remove_stale_socket(socket_path)
-        listeners = dict(loaded) if loaded is not None else await plugins.load_all(config)
-        _warn_ungranted_imports(listeners)
+        if loaded is not None:
+            listeners = dict(loaded)
+            http = http_loaded if http_loaded is not None else plugins.HttpLoaded()
+        else:
+            listeners = await plugins.load_all(config)
+            try:
+                http = await plugins.load_http_all(config)
+            except BaseException:
+                await plugins.close_all(listeners.values())
+                raise
+        _warn_ungranted_imports([*listeners.values(), *http.all()])
         egress = UdpEgress()
         server = grpc.aio.server(options=tcp_service.grpc_options())
         health = HealthServicer()
         try:
             await egress.start()
-            processor = tcp_service.NetworkProcessor(listeners, egress, max_connections=max_connections)
+            slots = tcp_service.StreamSlots(max_connections)
+            processor = tcp_service.NetworkProcessor(listeners, egress, slots=slots)
             tcp_service.add_to_server(processor, server)
+            http_processor = http_service.HttpProcessor(http.listeners, http.routes, egress, slots=slots)
+            http_service.add_to_server(http_processor, server)
             health_pb2_grpc.add_HealthServicer_to_server(health, server)
-            for service in ("", tcp_service.SERVICE_NAME):
+            for service in _SERVICES:
                 await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
             bound_port = _bind(server, socket_path, port)
             await server.start()
@@ -117,8 +137,9 @@ class LightcellServer:
             await egress.aclose()
             if loaded is None:
                 await plugins.close_all(listeners.values())
+                await plugins.close_http(http)
             raise
-        for service in ("", tcp_service.SERVICE_NAME):
+        for service in _SERVICES:
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         where = [str(socket_path)] if socket_path is not None else []
         if bound_port is not None:
@@ -126,7 +147,12 @@ class LightcellServer:
         LOG.info(
             "serving %d listener(s) [%s] on %s", len(listeners), ", ".join(listeners), " and ".join(where)
         )
-        return cls(server, health, listeners, egress, socket_path, bound_port)
+        if http.listeners:
+            LOG.info(
+                "serving %d HTTP listener(s) [%s] and %d route policy(ies) [%s]",
+                len(http.listeners), ", ".join(http.listeners), len(http.routes), ", ".join(http.routes),
+            )  # fmt: skip
+        return cls(server, health, listeners, egress, socket_path, bound_port, http)
 
     async def stop(self, grace: float | None = DEFAULT_GRACE_S) -> None:
         """Stop accepting streams, give open ones `grace` seconds, then release everything."""
@@ -139,6 +165,7 @@ class LightcellServer:
         await self._server.stop(grace)
         await self._egress.aclose()
         await plugins.close_all(self.listeners.values())
+        await plugins.close_http(self.http)
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
@@ -194,8 +221,8 @@ def _remove_stale_socket(path: Path) -> None:
     raise ConfigError(f"{path}: another server is listening on this socket")
 
 
-def _warn_ungranted_imports(listeners: Mapping[str, Listener]) -> None:
-    for listener in listeners.values():
+def _warn_ungranted_imports(listeners: list[Listener | HttpListener]) -> None:
+    for listener in listeners:
         missing = sorted(listener.factory.imports - listener.policy.spec.grants.capabilities)
         if missing:
             LOG.warning(

@@ -32,6 +32,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "SERVICE_NAME",
     "NetworkProcessor",
+    "StreamSlots",
     "add_to_server",
     "grpc_options",
 ]
@@ -63,6 +64,21 @@ def grpc_options() -> list[tuple[str, int]]:
     ]
 
 
+class StreamSlots:
+    """The streams being served now, each holding (or about to hold) a sandbox: one count for
+    the network and the HTTP service of one server, so --max-connections bounds both together."""
+
+    def __init__(self, limit: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        if limit < 1:
+            raise ValueError(f"max_connections must be at least 1, not {limit}")
+        self.limit = limit
+        self.active = 0
+
+    @property
+    def full(self) -> bool:
+        return self.active >= self.limit
+
+
 class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -70,22 +86,26 @@ class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignor
         egress: DatagramSender | None = None,
         metrics: Metrics = METRICS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        slots: StreamSlots | None = None,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        self._slots = slots if slots is not None else StreamSlots(max_connections)
         self._listeners = listeners
         self._egress = egress
         self._metrics = metrics
-        self._max_connections = max_connections
-        self.active = 0
-        """Streams being served now (each holds, or will hold, a sandbox)."""
+        self._max_connections = self._slots.limit
+
+    @property
+    def active(self) -> int:
+        """Streams being served now (each holds, or will hold, a sandbox), HTTP ones included
+        when the slots are shared."""
+        return self._slots.active
 
     async def Process(  # the gRPC method name
         self,
         request_iterator: AsyncIterator[tcp_protocol.ProcessingRequest],
         context: grpc.aio.ServicerContext[tcp_protocol.ProcessingRequest, tcp_protocol.ProcessingResponse],
     ) -> AsyncIterator[tcp_protocol.ProcessingResponse]:
-        if self.active >= self._max_connections:
+        if self._slots.full:
             LOG.warning(
                 "stream refused: %d connections already open (--max-connections) (peer %s)",
                 self.active, context.peer(),
@@ -95,12 +115,12 @@ class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignor
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"lightcell: over {self._max_connections} concurrent connections",
             )
-        self.active += 1  # single event loop: no await between the check and here
+        self._slots.active += 1  # single event loop: no await between the check and here
         try:
             async for reply in self._serve(request_iterator, context):
                 yield reply
         finally:
-            self.active -= 1
+            self._slots.active -= 1
 
     async def _serve(
         self,

@@ -244,7 +244,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         assert command in out
 
 
-# --------------------------------------------------------------------------- HTTP policies (not served yet)
+# --------------------------------------------------------------------------- HTTP policies
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 HTTP_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
@@ -297,7 +297,8 @@ def _http_config(tmp_path: Path, built_plugins: dict[str, Path], with_tcp: bool)
         "web",
         {"plugin": str(built_plugins["redact"]), "config": "pattern=secret", "grants": ["log"]},
         {
-            "plugin": str(built_plugins["probe"]),
+            "plugin": str(built_plugins["redact"]),
+            "config": "pattern=token",
             "tier": "wasmtime",
             "failure_mode": "reset",
             "grants": ["egress", "kv"],
@@ -312,45 +313,52 @@ def _http_config(tmp_path: Path, built_plugins: dict[str, Path], with_tcp: bool)
     return path
 
 
-def test_check_lists_http_listeners_and_route_policies_without_loading_them(
+def test_check_loads_and_lists_http_listeners_and_route_policies(
     tmp_path: Path,
     built_plugins: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from extproc import plugins
-    from extproc.listener import TierChoice
+    from extproc.listener import ListenerPolicy, TierChoice
     from vmm.policy import SandboxSpec, Tier
 
-    real = plugins.choose_tier
+    real, real_http = plugins.choose_tier, plugins.choose_http_tier
     loaded: list[str] = []
 
     def counted(spec: SandboxSpec, requested: Tier) -> TierChoice:
         loaded.append(spec.listener)
         return real(spec, requested)
 
+    def counted_http(policy: ListenerPolicy) -> TierChoice:
+        loaded.append(policy.name)
+        return real_http(policy)
+
     monkeypatch.setattr(plugins, "choose_tier", counted)
+    monkeypatch.setattr(plugins, "choose_http_tier", counted_http)
     path = _http_config(tmp_path, built_plugins, with_tcp=True)
     assert cli.main(["check", "--envoy-config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert loaded == ["upper"]  # the HTTP plugins are not loaded
-    assert (
-        f"{path}: OK, 1 TCP listener(s), 1 HTTP listener(s) and 1 route policy(ies): "
-        "not served yet (issue 8)" in out
-    )
+    assert sorted(loaded) == ["upper", "web", "web/api"]  # every plugin is loaded, as serve would
+    assert f"{path}: OK, 1 TCP listener(s), 1 HTTP listener(s) and 1 route policy(ies)\n" in out
+    assert "not served" not in out
     assert "\nlistener upper\n" in out and "tier          wasmtime" in out
-    web = out.split("\nhttp listener web: not served yet (issue 8), plugin not loaded\n")[1]
-    web, api = web.split("\nroute web/api: not served yet (issue 8), plugin not loaded\n")
+    web = out.split("\nhttp listener web\n")[1]
+    web, api = web.split("\nroute web/api\n")
     assert "  from          listener 'web' metadata.filter_metadata.lightcell" in web
     assert f"  plugin        {built_plugins['redact']}" in web
     assert "  config        'pattern=secret'" in web
-    assert "  tier          auto (as requested; chosen when the plugin is loaded)" in web
+    assert (
+        "  tier          auto -> wasmtime (HTTP plugins run in wasmtime until the micro-VM tier "
+        "serves http-filter)" in web
+    )
     assert "  failure_mode  close" in web and "  grants        log" in web
+    assert "  imports       none" in web and "  unused        log: granted but never imported" in web
     assert "  route policies web/api; every other route runs this one" in web
     assert "  from          route 'api' filter_chains[0].filters[0]" in api
     assert "routes[0].metadata.filter_metadata.lightcell" in api
-    assert f"  plugin        {built_plugins['probe']}" in api
-    assert "  tier          wasmtime (as requested" in api
+    assert f"  plugin        {built_plugins['redact']}" in api and "  config        'pattern=token'" in api
+    assert "  tier          wasmtime (asked for by the policy)" in api
     assert "  failure_mode  reset" in api and "  grants        egress, kv" in api
     assert "  egress_allow  127.0.0.1:9125" in api
     selected = "routes[0].typed_per_filter_config[envoy.filters.http.ext_proc]"
@@ -360,18 +368,17 @@ def test_check_lists_http_listeners_and_route_policies_without_loading_them(
     assert "'web'" in warning and "processing_mode.request_header_mode is SKIP" in warning
 
 
-def test_serve_refuses_a_config_with_http_listeners_only(
+def test_check_refuses_an_http_policy_in_the_microvm_tier(
     tmp_path: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _http_config(tmp_path, built_plugins, with_tcp=False)
-    assert cli.main(["serve", "--envoy-config", str(path), "--socket", str(tmp_path / "s.sock")]) == 1
+    path.write_text(path.read_text().replace("tier: wasmtime", "tier: microvm"))
+    assert cli.main(["check", "--envoy-config", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("lightcell: error: ") and str(path) in err
-    assert "no TCP listener to serve" in err and "web, web/api" in err and "not served yet (issue 8)" in err
-    assert not (tmp_path / "s.sock").exists()
+    assert "route 'api'" in err and "tier 'microvm' does not serve HTTP plugins yet" in err
 
 
-def test_serve_says_that_http_listeners_are_not_served(
+def test_serve_serves_a_config_with_http_listeners_only(
     tmp_path: Path,
     built_plugins: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
@@ -380,14 +387,14 @@ def test_serve_says_that_http_listeners_are_not_served(
     from extproc import server
     from extproc.config import LightcellConfig
 
-    served: list[list[str]] = []
+    served: list[tuple[list[str], list[str], list[str]]] = []
 
     async def fake_serve(config: LightcellConfig, **_: Any) -> None:
-        served.append(list(config.listeners))
+        served.append((list(config.listeners), list(config.http_listeners), list(config.routes)))
 
     monkeypatch.setattr(server, "serve", fake_serve)
-    path = _http_config(tmp_path, built_plugins, with_tcp=True)
-    assert cli.main(["serve", "--envoy-config", str(path), "--socket", str(tmp_path / "s.sock")]) == 0
-    assert served == [["upper"]]
-    (message,) = [r.getMessage() for r in caplog.records if r.name == "lightcell.cli"]
-    assert "web, web/api" in message and "not served yet (issue 8)" in message
+    for with_tcp, tcp in ((False, []), (True, ["upper"])):
+        path = _http_config(tmp_path, built_plugins, with_tcp=with_tcp)
+        assert cli.main(["serve", "--envoy-config", str(path), "--socket", str(tmp_path / "s.sock")]) == 0
+        assert served.pop() == (tcp, ["web"], ["web/api"])
+    assert not [r for r in caplog.records if r.name == "lightcell.cli"]  # no "not served" warning

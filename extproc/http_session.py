@@ -1,0 +1,324 @@
+"""One HTTP request (one Envoy HTTP ext_proc stream): its policy, failure mode and one sandbox.
+
+The sandbox is created when the first message arrives (its instance only when
+a wanted hook first runs: vmm.runner.HttpRunner). Each message is parsed by
+`http_protocol.HttpStream`, handed to the plugin's hook for its phase (body
+messages over MAX_EVENT_BYTES in pieces, as TCP chunks), and the plugin's
+`HttpDecision` becomes the one reply that message is owed:
+
+- continue -> `Continue()` (the message goes on unchanged);
+- modify -> `Continue(headers=[removes, sets, appends], body=...)`; header
+  changes from a body hook that Envoy can no longer apply (the headers went
+  on: body mode STREAMED) are dropped with a warning, as the WIT README says;
+- respond -> `Immediate(status, headers, body)`;
+- the metadata a hook set -> the reply's dynamic metadata.
+
+`HttpStream.respond` checks every decision before Envoy sees it; what it
+refuses (`MutationRefused`) is a plugin fault of kind abi. A fault is logged
+and counted once (`_report`, as the TCP session does, with protocol="http")
+and handled by the policy's failure mode:
+
+- close: an immediate response with `close_status` (500) to the message at
+  hand; Envoy forwards nothing more of the request or the response;
+- reset: `StreamReset`, which the service turns into a non-OK gRPC status
+  (Envoy, failure_mode_allow false, fails the request);
+- allow: the plugin is dropped and every message from here on continues
+  unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from extproc import http_protocol as hp
+from extproc.listener import FailureMode, HttpListener
+from vmm.capabilities import MAX_METADATA_ENTRIES, DatagramSender, HostCapabilities
+from vmm.contract import (
+    HTTP_HOOKS,
+    MAX_EVENT_BYTES,
+    MAX_OUTPUT_BYTES,
+    DecisionKind,
+    HttpPhase,
+    output_too_large,
+)
+from vmm.http_abi import Header, HeaderMutation, HttpDecision
+from vmm.metrics import METRICS, Metrics
+from vmm.runner import HttpRunner
+from vmm.sandbox import FaultKind, PluginFault
+
+__all__ = ["DEFAULT_CLOSE_STATUS", "HttpSession", "StreamReset"]
+
+LOG = logging.getLogger("lightcell.http_session")
+
+DEFAULT_CLOSE_STATUS = 500
+"""The status failure mode close answers with (Envoy's own status_on_error default)."""
+FAULT_DETAILS = "lightcell_plugin_fault"
+
+
+class StreamReset(Exception):
+    """Failure mode reset: the stream must end with a non-OK status."""
+
+
+class _State(enum.Enum):
+    FILTERING = "filtering"  # the plugin sees every message
+    BYPASS = "bypass"  # the plugin faulted under failure mode allow: everything continues unchanged
+    ANSWERED = "answered"  # an immediate response ended the request (plugin's or failure mode close)
+    RESET = "reset"  # failure mode reset: every message ends the stream
+
+
+_PHASES = {
+    (hp.Side.REQUEST, hp.Kind.HEADERS): HttpPhase.REQUEST_HEADERS,
+    (hp.Side.REQUEST, hp.Kind.BODY): HttpPhase.REQUEST_BODY,
+    (hp.Side.REQUEST, hp.Kind.TRAILERS): HttpPhase.REQUEST_TRAILERS,
+    (hp.Side.RESPONSE, hp.Kind.HEADERS): HttpPhase.RESPONSE_HEADERS,
+    (hp.Side.RESPONSE, hp.Kind.BODY): HttpPhase.RESPONSE_BODY,
+    (hp.Side.RESPONSE, hp.Kind.TRAILERS): HttpPhase.RESPONSE_TRAILERS,
+}
+
+
+class HttpSession:
+    """Turns one HTTP request's ProcessingRequests into ProcessingResponses.
+
+    Not re-entrant: the caller hands in one request at a time, in stream order.
+    `handle` returns the reply, or None where Envoy expects none (after an
+    immediate response, in observability mode).
+    """
+
+    def __init__(
+        self,
+        listener: HttpListener,
+        egress: DatagramSender | None = None,
+        metrics: Metrics = METRICS,
+        *,
+        close_status: int = DEFAULT_CLOSE_STATUS,
+    ) -> None:
+        self.listener = listener
+        self._egress = egress
+        self._metrics = metrics
+        self._close_status = close_status
+        self._stream = hp.HttpStream()
+        self._state = _State.FILTERING
+        self._sandbox: HttpRunner | None = None
+        self._sandbox_id = "-"
+        self._started = False
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    @property
+    def stream(self) -> hp.HttpStream:
+        return self._stream
+
+    async def handle(self, request: hp.ProcessingRequest) -> hp.ProcessingResponse | None:
+        """The reply to one request, or None. Raises hp.ProtocolError for a malformed request,
+        StreamReset under failure mode reset."""
+        incoming = self._stream.receive(request)
+        event = incoming.event
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug(
+                "policy=%s %s %s end_of_stream=%s state=%s",
+                self.listener.name, event.side.value, event.kind.value,
+                getattr(event, "end_of_stream", True), self._state.value,
+            )  # fmt: skip
+        if self._state is _State.RESET:
+            raise StreamReset("the request was reset after a plugin fault")
+        if self._state is _State.ANSWERED:
+            return None  # Envoy expects no more replies after an immediate response
+        silent = self._stream.observability_mode
+        if self._state is _State.BYPASS:
+            return None if silent else self._unchanged(event)
+        try:
+            sandbox = await self._ensure_sandbox()
+            decision = await _run_hook(sandbox, event, incoming.attributes)
+            if silent:
+                return None
+            return self._reply(event, decision)
+        except PluginFault as fault:
+            return await self._fail(event, fault, silent)
+
+    async def aclose(self) -> None:
+        """Run the plugin's close hook (if it is still healthy) and release the sandbox."""
+        sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            fault = await sandbox.close()
+            if fault is not None:  # the request is over: nothing more to decide
+                self._report(fault, "none (request ending)")
+
+    # --- internals ---------------------------------------------------------------------------
+
+    async def _ensure_sandbox(self) -> HttpRunner:
+        if self._sandbox is not None:
+            return self._sandbox
+        if self._started:
+            raise RuntimeError("session sandbox already released")  # only a bug brings us here
+        self._started = True
+        policy = self.listener.policy
+        self._metrics.inc("http_requests_total", listener=policy.name)
+        host = HostCapabilities(
+            listener=policy.name,
+            plugin=policy.plugin,
+            grants=policy.spec.grants,
+            limits=policy.spec.limits,
+            kv=self.listener.kv,
+            egress=self._egress,
+            metrics=self._metrics,
+        )
+        sandbox = await self.listener.factory.new_sandbox(host)
+        self._sandbox = sandbox
+        self._sandbox_id = sandbox.identity
+        await sandbox.open(policy.name, policy.spec.plugin_config)
+        return sandbox
+
+    def _reply(self, event: hp.HttpEvent, decision: HttpDecision) -> hp.ProcessingResponse:
+        metadata = decision.metadata or None
+        hook = HTTP_HOOKS[_PHASES[(event.side, event.kind)]]
+        try:
+            if decision.kind is DecisionKind.RESPOND:
+                answer = hp.Immediate(
+                    decision.status,
+                    headers=[(h.name, h.value) for h in decision.response_headers],
+                    body=decision.body or b"",
+                    metadata=metadata,
+                )
+                reply = self._stream.respond(event, answer)
+                self._state = _State.ANSWERED
+                self._metrics.inc(
+                    "plugin_immediate_total", listener=self.listener.name, status=str(decision.status)
+                )
+                return reply
+            ops = _header_ops(decision.headers) if decision.kind is DecisionKind.MODIFY else []
+            if ops and isinstance(event, hp.BodyEvent) and not self._stream.headers_held(event.side):
+                LOG.warning(
+                    "listener=%s plugin=%s sandbox=%s: %s changed the %s headers after they went on "
+                    "(body mode %s): dropped",
+                    self.listener.name, self.listener.policy.plugin, self._sandbox_id, hook,
+                    event.side.value, self._stream.body_mode(event.side).name,
+                )  # fmt: skip
+                ops = []
+            body = decision.body if decision.kind is DecisionKind.MODIFY else None
+            if (
+                isinstance(event, hp.BodyEvent)
+                and self._stream.body_mode(event.side) is hp.BodyMode.FULL_DUPLEX_STREAMED
+            ):
+                return self._stream.stream_body(
+                    event.side,
+                    event.body if body is None else body,
+                    end_of_stream=event.end_of_stream,
+                    metadata=metadata,
+                )
+            return self._stream.respond(event, hp.Continue(headers=ops, body=body, metadata=metadata))
+        except hp.MutationRefused as e:
+            raise PluginFault(FaultKind.ABI, f"{hook}: {e.reason}") from e
+
+    def _unchanged(self, event: hp.HttpEvent) -> hp.ProcessingResponse:
+        if (
+            isinstance(event, hp.BodyEvent)
+            and self._stream.body_mode(event.side) is hp.BodyMode.FULL_DUPLEX_STREAMED
+        ):
+            return self._stream.stream_body(event.side, event.body, end_of_stream=event.end_of_stream)
+        return self._stream.respond(event, hp.Continue())
+
+    async def _fail(
+        self, event: hp.HttpEvent, fault: PluginFault, silent: bool
+    ) -> hp.ProcessingResponse | None:
+        mode = self.listener.policy.failure_mode
+        self._report(fault, mode.value)
+        # The sandbox is done either way: release it now, not at end of stream.
+        await self.aclose()
+        if mode is FailureMode.ALLOW or silent:
+            self._state = _State.BYPASS
+            return None if silent else self._unchanged(event)
+        if mode is FailureMode.RESET:
+            self._state = _State.RESET
+            raise StreamReset(f"plugin fault ({fault.kind.value}) under failure_mode reset")
+        self._state = _State.ANSWERED
+        return self._stream.respond(event, hp.Immediate(self._close_status, details=FAULT_DETAILS))
+
+    def _report(self, fault: PluginFault, consequence: str) -> None:
+        """The one place a plugin fault is logged and counted."""
+        policy = self.listener.policy
+        LOG.warning(
+            "plugin fault protocol=http listener=%s plugin=%s sandbox=%s fault=%s failure_mode=%s: %s",
+            policy.name, policy.plugin, self._sandbox_id, fault.kind.value, consequence, fault.message,
+        )  # fmt: skip
+        self._metrics.inc(
+            "plugin_faults_total",
+            listener=policy.name,
+            plugin=policy.plugin,
+            fault=fault.kind.value,
+            protocol="http",
+        )
+
+
+def _header_ops(mutation: HeaderMutation) -> list[hp.HeaderOp]:
+    """The plugin's header mutation as ops in the order the WIT says: remove, set, append."""
+    return [
+        *(hp.HeaderOp.remove(name) for name in mutation.remove),
+        *(hp.HeaderOp.set(h.name, h.value) for h in mutation.set),
+        *(hp.HeaderOp.append(h.name, h.value) for h in mutation.append),
+    ]
+
+
+def _headers(pairs: Sequence[tuple[str, bytes]]) -> list[Header]:
+    return [Header(name, value) for name, value in pairs]
+
+
+async def _run_hook(sandbox: HttpRunner, event: hp.HttpEvent, attributes: Mapping[str, str]) -> HttpDecision:
+    """The plugin's decision on one message (a body over MAX_EVENT_BYTES in pieces)."""
+    attrs = sorted(attributes.items())
+    if isinstance(event, hp.HeadersEvent):
+        hook = sandbox.request_headers if event.side is hp.Side.REQUEST else sandbox.response_headers
+        return await hook(_headers(event.headers), attrs, event.end_of_stream)
+    if isinstance(event, hp.TrailersEvent):
+        trailers = sandbox.request_trailers if event.side is hp.Side.REQUEST else sandbox.response_trailers
+        return await trailers(_headers(event.trailers))
+    body = sandbox.request_body if event.side is hp.Side.REQUEST else sandbox.response_body
+    decision = await _body_decision(body, event)
+    size = len(decision.body) if decision.body is not None else 0
+    if decision.kind is DecisionKind.MODIFY and size > max(MAX_OUTPUT_BYTES, len(event.body)):
+        raise PluginFault(
+            FaultKind.ABI, f"{HTTP_HOOKS[_PHASES[(event.side, event.kind)]]}: {output_too_large(size)}"
+        )
+    return decision
+
+
+async def _body_decision(
+    hook: Callable[[bytes, bool], Awaitable[HttpDecision]], event: hp.BodyEvent
+) -> HttpDecision:
+    """Pieces' decisions combine: the first respond wins; otherwise the outputs are concatenated
+    and the header changes joined (each kind in piece order)."""
+    data = event.body
+    if len(data) <= MAX_EVENT_BYTES:
+        return await hook(data, event.end_of_stream)
+    outputs: list[bytes] = []
+    metadata: dict[str, str] = {}
+    sets: list[Header] = []
+    appends: list[Header] = []
+    removes: list[str] = []
+    changed = False
+    for start in range(0, len(data), MAX_EVENT_BYTES):
+        piece = data[start : start + MAX_EVENT_BYTES]
+        last = start + MAX_EVENT_BYTES >= len(data)
+        decision = await hook(piece, event.end_of_stream and last)
+        metadata.update(decision.metadata)
+        if len(metadata) > MAX_METADATA_ENTRIES:
+            raise PluginFault(FaultKind.ABI, f"more than {MAX_METADATA_ENTRIES} metadata keys in one reply")
+        if decision.kind is DecisionKind.RESPOND:
+            return decision.with_metadata(metadata)
+        if decision.kind is DecisionKind.MODIFY:
+            sets += decision.headers.set
+            appends += decision.headers.append
+            removes += decision.headers.remove
+            if decision.body is not None:
+                changed = True
+                outputs.append(decision.body)
+                continue
+        outputs.append(piece)
+    mutation = HeaderMutation(tuple(sets), tuple(appends), tuple(removes))
+    if not changed and not mutation:
+        return HttpDecision(DecisionKind.CONTINUE).with_metadata(metadata)
+    body = b"".join(outputs) if changed else None
+    return HttpDecision(DecisionKind.MODIFY, headers=mutation, body=body).with_metadata(metadata)
