@@ -145,6 +145,10 @@ def load_config(path: str | Path) -> LightcellConfig:
                 "cannot serve both; put them on two listeners",
             )
         if hcms and not filters:
+            if "/" in name:
+                # Route policies are named "<listener>/<route>": a listener named like one
+                # would share its policy map key (and its plugin and grants).
+                raise ctx.error("name", "an HTTP listener with a lightcell policy needs a name without '/'")
             source = f"listener {name!r} metadata.filter_metadata.{POLICY_NAMESPACE}"
             policy = _parse_policy(ctx, raw, Protocol.HTTP, source)
             notes.extend(_check_http_filters(ctx, policy, hcms))
@@ -419,6 +423,17 @@ def _check_http_filters(ctx: _Context, policy: ListenerPolicy, hcms: list[_Hcm])
         _check_names_listener(ctx, ext.where, ext.config)
         fail_open = _get(ext.config, "failure_mode_allow", "failureModeAllow")
         _check_fail_open(ctx, f"{ext.where}.failure_mode_allow", fail_open, policy)
+        if _get(ext.config, "observability_mode", "observabilityMode") is True and (
+            policy.failure_mode is not FailureMode.ALLOW
+        ):
+            # Envoy waits for no reply in observability mode: nothing the plugin decides,
+            # and no failure mode but allow, can take effect.
+            raise ctx.error(
+                f"{ext.where}.observability_mode",
+                f"is true while the listener's failure_mode is {policy.failure_mode.value}: Envoy "
+                "would not wait for the plugin, so nothing would be filtered; set it to false "
+                "(or failure_mode: allow for a plugin that only observes)",
+            )
         mode = _get(ext.config, "processing_mode", "processingMode")
         notes.extend(_http_modes(ctx, f"{ext.where}.processing_mode", mode, on_filter=True))
         if "metadata" in policy.spec.grants.capabilities:

@@ -289,7 +289,8 @@ async def _body_decision(
     hook: Callable[[bytes, bool], Awaitable[HttpDecision]], event: hp.BodyEvent
 ) -> HttpDecision:
     """Pieces' decisions combine: the first respond wins; otherwise the outputs are concatenated
-    and the header changes joined (each kind in piece order)."""
+    and the header changes merged so that a later piece's change wins over an earlier one's
+    (a remove or set of a name drops the earlier sets and appends of that name)."""
     data = event.body
     if len(data) <= MAX_EVENT_BYTES:
         return await hook(data, event.end_of_stream)
@@ -299,6 +300,7 @@ async def _body_decision(
     appends: list[Header] = []
     removes: list[str] = []
     changed = False
+    total, limit = 0, max(MAX_OUTPUT_BYTES, len(data))
     for start in range(0, len(data), MAX_EVENT_BYTES):
         piece = data[start : start + MAX_EVENT_BYTES]
         last = start + MAX_EVENT_BYTES >= len(data)
@@ -309,14 +311,21 @@ async def _body_decision(
         if decision.kind is DecisionKind.RESPOND:
             return decision.with_metadata(metadata)
         if decision.kind is DecisionKind.MODIFY:
-            sets += decision.headers.set
-            appends += decision.headers.append
-            removes += decision.headers.remove
+            later = decision.headers
+            replaced = {n.lower() for n in later.remove} | {h.name.lower() for h in later.set}
+            sets = [h for h in sets if h.name.lower() not in replaced] + list(later.set)
+            appends = [h for h in appends if h.name.lower() not in replaced] + list(later.append)
+            removes += later.remove
             if decision.body is not None:
                 changed = True
                 outputs.append(decision.body)
+                total += len(decision.body)
+                if total > limit:  # refused as it grows, not after holding it all
+                    raise PluginFault(FaultKind.ABI, f"{HTTP_HOOKS[_PHASES[(event.side, event.kind)]]}: "
+                                      f"{output_too_large(total)}")
                 continue
         outputs.append(piece)
+        total += len(piece)
     mutation = HeaderMutation(tuple(sets), tuple(appends), tuple(removes))
     if not changed and not mutation:
         return HttpDecision(DecisionKind.CONTINUE).with_metadata(metadata)

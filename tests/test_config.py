@@ -713,6 +713,14 @@ def _full_duplex(where: str) -> dict[str, Any]:
     return {"request_header_mode": "SEND", f"{where}_body_mode": "FULL_DUPLEX_STREAMED"}
 
 
+def _rename_http_listener(doc: dict[str, Any], name: str) -> None:
+    lst = doc["static_resources"]["listeners"][0]
+    lst["name"] = name
+    for flt in _hcm(doc)["http_filters"]:
+        for entry in (flt.get("typed_config") or {}).get("grpc_service", {}).get("initial_metadata", []):
+            entry["value"] = name
+
+
 ROUTE0 = f"{ROUTES_AT}.virtual_hosts[0].routes[0]"
 FILTER0 = "filter_chains[0].filters[0] (envoy.filters.network.http_connection_manager).http_filters[0]"
 
@@ -737,6 +745,15 @@ BAD_HTTP: dict[str, tuple[Mutation, list[str]]] = {
     "fail_open_filter": (
         _http_ext_proc(failure_mode_allow=True),
         ["'web'", f"({EXT_PROC_NAME}).failure_mode_allow", "listener's failure_mode is close"],
+    ),
+    "observability_mode_on_a_fail_closed_listener": (
+        _http_ext_proc(observability_mode=True),
+        ["'web'", f"({EXT_PROC_NAME}).observability_mode", "failure_mode is close",
+         "nothing would be filtered"],
+    ),
+    "listener_named_like_a_route_policy": (
+        lambda d: _rename_http_listener(d, "web/api"),
+        ["'web/api'", "name", "without '/'"],
     ),
     "fail_open_route_override": (
         _override(0, failure_mode_allow=True),

@@ -502,7 +502,8 @@ def _area(tag: int, rest: bytes = b"") -> bytearray:
         (_area(2, struct.pack("<HxxIIII", 199, 0, 0, 0, 0)), 64, "status 199 is outside 200..599"),
         (_area(2, struct.pack("<HxxIIII", 600, 0, 0, 0, 0)), 64, "status 600"),
         (_area(1, struct.pack("<IIIIII", 2, 1, 0, 0, 0, 0)), 64, "set array at 0x2 is not aligned"),
-        (_area(1, struct.pack("<IIIIII", 0, 1 << 28, 0, 0, 0, 0)), 64, "set at 0x0.* outside"),
+        (_area(1, struct.pack("<IIIIII", 0, 1000, 0, 0, 0, 0)), 64, "set at 0x0.* outside"),
+        (_area(1, struct.pack("<IIIIII", 0, 1 << 28, 0, 0, 0, 0)), 64, "set: 268435456 entries, more than"),
         (_area(1, struct.pack("<IIIIIIBxxxII", 0, 0, 0, 0, 0, 0, 2, 0, 0)), 64, "body option tag 2"),
         (_area(1, struct.pack("<IIIIIIBxxxII", 0, 0, 0, 0, 0, 0, 1, 0, MAX_OUTPUT_BYTES + 1)), 64,
          "over the maximum output"),
@@ -525,3 +526,31 @@ def test_lift_decision_reads_names_as_utf8() -> None:
     mem[160:162] = b"ok"
     assert lift_decision(mem, 64).headers.remove == ("ok",)
     assert DECISION_AREA_SIZE == 40
+
+
+def test_lift_decision_bounds_the_copies_of_aliased_headers() -> None:
+    """Every entry may point at the same region: the host copies at most a bounded
+    number of header bytes per decision, whatever the count times the length."""
+    from vmm.http_abi import MAX_DECISION_HEADER_BYTES, MAX_DECISION_HEADERS
+
+    region = 128 * 1024
+    count = 100  # 100 x 128 KiB = 12.5 MiB of copies from a 0.4 MiB memory
+    mem = bytearray(4096 + HEADER_TABLE * count + region)
+    table = 4096
+    mem[64] = 1  # modify
+    mem[68:76] = struct.pack("<II", table, count)  # set
+    value_at = table + HEADER_TABLE * count
+    mem[value_at : value_at + 1] = b"n"
+    for i in range(count):
+        mem[table + HEADER_TABLE * i : table + HEADER_TABLE * (i + 1)] = struct.pack(
+            "<IIII", value_at, 1, value_at, region
+        )
+    with pytest.raises(PluginFault, match=f"exceed {MAX_DECISION_HEADER_BYTES} bytes") as e:
+        lift_decision(mem, 64)
+    assert e.value.kind is FaultKind.ABI
+    mem[68:76] = struct.pack("<II", table, MAX_DECISION_HEADERS + 1)
+    with pytest.raises(PluginFault, match="more than"):
+        lift_decision(mem, 64)
+
+
+HEADER_TABLE = 16  # bytes per list<header> element (README)

@@ -3,6 +3,7 @@ HttpSession fed xds-protos messages directly, HttpProcessor over a real grpc.aio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,16 +16,19 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import vmm.wasmtime_tier as wt
+from extproc import http_protocol as hp
 from extproc import http_service, plugins
 from extproc.config import LightcellConfig
-from extproc.http_session import HttpSession, StreamReset
+from extproc.http_session import HttpSession, StreamReset, _body_decision
 from extproc.listener import FailureMode, HttpListener, ListenerPolicy, Protocol, TierChoice
 from extproc.server import LightcellServer
 from plugins import build as plugin_build
-from vmm.contract import MAX_EVENT_BYTES
+from vmm.contract import MAX_EVENT_BYTES, MAX_OUTPUT_BYTES, DecisionKind
+from vmm.http_abi import Header, HeaderMutation, HttpDecision
 from vmm.kvstore import KvStore
 from vmm.metrics import Metrics
 from vmm.policy import Grants, Limits, SandboxSpec, Tier
+from vmm.sandbox import FaultKind, PluginFault
 
 HERE = Path(__file__).resolve().parent
 STREAMED, BUFFERED = 1, 2
@@ -303,7 +307,8 @@ async def test_the_service_refuses_unknown_names(
 ) -> None:
     _, channel = served
     call = pb_grpc.ExternalProcessorStub(channel).Process(metadata=_metadata(listener, route))
-    await call.write(req_headers())
+    with contextlib.suppress(grpc.aio.AioRpcError):  # the refusal may beat the write
+        await call.write(req_headers())
     assert await call.code() == code
 
 
@@ -336,3 +341,43 @@ async def test_the_service_counts_streams_against_max_connections(
     for call in open_calls:
         await call.done_writing()
         assert await call.code() == grpc.StatusCode.OK
+
+
+# --- a body in pieces: how the pieces' decisions combine ------------------------------------
+
+
+def _scripted_hook(decisions: list[HttpDecision]) -> Callable[[bytes, bool], Awaitable[HttpDecision]]:
+    script = iter(decisions)
+
+    async def hook(body: bytes, end_of_stream: bool) -> HttpDecision:
+        return next(script)
+
+    return hook
+
+
+def _big_body() -> hp.BodyEvent:
+    return hp.BodyEvent(hp.Side.REQUEST, b"b" * (MAX_EVENT_BYTES + 10), True)
+
+
+async def test_a_later_pieces_header_change_wins() -> None:
+    clean = HeaderMutation(set=(Header("x-verdict", b"clean"),))
+    set_clean = HttpDecision(DecisionKind.MODIFY, headers=clean)
+    remove_it = HttpDecision(DecisionKind.MODIFY, headers=HeaderMutation(remove=("X-Verdict",)))
+    combined = await _body_decision(_scripted_hook([set_clean, remove_it]), _big_body())
+    assert combined.headers.set == () and combined.headers.remove == ("X-Verdict",)  # removed, as last said
+    combined = await _body_decision(_scripted_hook([remove_it, set_clean]), _big_body())
+    assert combined.headers.set == (Header("x-verdict", b"clean"),)  # remove, then set: the set stands
+
+
+async def test_pieces_output_is_refused_as_soon_as_it_passes_the_cap() -> None:
+    seen = []
+    huge = HttpDecision(DecisionKind.MODIFY, body=b"y" * (MAX_OUTPUT_BYTES // 2 + 1))
+
+    async def hook(body: bytes, end_of_stream: bool) -> HttpDecision:
+        seen.append(len(body))
+        return huge
+
+    event = hp.BodyEvent(hp.Side.REQUEST, b"b" * (3 * MAX_EVENT_BYTES), True)
+    with pytest.raises(PluginFault) as fault:
+        await _body_decision(hook, event)
+    assert fault.value.kind is FaultKind.ABI and len(seen) == 2  # the third piece never ran

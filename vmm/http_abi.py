@@ -92,10 +92,25 @@ def _abi(message: str) -> PluginFault:
     return PluginFault(FaultKind.ABI, message)
 
 
+MAX_DECISION_HEADERS = 1024
+"""Most entries one header list (set, append, remove, an answer's headers) may have."""
+MAX_DECISION_HEADER_BYTES = 256 * 1024
+"""Most name and value bytes all of one decision's header lists may hold together.
+Charged before each copy: every entry may point at the same large region, so
+without it a small plugin could make the host copy its memory many times over.
+(The session's own, smaller limit applies afterwards, to what Envoy will get.)"""
+
+
 class _Mem:
     def __init__(self, memory: Buffer) -> None:
         self.view = memoryview(memory).cast("B")
         self.size = len(self.view)
+        self.header_bytes_left = MAX_DECISION_HEADER_BYTES
+
+    def charge(self, length: int, what: str) -> None:
+        if length > self.header_bytes_left:
+            raise _abi(f"{what}: the decision's headers exceed {MAX_DECISION_HEADER_BYTES} bytes")
+        self.header_bytes_left -= length
 
     def span(self, ptr: int, length: int, what: str) -> tuple[int, int]:
         if ptr < 0 or length < 0 or ptr + length > self.size:
@@ -123,6 +138,8 @@ class _Mem:
             raise _abi(f"{what} is not UTF-8") from None
 
     def array(self, ptr: int, count: int, elem: int, what: str) -> int:
+        if count > MAX_DECISION_HEADERS:
+            raise _abi(f"{what}: {count} entries, more than {MAX_DECISION_HEADERS}")
         if ptr % HEADER_ALIGN:
             raise _abi(f"{what} array at {ptr:#x} is not aligned to {HEADER_ALIGN}")
         self.span(ptr, count * elem, what)
@@ -133,19 +150,22 @@ class _Mem:
         out = []
         for i in range(count):
             at = base + HEADER_SIZE * i
-            name = self.string(self.u32(at), self.u32(at + 4), f"{what}[{i}] name")
-            value = self.bytes_(self.u32(at + 8), self.u32(at + 12), f"{what}[{i}] value")
+            name_len, value_len = self.u32(at + 4), self.u32(at + 12)
+            self.charge(name_len + value_len, f"{what}[{i}]")
+            name = self.string(self.u32(at), name_len, f"{what}[{i}] name")
+            value = self.bytes_(self.u32(at + 8), value_len, f"{what}[{i}] value")
             out.append(Header(name, value))
         return tuple(out)
 
     def strings(self, ptr: int, count: int, what: str) -> tuple[str, ...]:
         base = self.array(ptr, count, STRING_SIZE, what)
-        return tuple(
-            self.string(
-                self.u32(base + STRING_SIZE * i), self.u32(base + STRING_SIZE * i + 4), f"{what}[{i}]"
-            )
-            for i in range(count)
-        )
+        out = []
+        for i in range(count):
+            at = base + STRING_SIZE * i
+            length = self.u32(at + 4)
+            self.charge(length, f"{what}[{i}]")
+            out.append(self.string(self.u32(at), length, f"{what}[{i}]"))
+        return tuple(out)
 
     def body(self, ptr: int, length: int, what: str) -> bytes:
         if length > MAX_OUTPUT_BYTES:
