@@ -16,7 +16,7 @@ aborts with a non-OK status.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, TypeAlias
@@ -26,9 +26,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc import http_protocol
 from extproc.config import LISTENER_METADATA_KEY, ROUTE_METADATA_KEY, route_key
-from extproc.http_session import DEFAULT_CLOSE_STATUS, HttpSession, StreamReset
+from extproc.http_session import DEFAULT_CLOSE_STATUS, HttpSession
 from extproc.listener import HttpListener
-from extproc.tcp_service import StreamSlots
+from extproc.stream_edge import StreamSlots, refuse, serve_requests
 from vmm.capabilities import DatagramSender
 from vmm.metrics import METRICS, Metrics
 
@@ -37,6 +37,7 @@ __all__ = ["SERVICE_NAME", "HttpProcessor", "add_to_server"]
 LOG = logging.getLogger("lightcell.http_service")
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+_HTTP = {"protocol": "http"}  # label on the metrics the network service shares
 
 if TYPE_CHECKING:
     Context: TypeAlias = grpc.aio.ServicerContext[
@@ -70,55 +71,16 @@ class HttpProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         request_iterator: AsyncIterator[http_protocol.ProcessingRequest],
         context: Context,
     ) -> AsyncIterator[http_protocol.ProcessingResponse]:
-        if self._slots.full:
-            LOG.warning(
-                "HTTP stream refused: %d streams already open (--max-connections) (peer %s)",
-                self._slots.active, context.peer(),
+        async with self._slots.admitted(context, self._metrics, "streams", _HTTP):
+            target = await self._policy_of(context)
+            session = HttpSession(target, self._egress, self._metrics, close_status=self._close_status)
+            replies = serve_requests(
+                request_iterator, context, session.handle, session.aclose,
+                name=target.name, metrics=self._metrics, labels=_HTTP,
             )  # fmt: skip
-            self._metrics.inc("streams_refused_total", reason="max_connections", protocol="http")
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"lightcell: over {self._slots.limit} concurrent streams",
-            )
-        self._slots.active += 1  # single event loop: no await between the check and here
-        try:
-            async for reply in self._serve(request_iterator, context):
-                yield reply
-        finally:
-            self._slots.active -= 1
-
-    async def _serve(
-        self,
-        request_iterator: AsyncIterator[http_protocol.ProcessingRequest],
-        context: Context,
-    ) -> AsyncIterator[http_protocol.ProcessingResponse]:
-        target = await self._policy_of(context)
-        session = HttpSession(target, self._egress, self._metrics, close_status=self._close_status)
-        try:
-            async for request in request_iterator:
-                try:
-                    reply = await session.handle(request)
-                except http_protocol.ProtocolError as e:
-                    LOG.error("malformed HTTP request policy=%s: %s", target.name, e)
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-                except StreamReset as e:
-                    await context.abort(grpc.StatusCode.ABORTED, f"lightcell: {e}")
-                if reply is not None:
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
                     yield reply
-            # Envoy half-closed the stream: the request is over, OK is safe now.
-        except asyncio.CancelledError:
-            # Envoy often resets the stream after its last message: not an error.
-            LOG.debug("HTTP stream cancelled policy=%s", target.name)
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as e:
-            LOG.exception("internal error policy=%s", target.name)
-            self._metrics.inc("internal_errors_total", listener=target.name, protocol="http")
-            await context.abort(grpc.StatusCode.INTERNAL, f"lightcell internal error: {type(e).__name__}")
-        finally:
-            # Shielded: a second cancellation must not leave the sandbox half-released.
-            await asyncio.shield(session.aclose())
 
     async def _policy_of(self, context: Context) -> HttpListener:
         found: dict[str, str] = {}
@@ -127,34 +89,26 @@ class HttpProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 found[key] = value if isinstance(value, str) else value.decode(errors="replace")
         name = found.get(LISTENER_METADATA_KEY)
         if name is None:
-            LOG.warning(
-                "HTTP stream refused: no %s metadata (peer %s)", LISTENER_METADATA_KEY, context.peer()
-            )
-            self._metrics.inc("streams_refused_total", reason="no_listener", protocol="http")
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"missing {LISTENER_METADATA_KEY} metadata"
-            )
-        assert name is not None  # abort() raised
+            await refuse(
+                context, self._metrics, grpc.StatusCode.PERMISSION_DENIED, "no_listener",
+                f"missing {LISTENER_METADATA_KEY} metadata", f"no {LISTENER_METADATA_KEY} metadata", _HTTP,
+            )  # fmt: skip
         listener = self._listeners.get(name)
         if listener is None:
-            LOG.warning("HTTP stream refused: unknown HTTP listener %r (peer %s)", name, context.peer())
-            self._metrics.inc("streams_refused_total", reason="unknown_listener", protocol="http")
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown HTTP listener {name!r}")
-        assert listener is not None
+            await refuse(
+                context, self._metrics, grpc.StatusCode.NOT_FOUND, "unknown_listener",
+                f"unknown HTTP listener {name!r}", f"unknown HTTP listener {name!r}", _HTTP,
+            )  # fmt: skip
         route = found.get(ROUTE_METADATA_KEY)
         if route is None:
             return listener
-        policy = self._routes.get(route_key(name, route))
+        key = route_key(name, route)
+        policy = self._routes.get(key)
         if policy is None:
-            LOG.warning(
-                "HTTP stream refused: listener %r has no route policy %r (peer %s)",
-                name,
-                route,
-                context.peer(),
-            )
-            self._metrics.inc("streams_refused_total", reason="unknown_route", protocol="http")
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown route policy {route_key(name, route)!r}")
-        assert policy is not None
+            await refuse(
+                context, self._metrics, grpc.StatusCode.NOT_FOUND, "unknown_route",
+                f"unknown route policy {key!r}", f"listener {name!r} has no route policy {route!r}", _HTTP,
+            )  # fmt: skip
         return policy
 
 

@@ -34,7 +34,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from extproc import http_protocol as hp
 from extproc.listener import FailureMode, HttpListener
-from vmm.capabilities import MAX_METADATA_ENTRIES, DatagramSender, HostCapabilities
+from extproc.stream_edge import StreamAbort
+from vmm.capabilities import MAX_METADATA_ENTRIES, DatagramSender
 from vmm.contract import (
     HTTP_HOOKS,
     MAX_EVENT_BYTES,
@@ -57,8 +58,8 @@ DEFAULT_CLOSE_STATUS = 500
 FAULT_DETAILS = "lightcell_plugin_fault"
 
 
-class StreamReset(Exception):
-    """Failure mode reset: the stream must end with a non-OK status."""
+class StreamReset(StreamAbort):
+    """Failure mode reset: the stream must end with a non-OK status (ABORTED)."""
 
 
 class _State(enum.Enum):
@@ -157,15 +158,7 @@ class HttpSession:
         self._started = True
         policy = self.listener.policy
         self._metrics.inc("http_requests_total", listener=policy.name)
-        host = HostCapabilities(
-            listener=policy.name,
-            plugin=policy.plugin,
-            grants=policy.spec.grants,
-            limits=policy.spec.limits,
-            kv=self.listener.kv,
-            egress=self._egress,
-            metrics=self._metrics,
-        )
+        host = self.listener.host_for(self._egress, self._metrics)
         sandbox = await self.listener.factory.new_sandbox(host)
         self._sandbox = sandbox
         self._sandbox_id = sandbox.identity
@@ -238,19 +231,7 @@ class HttpSession:
         return self._stream.respond(event, hp.Immediate(self._close_status, details=FAULT_DETAILS))
 
     def _report(self, fault: PluginFault, consequence: str) -> None:
-        """The one place a plugin fault is logged and counted."""
-        policy = self.listener.policy
-        LOG.warning(
-            "plugin fault protocol=http listener=%s plugin=%s sandbox=%s fault=%s failure_mode=%s: %s",
-            policy.name, policy.plugin, self._sandbox_id, fault.kind.value, consequence, fault.message,
-        )  # fmt: skip
-        self._metrics.inc(
-            "plugin_faults_total",
-            listener=policy.name,
-            plugin=policy.plugin,
-            fault=fault.kind.value,
-            protocol="http",
-        )
+        self.listener.report_fault(fault, consequence, self._sandbox_id, self._metrics, "http")
 
 
 def _header_ops(mutation: HeaderMutation) -> list[hp.HeaderOp]:

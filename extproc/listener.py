@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Protocol as _Protocol
 
+from vmm.capabilities import DatagramSender, HostCapabilities
 from vmm.kvstore import KvStore
+from vmm.metrics import Metrics
 from vmm.policy import SandboxSpec, Tier
-from vmm.sandbox import SandboxFactory
+from vmm.sandbox import PluginFault, SandboxFactory
 
 if TYPE_CHECKING:
-    from vmm.capabilities import HostCapabilities
     from vmm.runner import HttpRunner
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "Protocol",
     "TierChoice",
 ]
+
+LOG = logging.getLogger("lightcell.session")  # plugin faults are the sessions' to report
 
 
 class FailureMode(enum.Enum):
@@ -88,8 +92,50 @@ class TierChoice:
         return f"{name} ({self.reason})"
 
 
+class _Served:
+    """What a policy ready to serve answers, whatever its protocol."""
+
+    __slots__ = ()
+    policy: ListenerPolicy
+    kv: KvStore
+    tier: TierChoice
+
+    def host_for(self, egress: DatagramSender | None, metrics: Metrics) -> HostCapabilities:
+        """The capabilities of one new sandbox (connection or request) under this policy."""
+        spec = self.policy.spec
+        return HostCapabilities(
+            listener=self.policy.name, plugin=self.policy.plugin, grants=spec.grants,
+            limits=spec.limits, kv=self.kv, egress=egress, metrics=metrics,
+        )  # fmt: skip
+
+    def report_fault(
+        self, fault: PluginFault, consequence: str, sandbox: str, metrics: Metrics, protocol: str | None
+    ) -> None:
+        """The one place a plugin fault is logged and counted (the sessions call it)."""
+        policy = self.policy
+        labels = {} if protocol is None else {"protocol": protocol}
+        LOG.warning(
+            "plugin fault %slistener=%s plugin=%s sandbox=%s fault=%s failure_mode=%s: %s",
+            "" if protocol is None else f"protocol={protocol} ", policy.name, policy.plugin, sandbox,
+            fault.kind.value, consequence, fault.message,
+        )  # fmt: skip
+        metrics.inc(
+            "plugin_faults_total", 1,
+            listener=policy.name, plugin=policy.plugin, fault=fault.kind.value, **labels,
+        )  # fmt: skip
+
+    @property
+    def one_wall_reason(self) -> str | None:
+        """Why `tier: auto` fell back to wasmtime (only the wasm wall is up), if it did."""
+        return self.tier.reason if self.tier.fell_back else None
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+
 @dataclass(frozen=True, slots=True)
-class Listener:
+class Listener(_Served):
     """A listener ready to serve: its policy, its loaded plugin and the plugin's kv store.
 
     The kv store is shared by every connection of this plugin on this listener.
@@ -100,15 +146,6 @@ class Listener:
     kv: KvStore
     tier: TierChoice
     """The tier the plugin was loaded in, chosen once by extproc.plugins.choose_tier."""
-
-    @property
-    def one_wall_reason(self) -> str | None:
-        """Why `tier: auto` fell back to wasmtime (only the wasm wall is up), if it did."""
-        return self.tier.reason if self.tier.fell_back else None
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
 
 
 class HttpSandboxFactory(_Protocol):
@@ -127,7 +164,7 @@ class HttpSandboxFactory(_Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class HttpListener:
+class HttpListener(_Served):
     """An HTTP listener's (or route's) policy ready to serve: its loaded http-filter plugin and
     the plugin's kv store (shared by every request under this policy)."""
 
@@ -135,11 +172,3 @@ class HttpListener:
     factory: HttpSandboxFactory
     kv: KvStore
     tier: TierChoice
-
-    @property
-    def one_wall_reason(self) -> str | None:
-        return self.tier.reason if self.tier.fell_back else None
-
-    @property
-    def name(self) -> str:
-        return self.policy.name

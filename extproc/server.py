@@ -30,7 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from extproc import http_service, plugins, tcp_service
+from extproc import http_service, plugins, stream_edge, tcp_service
 from extproc.config import ConfigError, LightcellConfig
 from extproc.listener import HttpListener, Listener
 from extproc.socket_path import prepare_default_socket
@@ -89,7 +89,7 @@ class LightcellServer:
         port: int | None = None,
         loaded: Mapping[str, Listener] | None = None,
         http_loaded: plugins.HttpLoaded | None = None,
-        max_connections: int = tcp_service.DEFAULT_MAX_CONNECTIONS,
+        max_connections: int = stream_edge.DEFAULT_MAX_CONNECTIONS,
     ) -> LightcellServer:
         """Load every plugin, bind, start serving. Raises ConfigError (nothing left running).
 
@@ -120,7 +120,7 @@ class LightcellServer:
         health = HealthServicer()
         try:
             await egress.start()
-            slots = tcp_service.StreamSlots(max_connections)
+            slots = stream_edge.StreamSlots(max_connections)
             processor = tcp_service.NetworkProcessor(listeners, egress, slots=slots)
             tcp_service.add_to_server(processor, server)
             http_processor = http_service.HttpProcessor(http.listeners, http.routes, egress, slots=slots)
@@ -237,7 +237,7 @@ async def serve(
     socket_path: Path | DefaultSocket | None = DEFAULT_SOCKET,
     port: int | None = None,
     grace: float = DEFAULT_GRACE_S,
-    max_connections: int = tcp_service.DEFAULT_MAX_CONNECTIONS,
+    max_connections: int = stream_edge.DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully. Raises ConfigError before serving."""
     server = await LightcellServer.start(

@@ -15,7 +15,7 @@ import logging
 
 from extproc import tcp_protocol
 from extproc.listener import FailureMode, Listener
-from vmm.capabilities import MAX_METADATA_ENTRIES, DatagramSender, HostCapabilities
+from vmm.capabilities import MAX_METADATA_ENTRIES, DatagramSender
 from vmm.contract import (
     MAX_EVENT_BYTES,
     MAX_OUTPUT_BYTES,
@@ -52,7 +52,6 @@ class Session:
         self._egress = egress
         self._metrics = metrics
         self._state = _State.FILTERING
-        self._host: HostCapabilities | None = None
         self._sandbox: Sandbox | None = None
         self._sandbox_id = "-"
         self._started = False
@@ -101,16 +100,8 @@ class Session:
         self._started = True
         policy = self.listener.policy
         self._metrics.inc("connections_total", listener=policy.name)
-        self._host = HostCapabilities(
-            listener=policy.name,
-            plugin=policy.plugin,
-            grants=policy.spec.grants,
-            limits=policy.spec.limits,
-            kv=self.listener.kv,
-            egress=self._egress,
-            metrics=self._metrics,
-        )
-        sandbox = await self.listener.factory.new_sandbox(self._host)
+        host = self.listener.host_for(self._egress, self._metrics)
+        sandbox = await self.listener.factory.new_sandbox(host)
         self._sandbox = sandbox
         self._sandbox_id = sandbox.identity
         await sandbox.open(policy.name, policy.spec.plugin_config)
@@ -127,17 +118,8 @@ class Session:
         self._state = _State.RESET if mode is FailureMode.RESET else _State.CLOSED
         return tcp_protocol.close(reset=mode is FailureMode.RESET)
 
-
     def _report(self, fault: PluginFault, consequence: str) -> None:
-        """The one place a plugin fault is logged and counted."""
-        policy = self.listener.policy
-        LOG.warning(
-            "plugin fault listener=%s plugin=%s sandbox=%s fault=%s failure_mode=%s: %s",
-            policy.name, policy.plugin, self._sandbox_id, fault.kind.value, consequence, fault.message,
-        )  # fmt: skip
-        self._metrics.inc(
-            "plugin_faults_total", listener=policy.name, plugin=policy.plugin, fault=fault.kind.value
-        )
+        self.listener.report_fault(fault, consequence, self._sandbox_id, self._metrics, None)
 
 
 async def _run_plugin(sandbox: Sandbox, event: DataEvent) -> Verdict:

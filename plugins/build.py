@@ -156,12 +156,19 @@ def cache_key(name: str) -> str:
 # --- recipes -----------------------------------------------------------------
 
 
+def compile_c(src: Path, out: Path, *, wasi: bool = False) -> Path:
+    """A C plugin source (SDK on the include path) -> `out`, a core module, with the
+    examples' flags; unstripped. Not cached: for test plugins that live beside the tests."""
+    target = WASI_REACTOR if wasi else FREESTANDING
+    flags = [*target, *C_FLAGS, *LINK_FLAGS, f"-I{SDK_DIR}"]
+    _run([*_zig_cc(), *flags, str(src), "-o", str(out)], cwd=out.parent)
+    return out
+
+
 def _compile_c(spec: PluginSpec, tmp: Path) -> Path:
     """C source -> stripped core module."""
-    src = EXAMPLES_DIR / spec.name / spec.main
-    raw, core = tmp / "raw.wasm", tmp / "core.wasm"
-    target = FREESTANDING if spec.kind == "c" else WASI_REACTOR
-    _run([*_zig_cc(), *target, *C_FLAGS, *LINK_FLAGS, f"-I{SDK_DIR}", str(src), "-o", str(raw)], cwd=tmp)
+    raw = compile_c(EXAMPLES_DIR / spec.name / spec.main, tmp / "raw.wasm", wasi=spec.kind != "c")
+    core = tmp / "core.wasm"
     _run([*_wasm_tools(), "strip", str(raw), "-o", str(core)])
     return core
 

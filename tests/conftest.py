@@ -42,3 +42,11 @@ def template() -> Iterator[Template]:
     t = make_test_template()
     yield t
     t.close()
+
+
+@pytest.fixture(scope="session")
+def answer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/http_plugins/answer.c (an http-filter test plugin) as a bare core module."""
+    out = tmp_path_factory.mktemp("http-c")
+    return plugin_build.compile_c(Path(__file__).resolve().parent / "http_plugins" / "answer.c",
+                                  out / "answer.wasm")

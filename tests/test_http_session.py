@@ -22,7 +22,6 @@ from extproc.config import LightcellConfig
 from extproc.http_session import HttpSession, StreamReset, _body_decision
 from extproc.listener import FailureMode, HttpListener, ListenerPolicy, Protocol, TierChoice
 from extproc.server import LightcellServer
-from plugins import build as plugin_build
 from vmm.contract import MAX_EVENT_BYTES, MAX_OUTPUT_BYTES, DecisionKind
 from vmm.http_abi import Header, HeaderMutation, HttpDecision
 from vmm.kvstore import KvStore
@@ -38,19 +37,6 @@ STREAMED, BUFFERED = 1, 2
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lightcell-http-session-cache")
 
-
-@pytest.fixture(scope="session")
-def answer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/http_plugins/answer.c as a bare core module (see tests/test_http_wasmtime.py)."""
-    out = tmp_path_factory.mktemp("http-c")
-    wasm = out / "answer.wasm"
-    plugin_build._run(
-        [*plugin_build._zig_cc(), *plugin_build.FREESTANDING, *plugin_build.C_FLAGS,
-         *plugin_build.LINK_FLAGS, f"-I{plugin_build.SDK_DIR}", str(HERE / "http_plugins" / "answer.c"),
-         "-o", str(wasm)],
-        cwd=out,
-    )  # fmt: skip
-    return wasm
 
 
 Load = Callable[..., Awaitable[HttpListener]]

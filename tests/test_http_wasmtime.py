@@ -37,19 +37,6 @@ def redact() -> Path:
     return plugin_build.build("redact")
 
 
-@pytest.fixture(scope="session")
-def answer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/http_plugins/answer.c as a bare core module, with the examples' flags."""
-    out = tmp_path_factory.mktemp("http-c")
-    wasm = out / "answer.wasm"
-    plugin_build._run(
-        [*plugin_build._zig_cc(), *plugin_build.FREESTANDING, *plugin_build.C_FLAGS,
-         *plugin_build.LINK_FLAGS, f"-I{plugin_build.SDK_DIR}", str(HERE / "http_plugins" / "answer.c"),
-         "-o", str(wasm)],
-        cwd=out,
-    )  # fmt: skip
-    return wasm
-
 
 def _misbehave_wat(replace: tuple[str, str] | None = None) -> bytes:
     text = (HERE / "wat" / "http_misbehave.wat").read_text()
