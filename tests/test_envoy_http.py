@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from extproc.harness import EnvoyProcess, LightcellProcess, write_config
+from extproc.harness import EnvoyProcess, LightcellProcess, static_cluster, write_config
 
 pytestmark = [pytest.mark.envoy]
 
@@ -92,6 +92,9 @@ class HttpUpstream:
                 )
                 await writer.drain()
         writer.close()
+
+
+LOOPBACK = "127.0.0.1"
 
 
 def _ext_proc(lightcell_name: str) -> dict[str, Any]:
@@ -173,32 +176,13 @@ def _listener(
     }
 
 
-def _cluster(name: str, address: dict[str, Any], http2: bool = False) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
-        },
-    }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
-    return cluster
-
 
 def _bootstrap(
     listeners: list[dict[str, Any]], upstreams: dict[str, HttpUpstream], socket: Path
 ) -> dict[str, Any]:
-    clusters = [_cluster("lightcell", {"pipe": {"path": str(socket)}}, http2=True)]
+    clusters = [static_cluster("lightcell", {"pipe": {"path": str(socket)}}, http2=True)]
     clusters += [
-        _cluster(f"upstream_{name}", {"socket_address": {"address": "127.0.0.1", "port_value": up.port}})
+        static_cluster(f"upstream_{name}", {"socket_address": {"address": LOOPBACK, "port_value": up.port}})
         for name, up in upstreams.items()
     ]
     return {

@@ -3,7 +3,7 @@
 One module per job:
 
 - `bootstrap`: Envoy bootstraps for a set of listeners (`render_bootstrap`,
-  `ListenerSpec`, `lightcell_cluster`, `write_config`);
+  `ListenerSpec`, `lightcell_cluster`, `static_cluster`, `write_config`);
 - `envoy`: find and run the Envoy binary of this environment (`envoy_binary`,
   `EnvoyProcess`);
 - `lightcell`: run `lightcell serve` and wait for its socket
@@ -23,6 +23,7 @@ from extproc.harness.bootstrap import (
     ListenerSpec,
     lightcell_cluster,
     render_bootstrap,
+    static_cluster,
     write_config,
 )
 from extproc.harness.envoy import EnvoyError, EnvoyProcess, envoy_binary
@@ -50,6 +51,7 @@ __all__ = [
     "lightcell_cluster",
     "lightcell_command",
     "render_bootstrap",
+    "static_cluster",
     "tiers_in_log",
     "wait_for_unix_socket",
     "write_config",

@@ -28,6 +28,7 @@ __all__ = [
     "ListenerSpec",
     "lightcell_cluster",
     "render_bootstrap",
+    "static_cluster",
     "write_config",
 ]
 
@@ -119,7 +120,8 @@ def _listener(spec: ListenerSpec) -> dict[str, Any]:
     return listener
 
 
-def _static_cluster(name: str, address: dict[str, Any], http2: bool = False) -> dict[str, Any]:
+def static_cluster(name: str, address: dict[str, Any], http2: bool = False) -> dict[str, Any]:
+    """A STATIC cluster of one endpoint; `http2` for a gRPC one (Lightcell)."""
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
@@ -154,7 +156,7 @@ def lightcell_cluster(socket_paths: Sequence[str | Path]) -> dict[str, Any]:
     """
     if not socket_paths:
         raise ValueError("lightcell_cluster needs at least one socket path")
-    cluster = _static_cluster(SIDECAR_CLUSTER, {"pipe": {"path": str(socket_paths[0])}}, http2=True)
+    cluster = static_cluster(SIDECAR_CLUSTER, {"pipe": {"path": str(socket_paths[0])}}, http2=True)
     cluster["lb_policy"] = "ROUND_ROBIN"
     cluster["load_assignment"]["endpoints"] = [
         {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(p)}}}} for p in socket_paths]}
@@ -175,11 +177,11 @@ def render_bootstrap(
     sockets = [socket_path] if isinstance(socket_path, str | Path) else list(socket_path)
     upstream_ports = sorted({spec.upstream_port for spec in listeners})
     clusters = [
-        _static_cluster(SIDECAR_CLUSTER, {"pipe": {"path": str(sockets[0])}}, http2=True)
+        static_cluster(SIDECAR_CLUSTER, {"pipe": {"path": str(sockets[0])}}, http2=True)
         if len(sockets) == 1
         else lightcell_cluster(sockets),
         *(
-            _static_cluster(
+            static_cluster(
                 f"upstream_{port}", {"socket_address": {"address": "127.0.0.1", "port_value": port}}
             )
             for port in upstream_ports
