@@ -77,6 +77,7 @@ PLUGINS: dict[str, PluginSpec] = {
         PluginSpec("wasi-log", "c-wasi", "wasi_log.c"),
         PluginSpec("counter", "python", "app"),
         PluginSpec("redact", "c", "redact.c", world="http-filter"),
+        PluginSpec("addheader", "c", "addheader.c", world="http-filter"),
     )
 }
 
