@@ -172,16 +172,20 @@ def _check(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.envoy_config)
-        loaded = asyncio.run(_load_and_close(config))
+        notes: list[str] = []
+        loaded = asyncio.run(_load_and_close(config, notes))
     except ConfigError as e:
         return _fail(str(e))
-    _report(config, loaded, sys.stdout)
+    _report(config, loaded, sys.stdout, notes)
     return 0
 
 
-async def _load_and_close(config: LightcellConfig) -> dict[str, tuple[frozenset[str], TierChoice]]:
+async def _load_and_close(
+    config: LightcellConfig, notes: list[str] | None = None
+) -> dict[str, tuple[frozenset[str], TierChoice]]:
     """Load every plugin as serve would (which checks it against the contract and chooses
-    its tier); each listener's (HTTP listener's, route policy's) imports and tier."""
+    its tier); each listener's (HTTP listener's, route policy's) imports and tier. The load's
+    warnings (HTTP phases against Envoy's modes) go to `notes`."""
     from extproc import plugins
 
     loaded = await plugins.load_all(config)
@@ -189,6 +193,8 @@ async def _load_and_close(config: LightcellConfig) -> dict[str, tuple[frozenset[
         http = await plugins.load_http_all(config)
     finally:
         await plugins.close_all(loaded.values())
+    if notes is not None:
+        notes.extend(http.warnings)
     try:
         found = {name: (listener.factory.imports, listener.tier) for name, listener in loaded.items()}
         found.update({item.name: (item.factory.imports, item.tier) for item in http.all()})
@@ -201,6 +207,7 @@ def _report(
     config: LightcellConfig,
     loaded: dict[str, tuple[frozenset[str], TierChoice]],
     out: TextIO,
+    notes: Sequence[str] = (),
 ) -> None:
     if config.http_listeners:
         print(
@@ -210,7 +217,7 @@ def _report(
         )
     else:
         print(f"{config.path}: OK, {len(config.listeners)} listener(s)", file=out)
-    for warning in config.warnings:
+    for warning in [*config.warnings, *notes]:
         print(f"warning: {warning}", file=out)
     for name, policy in config.listeners.items():
         print(f"\nlistener {name}", file=out)

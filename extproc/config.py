@@ -32,6 +32,7 @@ Only static listeners are read (no LDS).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import ipaddress
 import logging
@@ -43,6 +44,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from extproc.http_policy import (
+    DEFAULT_CLOSE_STATUS,
+    DEFAULT_MAX_HEADER_BYTES,
+    FilterMode,
+    HttpOptions,
+    parse_mode,
+)
 from extproc.listener import FailureMode, ListenerPolicy, Protocol
 from extproc.tcp_protocol import METADATA_NAMESPACE
 from vmm.microvm.layout import MAX_MEMORY_BYTES
@@ -77,6 +85,8 @@ _FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 
 _POLICY_KEYS = frozenset({"plugin", "config", "tier", "failure_mode", "grants", "egress_allow", "limits"})
+_HTTP_POLICY_KEYS = frozenset({"close_status", "max_header_bytes"})
+_HTTP_BOUNDS = {"close_status": (200, 599), "max_header_bytes": (1024, 8 * 1024 * 1024)}
 _E = TypeVar("_E", Tier, FailureMode)
 _LIMIT_BOUNDS = {"memory_mb": (1, 4096), "event_cpu_ms": (1, 60_000)}
 
@@ -153,7 +163,8 @@ def load_config(path: str | Path) -> LightcellConfig:
             policy = _parse_policy(ctx, raw, Protocol.HTTP, source)
             notes.extend(_check_http_filters(ctx, policy, hcms))
             notes.extend(_route_policies(ctx, policy, hcms, routes))
-            http_policies[name] = policy
+            filter_modes = [_filter_mode(e.config, None) for hcm in hcms for e in hcm.ext_procs]
+            http_policies[name] = _with_modes(policy, [*filter_modes, *routes.modes.get(name, [])])
             continue
         policy = _parse_policy(ctx, raw)
         notes.extend(_check_filters(ctx, policy, filters))
@@ -475,12 +486,34 @@ def _http_modes(ctx: _Context, where: str, mode: Any, *, on_filter: bool) -> lis
     return notes
 
 
+def _filter_mode(config: dict[str, Any], override: Any) -> tuple[FilterMode | None, bool]:
+    """The processing mode of a stream through one HTTP ext_proc filter (a route's override
+    replaces the filter's whole processing_mode), and whether Envoy would apply a mode_override."""
+    mode = parse_mode(override if override is not None else _get(config, "processing_mode", "processingMode"))
+    allowed = _get(config, "allowed_override_modes", "allowedOverrideModes")
+    ok = (
+        _get(config, "allow_mode_override", "allowModeOverride") is True
+        and _get(config, "send_body_without_waiting_for_header_response",
+                 "sendBodyWithoutWaitingForHeaderResponse") is not True
+        and not allowed  # Lightcell does not pick among an allow-list: it sends no override then
+    )  # fmt: skip
+    return mode, ok
+
+
+def _with_modes(policy: ListenerPolicy, modes: Sequence[tuple[FilterMode | None, bool]]) -> ListenerPolicy:
+    known = tuple(dict.fromkeys(m for m, _ in modes if m is not None))
+    ok = bool(modes) and all(allowed for _, allowed in modes)
+    return dataclasses.replace(policy, http=dataclasses.replace(policy.http, modes=known, mode_override=ok))
+
+
 @dataclass
 class _Routes:
     """The route policies of every HTTP listener, filled listener by listener."""
 
     policies: dict[str, ListenerPolicy] = field(default_factory=dict)
     selections: dict[str, list[str]] = field(default_factory=dict)
+    modes: dict[str, list[tuple[FilterMode | None, bool]]] = field(default_factory=dict)
+    """Per policy name: the processing modes its streams may arrive under (_filter_mode)."""
 
 
 @dataclass(frozen=True)
@@ -651,11 +684,13 @@ def _route_policies(ctx: _Context, listener: ListenerPolicy, hcms: list[_Hcm], r
         _check_fail_open(sctx, fail_where, fail_open, policy, owner)
         mode = _get(selection.overrides, "processing_mode", "processingMode")
         notes.extend(_http_modes(sctx, f"{selection.where}.overrides.processing_mode", mode, on_filter=False))
+        routes.modes.setdefault(policy.name, []).append(_filter_mode(selection.ext.config, mode))
         if value is not None and "metadata" in policy.spec.grants.capabilities:
             pctx = _Context(ctx.path, ctx.listener, value)
             notes.extend(_unreceived_metadata(pctx, selection.metadata_where, selection.metadata_config()))
     for label, (policy, _) in own.items():
-        routes.policies[route_key(ctx.listener, label)] = policy
+        key = route_key(ctx.listener, label)
+        routes.policies[key] = _with_modes(policy, routes.modes.get(key, []))
     return list(dict.fromkeys(notes))  # routes sharing a policy and a filter share its warnings
 
 
@@ -703,7 +738,13 @@ def _parse_policy(
 ) -> ListenerPolicy:
     if not isinstance(raw, dict):
         raise ctx.error(ctx.policy_where, "expected a mapping")
-    unknown = sorted(set(raw) - _POLICY_KEYS)
+    known_keys = _POLICY_KEYS | (_HTTP_POLICY_KEYS if protocol is Protocol.HTTP else frozenset())
+    unknown = sorted(set(raw) - known_keys)
+    http_only = sorted(set(unknown) & _HTTP_POLICY_KEYS)
+    if http_only:
+        raise ctx.policy_error(
+            http_only[0], "only an HTTP policy (an envoy.filters.http.ext_proc listener or route) takes it"
+        )
     if unknown:
         raise ctx.error(
             ctx.policy_where,
@@ -733,7 +774,20 @@ def _parse_policy(
     )
     if protocol is Protocol.TCP:
         return ListenerPolicy(ctx.name, spec, tier, failure_mode)
-    return ListenerPolicy(ctx.name, spec, tier, failure_mode, protocol, source)
+    http = HttpOptions(
+        close_status=_bounded(ctx, raw, "close_status", DEFAULT_CLOSE_STATUS),
+        max_header_bytes=_bounded(ctx, raw, "max_header_bytes", DEFAULT_MAX_HEADER_BYTES),
+    )
+    return ListenerPolicy(ctx.name, spec, tier, failure_mode, protocol, source, http)
+
+
+def _bounded(ctx: _Context, raw: dict[str, Any], key: str, default: int) -> int:
+    """An HTTP policy's whole-number key within _HTTP_BOUNDS."""
+    value = raw.get(key, default)
+    low, high = _HTTP_BOUNDS[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ctx.policy_error(key, f"expected a whole number from {low} to {high}, got {value!r}")
+    return value
 
 
 def _plugin_path(ctx: _Context, value: Any) -> Path:

@@ -44,8 +44,9 @@ descriptor compiled into the 1.40 binary) that this module encodes:
   Such mutations are refused here, before Envoy sees them.
 - `mode_override` is honoured only in a reply to headers, only with
   `allow_mode_override`, never with send_body_without_waiting_for_header_response;
-  its body modes replace the current ones (NONE included), a DEFAULT header or
-  trailer mode means "unchanged".
+  it replaces the whole mode (processor_state.cc setProcessingModeInternal): body
+  modes NONE included, and a DEFAULT header mode means SEND, a DEFAULT trailer
+  mode SKIP (not "unchanged"); the request header mode is moot by then.
 - `HeaderValueOption.append_action` is ignored by ext_proc (only the deprecated
   `append` BoolValue is read; envoy#36982, PRs #37139 and #39066 closed unmerged):
   every option carries an explicit `append`, and `append_action` is left at its
@@ -157,7 +158,7 @@ class BodyMode(enum.IntEnum):
 
 
 class HeaderMode(enum.IntEnum):
-    """ProcessingMode.HeaderSendMode; in an override DEFAULT means "unchanged"."""
+    """ProcessingMode.HeaderSendMode: DEFAULT means SEND for headers, SKIP for trailers (in an override too)."""
 
     DEFAULT = 0
     SEND = 1
@@ -350,9 +351,9 @@ class HeaderOp:
 
 @dataclass(frozen=True, slots=True)
 class ModeOverride:
-    """ProcessingResponse.mode_override. The body modes REPLACE the current ones (leaving one at
-    NONE turns that body off); DEFAULT header/trailer modes leave them unchanged. Envoy ignores
-    request_header_mode in an override, so there is none here."""
+    """ProcessingResponse.mode_override. It REPLACES the current mode: a body left at NONE is
+    turned off, a DEFAULT header mode means SEND and a DEFAULT trailer mode SKIP (Envoy's
+    defaults), so set every field. The request headers have gone by then: no request_header_mode."""
 
     response_header_mode: HeaderMode = HeaderMode.DEFAULT
     request_body_mode: BodyMode = BodyMode.NONE

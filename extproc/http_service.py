@@ -26,7 +26,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc import http_protocol
 from extproc.config import LISTENER_METADATA_KEY, ROUTE_METADATA_KEY, route_key
-from extproc.http_session import DEFAULT_CLOSE_STATUS, HttpSession
+from extproc.http_session import HttpSession
 from extproc.listener import HttpListener
 from extproc.stream_edge import StreamSlots, refuse, serve_requests
 from vmm.capabilities import DatagramSender
@@ -53,14 +53,12 @@ class HttpProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         egress: DatagramSender | None = None,
         metrics: Metrics = METRICS,
         slots: StreamSlots | None = None,
-        close_status: int = DEFAULT_CLOSE_STATUS,
     ) -> None:
         self._listeners = listeners
         self._routes = routes
         self._egress = egress
         self._metrics = metrics
         self._slots = slots if slots is not None else StreamSlots()
-        self._close_status = close_status
 
     @property
     def active(self) -> int:
@@ -73,7 +71,7 @@ class HttpProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     ) -> AsyncIterator[http_protocol.ProcessingResponse]:
         async with self._slots.admitted(context, self._metrics, "streams", _HTTP):
             target = await self._policy_of(context)
-            session = HttpSession(target, self._egress, self._metrics, close_status=self._close_status)
+            session = HttpSession(target, self._egress, self._metrics)
             replies = serve_requests(
                 request_iterator, context, session.handle, session.aclose,
                 name=target.name, metrics=self._metrics, labels=_HTTP,

@@ -18,12 +18,19 @@ refuses (`MutationRefused`) is a plugin fault of kind abi. A fault is logged
 and counted once (`_report`, as the TCP session does, with protocol="http")
 and handled by the policy's failure mode:
 
-- close: an immediate response with `close_status` (500) to the message at
-  hand; Envoy forwards nothing more of the request or the response;
+- close: an immediate response with the policy's `close_status` (500 by
+  default) to the message at hand; Envoy forwards nothing more of the request
+  or the response;
 - reset: `StreamReset`, which the service turns into a non-OK gRPC status
   (Envoy, failure_mode_allow false, fails the request);
 - allow: the plugin is dropped and every message from here on continues
   unchanged.
+
+Phases: where Envoy lets it (`HttpOptions.mode_override`), the reply to the
+request headers carries a `mode_override` asking Envoy for exactly the phases
+the plugin wants (http_policy.override_for). A phase the plugin does not want
+that still arrives is answered unchanged without entering the sandbox
+(vmm.runner.HttpRunner).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from extproc import http_protocol as hp
+from extproc.http_policy import DEFAULT_CLOSE_STATUS, override_for
 from extproc.listener import FailureMode, HttpListener
 from extproc.stream_edge import StreamAbort
 from vmm.capabilities import MAX_METADATA_ENTRIES, DatagramSender
@@ -53,8 +61,6 @@ __all__ = ["DEFAULT_CLOSE_STATUS", "HttpSession", "StreamReset"]
 
 LOG = logging.getLogger("lightcell.http_session")
 
-DEFAULT_CLOSE_STATUS = 500
-"""The status failure mode close answers with (Envoy's own status_on_error default)."""
 FAULT_DETAILS = "lightcell_plugin_fault"
 
 
@@ -92,14 +98,15 @@ class HttpSession:
         listener: HttpListener,
         egress: DatagramSender | None = None,
         metrics: Metrics = METRICS,
-        *,
-        close_status: int = DEFAULT_CLOSE_STATUS,
     ) -> None:
         self.listener = listener
         self._egress = egress
         self._metrics = metrics
-        self._close_status = close_status
-        self._stream = hp.HttpStream()
+        options = listener.policy.http
+        self._close_status = options.close_status
+        self._stream = hp.HttpStream(
+            allow_mode_override=options.mode_override, max_header_bytes=options.max_header_bytes
+        )
         self._state = _State.FILTERING
         self._sandbox: HttpRunner | None = None
         self._sandbox_id = "-"
@@ -202,9 +209,26 @@ class HttpSession:
                     end_of_stream=event.end_of_stream,
                     metadata=metadata,
                 )
-            return self._stream.respond(event, hp.Continue(headers=ops, body=body, metadata=metadata))
+            override = self._override(event)
+            return self._stream.respond(
+                event, hp.Continue(headers=ops, body=body, metadata=metadata, mode_override=override)
+            )
         except hp.MutationRefused as e:
             raise PluginFault(FaultKind.ABI, f"{hook}: {e.reason}") from e
+
+    def _override(self, event: hp.HttpEvent) -> hp.ModeOverride | None:
+        """The mode_override for a reply to the request headers (None for anything else)."""
+        if not (isinstance(event, hp.HeadersEvent) and event.side is hp.Side.REQUEST):
+            return None
+        config = self._stream.protocol_config
+        if self._sandbox is None or (config and config.send_body_without_waiting_for_header_response):
+            return None
+        return override_for(
+            self.listener.policy.http,
+            self._sandbox.phases,
+            self._stream.body_mode(hp.Side.REQUEST),
+            self._stream.body_mode(hp.Side.RESPONSE),
+        )
 
     def _unchanged(self, event: hp.HttpEvent) -> hp.ProcessingResponse:
         if (

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Protocol as _Protocol
 
+from extproc.http_policy import HttpOptions
 from vmm.capabilities import DatagramSender, HostCapabilities
+from vmm.contract import HttpPhase
 from vmm.kvstore import KvStore
 from vmm.metrics import Metrics
 from vmm.policy import SandboxSpec, Tier
@@ -60,6 +62,8 @@ class ListenerPolicy:
     protocol: Protocol = Protocol.TCP
     source: str = ""
     """Where in the Envoy file the policy is (set for HTTP policies; `check` prints it)."""
+    http: HttpOptions = field(default_factory=HttpOptions)
+    """HTTP policies: their own HTTP keys and the Envoy filter modes that serve them."""
 
     @property
     def plugin(self) -> str:
@@ -157,6 +161,11 @@ class HttpSandboxFactory(_Protocol):
 
     @property
     def imports(self) -> frozenset[str]: ...
+
+    @property
+    def phases(self) -> HttpPhase:
+        """The plugin's `wanted-phases`, read once at load."""
+        ...
 
     async def new_sandbox(self, host: HostCapabilities) -> HttpRunner: ...
 

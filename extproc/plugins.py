@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 from extproc.config import POLICY_NAMESPACE, ConfigError, LightcellConfig
+from extproc.http_policy import phase_problems
 from extproc.listener import HttpListener, Listener, ListenerPolicy, TierChoice
 from vmm.kvstore import KvStore
 from vmm.policy import SandboxSpec, Tier
@@ -181,6 +182,8 @@ class HttpLoaded:
 
     listeners: Mapping[str, HttpListener] = field(default_factory=dict)
     routes: Mapping[str, HttpListener] = field(default_factory=dict)
+    warnings: Sequence[str] = ()
+    """The load's warnings (a plugin's phases against Envoy's processing modes)."""
 
     def all(self) -> list[HttpListener]:
         return [*self.listeners.values(), *self.routes.values()]
@@ -228,6 +231,14 @@ async def load_http_all(config: LightcellConfig) -> HttpLoaded:
         if isinstance(r, PluginLoadError)
     ]
     loaded = [r for r in results if isinstance(r, HttpListener)]
+    warnings: list[str] = []
+    for item in loaded:  # the plugin's wanted phases against the Envoy modes that serve it
+        notes, refused = phase_problems(item.policy.http, item.factory.phases)
+        where = f"{config.path}: {item.policy.source or item.name}"
+        errors += [f"{where}: {text}" for text in refused]
+        for text in notes:
+            warnings.append(f"{where}: {text}")
+            LOG.warning("%s: %s", where, text)
     if errors:
         for item in loaded:
             await item.factory.aclose()
@@ -243,7 +254,7 @@ async def load_http_all(config: LightcellConfig) -> HttpLoaded:
             "only one wall is up (wasm sandbox, no micro-VM) for HTTP policy(ies) %s: %s",
             ", ".join(one_wall), HTTP_ONE_WALL_REASON,
         )  # fmt: skip
-    return HttpLoaded(listeners, routes)
+    return HttpLoaded(listeners, routes, tuple(warnings))
 
 
 async def close_http(loaded: HttpLoaded) -> None:
