@@ -22,7 +22,27 @@ enum lc_op {
     LC_OP_OPEN = 1,  /* payload: listener (arg0 bytes) then config (arg1 bytes) */
     LC_OP_DATA = 2,  /* arg0: direction (0 read, 1 write); arg1: end_of_stream; payload: chunk */
     LC_OP_CLOSE = 3, /* no payload */
-    LC_OP_WARMUP = 4 /* touch the pages the first event will use, then report done */
+    LC_OP_WARMUP = 4, /* touch the pages the first event will use, then report done */
+    LC_OP_HTTP = 5,   /* an http-filter hook. arg0: phase bit (0 request-headers .. 5
+                         response-trailers); arg1: end_of_stream; payload: for headers,
+                         two lc_http lists (headers, attributes); for trailers, one;
+                         for a body, the bytes. OK answers an lc_http_result. */
+    LC_OP_PHASES = 6  /* call wanted-phases once (load time); OK detail: the flags */
+};
+
+/* An lc_http list in a LC_OP_HTTP payload: u32 count, then per entry u32
+ * name length, u32 value length, the name bytes, the value bytes. */
+
+/* The payload of LC_OP_HTTP's OK response. The host lifts the decision from
+ * the plugin's memory itself (vmm/http_abi.py) after checking that
+ * [memory_base, memory_base + memory_size) lies inside the heap; the hook's
+ * cabi_post_* runs at the start of the next request, once the host has read
+ * the memory. */
+struct lc_http_result {
+    uint64_t memory_base; /* guest address of the wasm linear memory */
+    uint64_t memory_size; /* its size in bytes */
+    uint32_t retptr;      /* the hook's decision area, an offset in that memory */
+    uint32_t reserved;
 };
 
 struct lc_request {
@@ -73,7 +93,9 @@ enum lc_hostfn {
     LC_HOST_KV_DELETE = 8,      /* blob0 key */
     LC_HOST_KV_INCREMENT = 9,   /* blob0 key, a0 delta (as u64) -> value */
     LC_HOST_METADATA_SET = 10,  /* blob0 key, blob1 value */
-    LC_HOST_EGRESS_SEND = 11    /* blob0 host, a0 port, blob1 payload -> value 0 ok / 1+send-error */
+    LC_HOST_EGRESS_SEND = 11,   /* blob0 host, a0 port, blob1 payload -> value 0 ok / 1+send-error */
+    LC_HOST_CONNECTION_ATTRIBUTES = 12 /* -> value count; payload per attribute: u32 name
+                                          length, u32 value length, name, value */
 };
 
 struct lc_hostcall {

@@ -35,8 +35,9 @@
 #ifndef LIGHTCELL_ABI_H
 #define LIGHTCELL_ABI_H
 
-/* 3: the boot registers gained rdx = the wasm memory cap (see entry.S). */
-#define LC_ABI_VERSION 3u
+/* 3: the boot registers gained rdx = the wasm memory cap (see entry.S).
+ * 4: LC_OP_HTTP and LC_OP_PHASES (http-filter hooks, lc_guest.h). */
+#define LC_ABI_VERSION 4u
 #define LC_IMAGE_MAGIC 0x4c4c4543u /* "CELL" little-endian */
 
 /* Ports (ring 3 may use only these, 32-bit `out`, through the TSS I/O map). */

@@ -4,6 +4,7 @@
  *   on-open(lptr, llen, cptr, clen)
  *   on-data(dir, ptr, len, eos) -> retptr  [u8 tag @0, u32 ptr @4, u32 len @8]
  *   on-close()
+ * and the http-filter hooks (http.c) for LC_OP_HTTP / LC_OP_PHASES.
  * Input bytes are lowered with the plugin's own cabi_realloc; the verdict is
  * lifted with every pointer and length checked against the memory size.
  *
@@ -120,6 +121,7 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
     lc_rt_event_begin();
     lc_wasi_event_begin();
     lc_rt_may_leave = 1;
+    lc_http_post_pending(); /* the last hook's result is read: it may be freed now */
     if (in_cap < sizeof(*req) || out_cap < sizeof(*out) || req->len > in_cap - sizeof(*req)) {
         lc_fail(LC_STATUS_ABI, LC_ABI_BAD_REQUEST);
     }
@@ -159,6 +161,13 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
         break;
     case LC_OP_WARMUP:
         res.detail = warm_up();
+        break;
+    case LC_OP_HTTP:
+        res.len = lc_http_hook(arg0, arg1, payload, len, (uint8_t *)(out + 1), out_cap - sizeof(*out));
+        break;
+    case LC_OP_PHASES:
+        res.detail = lc_bind_wanted_phases();
+        lc_wasi_flush_output();
         break;
     default:
         lc_fail(LC_STATUS_ABI, LC_ABI_BAD_REQUEST);

@@ -4,6 +4,7 @@
  *   contract.c   lc_runtime_init / lc_runtime_handle: the plugin contract's exports
  *   imports.c    the contract's imports (log, clock, random, kv, metadata, egress)
  *   wasi.c       the WASI preview1 subset
+ *   http.c       the http-filter world's hooks (LC_OP_HTTP, LC_OP_PHASES)
  *   lc_libc.c    memcpy family, math, abort, setjmp/longjmp
  * and the per-plugin binding that vmm/microvm/compile.py generates (bind.c):
  * the only code that names the plugin's wasm2c symbols.
@@ -106,5 +107,21 @@ void lc_bind_on_open(uint32_t lptr, uint32_t llen, uint32_t cptr, uint32_t clen)
 uint32_t lc_bind_on_data(uint32_t dir, uint32_t ptr, uint32_t len, uint32_t eos);
 void lc_bind_on_close(void);
 int lc_bind_post_on_data(uint32_t retptr); /* 0 if not exported */
+/* http-filter (a tcp-filter image fails these with LC_ABI_BAD_REQUEST, and
+ * the tcp-filter ones in an http-filter image). `phase`: the phase's bit
+ * index (0 request-headers .. 5 response-trailers); unused arguments are 0. */
+uint32_t lc_bind_wanted_phases(void); /* runs cabi_post_wanted-phases too */
+uint32_t lc_bind_http_hook(uint32_t phase, uint32_t a, uint32_t b, uint32_t c, uint32_t d,
+                           uint32_t e);
+int lc_bind_post_http_hook(uint32_t phase, uint32_t retptr); /* 0 if not exported */
+
+/* ---- http.c, called by contract.c ------------------------------------- */
+/* Run the previous hook's deferred cabi_post_* (if any): first thing in
+ * every request, so the host has read the memory it frees. */
+void lc_http_post_pending(void);
+/* LC_OP_HTTP: lower the payload, call the hook, fill the lc_http_result
+ * behind `out`; returns its length. */
+uint32_t lc_http_hook(uint32_t phase, uint32_t eos, const uint8_t *payload, uint32_t len,
+                      uint8_t *out, uint32_t out_cap);
 
 #endif

@@ -9,7 +9,7 @@ import enum
 import struct
 
 # lightcell_abi.h ---------------------------------------------------------
-LC_ABI_VERSION = 3
+LC_ABI_VERSION = 4
 LC_IMAGE_MAGIC = 0x4C4C4543
 LC_VECTOR_STUB_SIZE = 16
 
@@ -54,6 +54,8 @@ class Op(enum.IntEnum):
     DATA = 2
     CLOSE = 3
     WARMUP = 4
+    HTTP = 5
+    PHASES = 6
 
 
 class Status(enum.IntEnum):
@@ -88,6 +90,7 @@ class HostFn(enum.IntEnum):
     KV_INCREMENT = 9
     METADATA_SET = 10
     EGRESS_SEND = 11
+    CONNECTION_ATTRIBUTES = 12
 
 
 class HostcallStatus(enum.IntEnum):
@@ -100,6 +103,7 @@ REQUEST = struct.Struct("<IIII")  # struct lc_request: op, arg0, arg1, len
 RESPONSE = struct.Struct("<IIII")  # struct lc_response: status, detail, reserved, len
 HOSTCALL = struct.Struct("<IIIIQ")  # struct lc_hostcall: fn, len0, len1, reserved, a0
 HOSTCALL_RESULT = struct.Struct("<IIQ")  # struct lc_hostcall_result: status, len, value
+HTTP_RESULT = struct.Struct("<QQII")  # struct lc_http_result: memory_base, memory_size, retptr, reserved
 
 # The payload room behind each header in its buffer.
 MAX_REQUEST_PAYLOAD = LC_IN_SIZE - REQUEST.size

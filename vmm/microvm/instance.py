@@ -27,7 +27,7 @@ from vmm.microvm.watchdog import Watchdog
 from vmm.runner import Offload
 from vmm.sandbox import FaultKind, PluginFault
 
-__all__ = ["INLINE_SLICE_S", "MicroVmInstance", "fault_kind", "fault_message"]
+__all__ = ["INLINE_SLICE_S", "MicroVmInstance", "MicroVmInstanceBase", "fault_kind", "fault_message"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -85,8 +85,9 @@ def _verdict(r: Response) -> Verdict:
     return Verdict.pass_() if kind is VerdictKind.PASS else Verdict(kind)
 
 
-class MicroVmInstance:
-    """A leased, restored VM for one connection (see the module docstring)."""
+class MicroVmInstanceBase:
+    """A leased, restored VM for one sandbox of either world (see the module
+    docstring): on-open, on-close, release and the one way hooks are called."""
 
     def runs_inline(self, size: int) -> bool:
         return True  # any call can be preempted and moved (see the module docstring)
@@ -115,14 +116,6 @@ class MicroVmInstance:
             pool.base.restore(self._lease.vm)  # other arguments: from the booted state instead
         lb, cb = listener.encode(), config.encode()
         self._call(abi.Op.OPEN, len(lb), len(cb), lb + cb, _nothing)
-
-    def on_data(self, event: DataEvent) -> Verdict:
-        host = self._host
-
-        def lift(r: Response) -> Verdict:  # with what the plugin set during the hook(s)
-            return _verdict(r).with_metadata(host.take_metadata())
-
-        return self._call(abi.Op.DATA, int(event.direction), int(event.end_of_stream), event.data, lift)
 
     def close(self) -> None:
         self._call(abi.Op.CLOSE, 0, 0, b"", _nothing)
@@ -172,12 +165,28 @@ class MicroVmInstance:
             vm.poisoned = VmFault(FaultReason.DEADLINE, f"event took over {self._budget_s * 1000:.0f} ms")
             raise PluginFault(FaultKind.BUDGET, vm.poisoned.message)
 
+    def _fault(self, fault: VmFault, op: abi.Op) -> PluginFault:
+        """The PluginFault a VmFault in `op` is reported as."""
+        return PluginFault(fault_kind(fault), fault_message(fault, op))
+
     def _checked(self, op: abi.Op, call: Callable[[], Response]) -> Response:
         try:
             return call()
         except VmFault as e:
-            raise PluginFault(fault_kind(e), fault_message(e, op)) from None
+            raise self._fault(e, op) from None
         except ValueError as e:  # refused before the guest ran (oversized payload)
             raise PluginFault(FaultKind.INTERNAL, str(e)) from None
         except KvmError as e:
             raise PluginFault(FaultKind.INTERNAL, str(e)) from None
+
+
+class MicroVmInstance(MicroVmInstanceBase):
+    """vmm.runner.Instance: a tcp-filter connection's plugin in a leased VM."""
+
+    def on_data(self, event: DataEvent) -> Verdict:
+        host = self._host
+
+        def lift(r: Response) -> Verdict:  # with what the plugin set during the hook(s)
+            return _verdict(r).with_metadata(host.take_metadata())
+
+        return self._call(abi.Op.DATA, int(event.direction), int(event.end_of_stream), event.data, lift)

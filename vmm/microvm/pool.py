@@ -41,8 +41,12 @@ class VmPool:
                  target: int = 4, max_idle: int | None = None,
                  warm: Callable[[MicroVm], None] = warm_up,
                  open_ahead: tuple[str, str] | None = None,
-                 run: Callable[[MicroVm, Callable[[], object]], object] = lambda _vm, fn: fn()) -> None:
+                 run: Callable[[MicroVm, Callable[[], object]], object] = lambda _vm, fn: fn(),
+                 probe: Callable[[MicroVm], None] | None = None) -> None:
         self.system = system
+        self._probe = probe
+        """Run once in the booted VM, which is then restored to its booted state
+        (e.g. reading wanted-phases: nothing it does reaches a connection)."""
         self.warm = warm
         self._open_ahead = open_ahead
         self._run = run
@@ -77,6 +81,11 @@ class VmPool:
         try:
             vm.boot()
             snap = self.base = Snapshot.take(vm)
+            if self._probe is not None:
+                try:
+                    self._probe(vm)
+                finally:
+                    snap.restore(vm)
             if self._open_ahead is not None:
                 snap = self._snapshot_opened(vm, snap, *self._open_ahead)
             self.warm(vm)

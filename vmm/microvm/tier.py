@@ -20,10 +20,12 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmm.capabilities import HostCapabilities
+from vmm.contract import TCP_WORLD
 from vmm.kvm import System
-from vmm.microvm.compile import compile_plugin
+from vmm.microvm.compile import CompiledPlugin, compile_plugin
 from vmm.microvm.image import ImageError, load_image
 from vmm.microvm.instance import MicroVmInstance, fault_kind, fault_message
 from vmm.microvm.layout import Layout
@@ -38,7 +40,13 @@ from vmm.runner import Runner
 from vmm.sandbox import PluginLoadError
 from vmm.wasm_module import WASM_PAGE
 
-__all__ = ["MicroVmFactory", "fault_kind", "fault_message", "kvm_available", "load"]
+if TYPE_CHECKING:
+    from vmm.microvm.http_tier import MicroVmHttpFactory
+
+__all__ = [
+    "MicroVmFactory", "compile_template", "deadline_runner", "fault_kind", "fault_message", "kvm_available",
+    "load", "load_http",
+]
 
 LOG = logging.getLogger("lightcell.microvm")
 
@@ -119,22 +127,35 @@ class MicroVmFactory:
             self.pool.template.close()
 
 
-def _load_sync(spec: SandboxSpec, shared: _Shared, pool_size: int) -> MicroVmFactory:
-    compiled = compile_plugin(Path(spec.plugin_path))  # CompileError is a PluginLoadError
+def compile_template(spec: SandboxSpec, world: str) -> tuple[CompiledPlugin, Template]:
+    """The plugin of `spec` compiled (cached) for `world`, and its VM template."""
+    compiled = compile_plugin(Path(spec.plugin_path), world=world)  # CompileError is a PluginLoadError
     minimum = compiled.contract.info.memory_min_pages
     if minimum is not None and minimum * WASM_PAGE > spec.limits.memory_bytes:
         # The guest refuses it too (LC_STATUS_MEMORY at init); this says why, as wasmtime's tier does.
         raise PluginLoadError(f"{spec.plugin_path}: needs {minimum * WASM_PAGE} bytes of memory at start, "
                               f"over the limit of {spec.limits.memory_bytes}")
     try:
-        template: Template = build_template(load_image(compiled.image),
-                                            Layout.for_memory_limit(spec.limits.memory_bytes))
+        layout = Layout.for_memory_limit(spec.limits.memory_bytes)
+        template = build_template(load_image(compiled.image), layout)
     except (ImageError, LayoutError, ValueError) as e:
         raise PluginLoadError(f"{spec.plugin_path}: {e}") from e
+    return compiled, template
+
+
+def deadline_runner(spec: SandboxSpec, shared: _Shared) -> Callable[[MicroVm, Callable[[], object]], object]:
+    """Runs a call in a VM under the listener's per-event budget (the watchdog)."""
     seconds = spec.limits.event_cpu_ms / 1000
 
     def deadline(vm: MicroVm, fn: Callable[[], object]) -> object:
         return shared.watchdog.run(vm, seconds, fn)
+
+    return deadline
+
+
+def _load_sync(spec: SandboxSpec, shared: _Shared, pool_size: int) -> MicroVmFactory:
+    compiled, template = compile_template(spec, TCP_WORLD)
+    deadline = deadline_runner(spec, shared)
 
     def opened() -> bool:
         return pool.opened_with is not None
@@ -160,3 +181,13 @@ async def load(spec: SandboxSpec, pool_size: int | None = None) -> MicroVmFactor
     shared = _Shared.get()
     size = env_count(POOL_ENV) if pool_size is None else pool_size
     return await asyncio.to_thread(_load_sync, spec, shared, size)
+
+
+async def load_http(spec: SandboxSpec, pool_size: int | None = None) -> MicroVmHttpFactory:
+    """Compile (cached), boot, read wanted-phases, snapshot and pool the
+    http-filter plugin of `spec` (vmm/microvm/http_tier.py). Raises PluginLoadError."""
+    from vmm.microvm.http_tier import load_http_sync
+
+    shared = _Shared.get()
+    size = env_count(POOL_ENV) if pool_size is None else pool_size
+    return await asyncio.to_thread(load_http_sync, spec, shared, size)

@@ -1,0 +1,212 @@
+"""One HTTP request's http-filter plugin in a micro-VM (vmm.runner.HttpInstance).
+
+Per hook, one VM entry (LC_OP_HTTP, guest/runtime/http.c): the host sends
+the headers and attributes in a flat encoding (or the body bytes); the guest
+lowers them into the plugin's memory with one cabi_realloc per block, as the
+canonical ABI does, calls the hook, and answers with the return-area pointer
+and where the plugin's linear memory lies. The host then reads the decision
+straight out of the VM's memory with the one hardened lifter the wasmtime
+tier uses too (vmm.http_abi.lift_decision), over a view of exactly that
+memory, after checking that the guest-reported range lies wholly inside the
+heap and within the memory cap: the guest runs the plugin and is never
+trusted. The vCPU is stopped while the host reads (one vCPU, driven by this
+thread), so the memory cannot change under the lifter. The hook's
+cabi_post_* runs at the start of the next entry (the guest defers it), so
+it runs before any other export, as the canonical ABI requires.
+
+Faults are worded as the wasmtime tier words them (`<hook>: ...`), so a
+session reports the same thing whichever tier ran the plugin.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from vmm.capabilities import CapabilityDenied
+from vmm.contract import (
+    EXPORT_ON_CLOSE,
+    EXPORT_ON_OPEN,
+    HTTP_HOOKS,
+    MAX_EVENT_BYTES,
+    DecisionKind,
+    HttpPhase,
+    import_capability,
+)
+from vmm.http_abi import Header, HttpDecision, lift_decision
+from vmm.microvm import abi
+from vmm.microvm.hostcalls import IMPORT
+from vmm.microvm.instance import MicroVmInstanceBase, fault_kind
+from vmm.microvm.layout import GuestRangeError, checked_range
+from vmm.microvm.vm import FaultReason, MicroVm, Response, VmFault
+from vmm.sandbox import FaultKind, PluginFault
+from vmm.wasm_module import WASM_PAGE
+
+__all__ = ["MicroVmHttpInstance", "encode_pairs", "http_fault", "phase_index", "wasm_memory"]
+
+CONTINUE = HttpDecision(DecisionKind.CONTINUE)
+_BODY_PHASES = HttpPhase.REQUEST_BODY | HttpPhase.RESPONSE_BODY
+_HEADER_PHASES = HttpPhase.REQUEST_HEADERS | HttpPhase.RESPONSE_HEADERS
+_OP_HOOK = {abi.Op.OPEN: EXPORT_ON_OPEN, abi.Op.CLOSE: EXPORT_ON_CLOSE, abi.Op.PHASES: "wanted-phases"}
+_PAIR = struct.Struct("<II")
+_COUNT = struct.Struct("<I")
+
+# wasmtime's words for the traps the guest reports (wasmtime.TrapCode, lower case).
+_TRAP_WORDS: dict[int, str] = {
+    abi.Trap.UNREACHABLE: "unreachable",
+    abi.Trap.OOB: "memory out of bounds",
+    abi.Trap.INT_OVERFLOW: "integer overflow",
+    abi.Trap.DIV_BY_ZERO: "integer division by zero",
+    abi.Trap.INVALID_CONVERSION: "bad conversion to integer",
+    abi.Trap.CALL_INDIRECT: "bad signature",
+    abi.Trap.EXHAUSTION: "stack overflow",
+}
+# guest/runtime/lc_rt.h enum lc_abi_detail
+_ABI_WORDS = {
+    1: "a pointer outside the plugin's memory",
+    3: "the host's request was malformed",
+    5: "an enum argument out of range",
+    6: "the host refused the arguments of a host call",
+    7: "an import called from cabi_realloc or a post-return function",
+    8: "cabi_realloc returned a pointer not aligned as the ABI requires",
+}
+
+
+def phase_index(phase: HttpPhase) -> int:
+    """The phase's bit index: LC_OP_HTTP's arg0."""
+    return int(phase).bit_length() - 1
+
+
+def encode_pairs(pairs: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """One lc_http list (guest/include/lc_guest.h): count, then per entry the
+    two lengths and the bytes."""
+    parts = [_COUNT.pack(len(pairs))]
+    for name, value in pairs:
+        parts += [_PAIR.pack(len(name), len(value)), name, value]
+    return b"".join(parts)
+
+
+def _words(fault: VmFault, cap: int) -> str:
+    if fault.reason is FaultReason.DEADLINE:
+        return "CPU budget exhausted"
+    if fault.reason is not FaultReason.GUEST_STATUS or fault.status is None:
+        return fault.message
+    status = abi.Status(fault.status)
+    if status is abi.Status.TRAP:
+        return f"wasm trap: {_TRAP_WORDS.get(fault.detail, 'other')}"
+    if status is abi.Status.MEMORY:
+        return f"memory cap of {cap} bytes hit"
+    if status is abi.Status.EXIT:
+        return f"plugin called proc_exit({fault.detail})"
+    if status is abi.Status.DENIED and fault.detail in IMPORT:
+        capability = import_capability(*IMPORT[fault.detail])
+        return str(CapabilityDenied(capability or "?"))
+    if status is abi.Status.ABI and fault.detail in _ABI_WORDS:
+        return _ABI_WORDS[fault.detail]
+    return fault.message
+
+
+def http_fault(fault: VmFault, hook: str, cap: int) -> PluginFault:
+    """A VmFault in `hook`, as the wasmtime tier would report it."""
+    return PluginFault(fault_kind(fault), f"{hook}: {_words(fault, cap)}")
+
+
+def wasm_memory(vm: MicroVm, payload: bytes) -> tuple[memoryview, int]:
+    """(a view of the plugin's linear memory, the return-area pointer) from
+    LC_OP_HTTP's answer, every value checked: the range must lie wholly in
+    the heap, be whole wasm pages and no larger than the memory cap.
+    GuestRangeError otherwise."""
+    if len(payload) != abi.HTTP_RESULT.size:
+        raise GuestRangeError(f"an http result of {len(payload)} bytes, not {abi.HTTP_RESULT.size}")
+    base, size, retptr, _ = abi.HTTP_RESULT.unpack(payload)
+    layout = vm.template.layout
+    if base < abi.LC_HEAP_BASE:
+        raise GuestRangeError(f"wasm memory at {base:#x} is below the heap ({abi.LC_HEAP_BASE:#x})")
+    if size > layout.memory_cap or size % WASM_PAGE:
+        raise GuestRangeError(f"wasm memory of {size:#x} bytes: not whole pages within the cap "
+                              f"of {layout.memory_cap:#x}")
+    start, end = checked_range(abi.LC_HEAP_BASE - abi.LC_RW_BASE, layout.heap_size,
+                               base - abi.LC_HEAP_BASE, size)
+    return vm.mem.view[start:end], retptr
+
+
+class MicroVmHttpInstance(MicroVmInstanceBase):
+    """vmm.runner.HttpInstance over a leased VM (see the module docstring)."""
+
+    _hook = EXPORT_ON_OPEN
+    _phases = HttpPhase(0)
+
+    def bind_phases(self, phases: HttpPhase) -> MicroVmHttpInstance:
+        self._phases = phases
+        return self
+
+    def wanted_phases(self) -> HttpPhase:
+        return self._phases
+
+    def request_headers(
+        self, headers: Sequence[Header], attributes: Sequence[tuple[str, str]], end_of_stream: bool
+    ) -> HttpDecision:
+        return self._headers(HttpPhase.REQUEST_HEADERS, headers, attributes, end_of_stream)
+
+    def request_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
+        return self._body(HttpPhase.REQUEST_BODY, body, end_of_stream)
+
+    def request_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
+        return self._decide(HttpPhase.REQUEST_TRAILERS, False, _headers(trailers))
+
+    def response_headers(
+        self, headers: Sequence[Header], attributes: Sequence[tuple[str, str]], end_of_stream: bool
+    ) -> HttpDecision:
+        return self._headers(HttpPhase.RESPONSE_HEADERS, headers, attributes, end_of_stream)
+
+    def response_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
+        return self._body(HttpPhase.RESPONSE_BODY, body, end_of_stream)
+
+    def response_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
+        return self._decide(HttpPhase.RESPONSE_TRAILERS, False, _headers(trailers))
+
+    # --- one hook ----------------------------------------------------------------
+    def _headers(self, phase: HttpPhase, headers: Sequence[Header], attributes: Sequence[tuple[str, str]],
+                 eos: bool) -> HttpDecision:
+        attrs = encode_pairs([(n.encode(), v.encode()) for n, v in attributes])
+        return self._decide(phase, eos, _headers(headers) + attrs)
+
+    def _body(self, phase: HttpPhase, body: bytes, eos: bool) -> HttpDecision:
+        if len(body) > MAX_EVENT_BYTES:  # the caller splits, as for the wasmtime tier
+            raise ValueError(f"a body hook gets at most {MAX_EVENT_BYTES} bytes, not {len(body)}")
+        return self._decide(phase, eos, bytes(body))
+
+    def _decide(self, phase: HttpPhase, eos: bool, payload: bytes) -> HttpDecision:
+        if not self._phases & phase:
+            return CONTINUE  # never asked for: no plugin code runs
+        hook = self._hook = HTTP_HOOKS[phase]  # names an LC_OP_HTTP fault (_fault), also after an Offload
+        return self._call(abi.Op.HTTP, phase_index(phase), int(eos), payload,
+                          lambda r: self._lift(hook, phase, r))
+
+    def _lift(self, hook: str, phase: HttpPhase, r: Response) -> HttpDecision:
+        """The decision, read from the VM's memory while the guest is stopped."""
+        vm = self._lease.vm
+        try:
+            view, retptr = wasm_memory(vm, r.payload)
+        except GuestRangeError as e:
+            vm.poisoned = VmFault(FaultReason.BAD_LENGTH, f"http result: {e}")
+            raise PluginFault(FaultKind.ABI, f"{hook}: the guest's answer is out of bounds: {e}") from None
+        try:
+            decision = lift_decision(view, retptr)
+        except PluginFault as e:
+            vm.poisoned = VmFault(FaultReason.BAD_RESPONSE, e.message)  # its post-return never runs
+            raise PluginFault(e.kind, f"{hook}: {e.message}") from None
+        finally:
+            view.release()
+        if decision.kind is DecisionKind.MODIFY and decision.body is not None and not phase & _BODY_PHASES:
+            vm.poisoned = VmFault(FaultReason.BAD_RESPONSE, "a body replacement from a headers hook")
+            raise PluginFault(FaultKind.ABI, f"{hook}: a body replacement from a headers or trailers hook")
+        return decision.with_metadata(self._host.take_metadata())
+
+    def _fault(self, fault: VmFault, op: abi.Op) -> PluginFault:
+        hook = self._hook if op is abi.Op.HTTP else _OP_HOOK.get(op, op.name.lower())
+        return http_fault(fault, hook, self._lease.vm.template.layout.memory_cap)
+
+
+def _headers(headers: Sequence[Header]) -> bytes:
+    return encode_pairs([(h.name.encode(), h.value) for h in headers])
