@@ -1,7 +1,9 @@
 """One downstream connection: its listener's policy, failure mode and one sandbox.
 
 Envoy 1.40's network ext_proc has no "new connection" event, so the sandbox is
-created (and its open hook run) when the first message arrives. Every message
+created (and its open hook run) when the first message arrives; that message
+also carries the connection's attributes (the filter's `connection_attributes`),
+which the sandbox's capabilities hold for the `connection` import. Every message
 gets exactly one reply, in order. Once the connection is condemned (a close or
 reset verdict, or a fault under failure mode close/reset) every later message
 is answered with the same CLOSE / CLOSE_RST and no bytes, so nothing more
@@ -68,7 +70,7 @@ class Session:
         if self._state is _State.BYPASS:
             return tcp_protocol.forward(event)
         try:
-            sandbox = await self._ensure_sandbox()
+            sandbox = await self._ensure_sandbox(request)
             verdict = await _run_plugin(sandbox, event)
         except PluginFault as fault:
             return await self._fail(event, fault)
@@ -90,17 +92,19 @@ class Session:
             if fault is not None:  # the connection is over: nothing more to decide
                 self._report(fault, "none (connection ending)")
 
-    async def _ensure_sandbox(self) -> Sandbox:
+    async def _ensure_sandbox(self, request: tcp_protocol.ProcessingRequest) -> Sandbox:
         if self._sandbox is not None:
             return self._sandbox
         if self._started:
             # A fault under failure mode allow/close/reset moves the state on,
             # so only a bug could bring us back here.
             raise RuntimeError("session sandbox already released")
+        attributes = tcp_protocol.attributes_of(request)  # only the first message has them
         self._started = True
         policy = self.listener.policy
         self._metrics.inc("connections_total", listener=policy.name)
         host = self.listener.host_for(self._egress, self._metrics)
+        host.attributes = attributes
         sandbox = await self.listener.factory.new_sandbox(host)
         self._sandbox = sandbox
         self._sandbox_id = sandbox.identity

@@ -113,6 +113,11 @@ class RecordingHost(HostCapabilities):
         assert r is None or isinstance(r, SendError)
         return r
 
+    def connection_attributes(self) -> tuple[tuple[str, str], ...]:
+        r = self._call("connection", "connection_attributes", (), super().connection_attributes)
+        assert isinstance(r, tuple)
+        return r
+
 
 # --- byte streams ---------------------------------------------------------------
 

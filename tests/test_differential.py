@@ -67,6 +67,15 @@ LIMITS = {
     "wasi-log": Limits(event_cpu_ms=2000),
 }
 
+# What a session hands a connection's sandbox (extproc/tcp_protocol.attributes_of): sorted,
+# UTF-8 text, empty values too; probe call=attributes lists them.
+ATTRIBUTES = (
+    ("connection.requested_server_name", ""),
+    ("destination.address", "[::1]:10000"),
+    ("source.address", "127.0.0.1:41732"),
+    ("xds.filter_chain_name", "chaîne €𝄞 " + "x" * 2000),
+)
+
 CLOCK: Masks = ((re.compile(r"clock=\d+"), "clock=N"),)
 RANDOM: Masks = ((re.compile(r"random=[0-9a-f]{16}"), "random=X"),)
 WASI_T: Masks = ((re.compile(r" t=\d+"), " t=N"),)
@@ -158,7 +167,7 @@ def _events(case: Case, seed: int) -> list[DataEvent]:
 async def _trace(run: TierRun, case: Case, seed: int) -> Trace:
     limits = LIMITS[case.plugin]
     host = RecordingHost(LISTENER, case.plugin, Grants(case.grants, frozenset({ALLOWED})), limits,
-                         run.kv, run.sent)
+                         run.kv, run.sent, attributes=ATTRIBUTES)
     events = _events(case, seed)
     return await run_connection(run.factories[case.plugin], host, LISTENER, case.config, events,
                                 case.masks)
@@ -217,6 +226,23 @@ async def test_same_behaviour(runs: dict[str, TierRun], case: Case) -> None:
     # shared per tier across every connection so far
     assert runs["wasmtime"].kv.contents() == runs["microvm"].kv.contents(), case.id
     assert runs["wasmtime"].sent.datagrams == runs["microvm"].sent.datagrams, case.id
+
+
+@pytest.mark.parametrize("attributes", [ATTRIBUTES, ()], ids=["some", "none"])
+async def test_probe_lists_the_connection_attributes_in_both_tiers(
+    runs: dict[str, TierRun], attributes: tuple[tuple[str, str], ...]
+) -> None:
+    """The differential shows the tiers agree; this shows what they agree on is right."""
+    expected = f"attributes={len(attributes)}\n" + "".join(f"{n}={v}\n" for n, v in attributes)
+    for tier in TIERS:
+        for call in ("attributes", "connection"):
+            host = RecordingHost(LISTENER, "probe", Grants(frozenset({"connection"})), LIMITS["probe"],
+                                 runs[tier].kv, attributes=attributes)
+            trace = await run_connection(runs[tier].factories["probe"], host, LISTENER, f"call={call}",
+                                         [DataEvent(Direction.READ, b"x", False)] * 2)
+            for step in trace.steps[:2]:  # the same list on every call
+                assert step.outcome == ("verdict", "REPLACE", expected.encode()), (tier, call)
+                assert step.calls == [("connection_attributes", (), attributes)], (tier, call)
 
 
 async def test_the_comparison_sees_a_difference(runs: dict[str, TierRun]) -> None:

@@ -111,6 +111,7 @@ _ARGS: dict[HostFn, tuple[int, bytes, bytes]] = {
     HostFn.KV_INCREMENT: (1, b"n", b""),
     HostFn.METADATA_SET: (0, b"k", b"v"),
     HostFn.EGRESS_SEND: (9, b"127.0.0.1", b"x"),
+    HostFn.CONNECTION_ATTRIBUTES: (0, b"", b""),
 }
 
 
@@ -145,6 +146,7 @@ _CORE_ARGS: dict[tuple[str, str], tuple[int, ...]] = {
     (IMPORT_MODULE["kv"], "increment"): (0, 1, 1),
     (IMPORT_MODULE["metadata"], "set"): (0, 1, 0, 1),
     (IMPORT_MODULE["egress"], "send-datagram"): (0, 1, 9, 0, 1, 64),
+    (IMPORT_MODULE["connection"], "attributes"): (64,),
     (WASI_P1_MODULE, "fd_write"): (1, 16, 1, 64),  # one iovec at 16: "a\nb\nc\n" at 32
     (WASI_P1_MODULE, "clock_time_get"): (0, 0, 64),
     (WASI_P1_MODULE, "clock_res_get"): (1, 64),

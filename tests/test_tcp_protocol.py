@@ -120,3 +120,130 @@ def test_metadata_lands_under_the_lightcell_namespace() -> None:
 
     closing = _wire(tcp_protocol.close(reset=False, metadata={"why": "bye"}))
     assert closing.dynamic_metadata.fields["lightcell"].struct_value.fields["why"].string_value == "bye"
+
+
+# --- connection attributes (ProcessingRequest field 4, unknown to xds-protos 1.85) -----------
+
+# Field 4 exactly as Envoy 1.40 sent it for connection_attributes [source.port, connection.mtls,
+# connection.requested_server_name, xds.listener_metadata, destination.address, connection.id,
+# source.address] (captured from the binary in extproc/harness, one map entry).
+ENVOY_140_ATTRIBUTES = (
+    b"\x22\xe8\x02"
+    b'\n\x1eenvoy.filters.network.ext_proc\x12\xc5\x02\n\x18\n\x0bsource.port\x12\t\x11\x00\x00\x00'
+    b"\x00\x80`\xe4@\n\x15\n\x0fconnection.mtls\x12\x02 \x00\n&\n connection.requested_server_name"
+    b'\x12\x02\x1a\x00\n\x7f\n\x15xds.listener_metadata\x12f\x1adfilter_metadata { key: "lightcell" '
+    b'value { fields { key: "plugin" value { string_value: "x" } } } } \n(\n\x13destination.address'
+    b"\x12\x11\x1a\x0f127.0.0.1:33447\n\x1a\n\rconnection.id\x12\t\x11\x00\x00\x00\x00\x00\x00\x00@"
+    b"\n#\n\x0esource.address\x12\x11\x1a\x0f127.0.0.1:41732"
+)
+
+
+def _with_field4(*entries: bytes, data: bytes = b"hi") -> pb.ProcessingRequest:
+    """A request as Envoy serialises it, with raw field-4 bytes appended."""
+    return pb.ProcessingRequest.FromString(
+        pb.ProcessingRequest(read_data=pb.Data(data=data)).SerializeToString() + b"".join(entries)
+    )
+
+
+def _entry(namespace: str, fields: dict[str, object]) -> bytes:
+    """One map entry of field 4 (namespace -> Struct), encoded by hand."""
+    from google.protobuf import struct_pb2
+
+    value = struct_pb2.Struct()
+    value.update(fields)
+    body = _ld(1, namespace.encode()) + _ld(2, value.SerializeToString())
+    return _ld(4, body)
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def test_attributes_as_envoy_140_sends_them() -> None:
+    request = _with_field4(ENVOY_140_ATTRIBUTES)
+    assert tcp_protocol.event_of(request) == DataEvent(Direction.READ, b"hi", False)  # unaffected
+    assert tcp_protocol.attributes_of(request) == (
+        ("connection.id", "2"),
+        ("connection.mtls", "false"),
+        ("connection.requested_server_name", ""),
+        ("destination.address", "127.0.0.1:33447"),
+        ("source.address", "127.0.0.1:41732"),
+        ("source.port", "41732"),
+        ("xds.listener_metadata", 'filter_metadata { key: "lightcell" value { fields { key: "plugin" '
+         'value { string_value: "x" } } } } '),
+    )  # fmt: skip
+
+
+def test_no_attributes_is_an_empty_list() -> None:
+    assert tcp_protocol.attributes_of(pb.ProcessingRequest(read_data=pb.Data(data=b"x"))) == ()
+
+
+def test_attributes_render_as_in_the_http_world_and_namespaces_merge() -> None:
+    request = _with_field4(
+        _entry("b", {"n": 3.0, "f": 1.5, "t": True, "none": None, "list": [1, "a"], "shared": "from b"}),
+        _entry("a", {"s": "é€", "shared": "from a"}),
+    )
+    assert tcp_protocol.attributes_of(request) == (
+        ("f", "1.5"), ("list", '[1.0,"a"]'), ("n", "3"), ("s", "é€"), ("shared", "from a"), ("t", "true"),
+    )  # fmt: skip  # null left out; the first namespace in sorted order wins a clash
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\x20\x05", "wire type 0"),  # field 4 as a varint
+        (_ld(4, b"\x0a\x05ab"), "undecodable"),  # the key runs past the entry
+        (_ld(4, _ld(1, b"\xff\xfe")), "undecodable"),  # a key that is not UTF-8
+        (_ld(4, _ld(2, b"\x0a\x03abc")), "undecodable"),  # a value that is not a Struct
+        (_entry("ns", {f"a{i}": "v" for i in range(65)}), "65 connection attributes"),
+        (_entry("ns", {"big": "v" * (16 * 1024)}), "more than 16384"),
+        (b"".join(_entry(f"ns{i}", {}) for i in range(65)), "65 map entries"),
+    ],
+)
+def test_bad_attributes_are_a_protocol_error(raw: bytes, why: str) -> None:
+    with pytest.raises(tcp_protocol.ProtocolError, match=why):
+        tcp_protocol.attributes_of(_with_field4(raw))
+
+
+def test_attributes_at_the_bounds_are_accepted() -> None:
+    most = _entry("ns", {f"a{i:02}": "v" for i in range(64)})
+    assert len(tcp_protocol.attributes_of(_with_field4(most))) == 64
+    value = "v" * (16 * 1024 - len("big"))
+    assert tcp_protocol.attributes_of(_with_field4(_entry("ns", {"big": value}))) == (("big", value),)
+
+
+async def test_the_session_hands_the_first_messages_attributes_to_the_sandbox() -> None:
+    from _extproc_fakes import FakeFactory, fake_listener
+
+    from extproc.session import Session
+
+    factory = FakeFactory()
+    session = Session(fake_listener(factory=factory))
+    await session.handle(_with_field4(_entry("ns", {"source.address": "10.0.0.1:5"}), data=b"a"))
+    # A later message's field 4 (Envoy 1.40 sends none) is not read: the list stays the first one's.
+    await session.handle(_with_field4(_entry("ns", {"source.address": "other"}), data=b"b"))
+    await session.aclose()
+    (sandbox,) = factory.sandboxes
+    assert sandbox.host.connection_attributes() == (("source.address", "10.0.0.1:5"),)
+    assert [e.data for e in sandbox.events] == [b"a", b"b"]
+
+
+async def test_bad_attributes_refuse_the_connection_before_any_sandbox() -> None:
+    from _extproc_fakes import FakeFactory, fake_listener
+
+    from extproc.session import Session
+
+    factory = FakeFactory()
+    session = Session(fake_listener(factory=factory))
+    with pytest.raises(tcp_protocol.ProtocolError):
+        await session.handle(_with_field4(b"\x20\x05"))
+    assert factory.sandboxes == []

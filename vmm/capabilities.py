@@ -78,6 +78,9 @@ class HostCapabilities:
     egress: DatagramSender | None = None
     metrics: Metrics = METRICS
     metadata: dict[str, str] = field(default_factory=dict)
+    attributes: tuple[tuple[str, str], ...] = ()
+    """The connection's attributes (name, value as text) that Envoy sent with
+    its first message; set by the session before the plugin's first hook."""
     denied: str | None = None
     """The first capability refused on this connection, if any."""
     log_dropped: int = 0
@@ -178,6 +181,10 @@ class HostCapabilities:
         """Metadata set since the last call (the session sends it to Envoy)."""
         taken, self.metadata = self.metadata, {}
         return taken
+
+    # connection ------------------------------------------------------------
+    def connection_attributes(self) -> tuple[tuple[str, str], ...]:
+        return self.attributes
 
     # egress ----------------------------------------------------------------
     def send_datagram(self, host: str, port: int, payload: bytes) -> SendError | None:

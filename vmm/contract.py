@@ -131,6 +131,16 @@ VERDICT_AREA_ALIGN = 4
 OPTION_LIST_AREA_SIZE = 12
 # egress.send-datagram's return area (result<_, send-error>): u8 tag @0, u8 err @1.
 RESULT_ENUM_AREA_SIZE = 2
+# connection.attributes' return area (list<attribute>): array ptr u32 @0, count u32 @4.
+LIST_AREA_SIZE = 8
+
+MAX_CONNECTION_ATTRIBUTES = 64
+MAX_CONNECTION_ATTRIBUTE_BYTES = 16 * 1024
+"""Most attributes one connection carries, and most bytes of their names and
+values together (UTF-8). Envoy sends what the filter's `connection_attributes`
+lists, some of it client-controlled (SNI); more is refused before a plugin
+sees any (extproc/tcp_protocol.py). Small enough for the micro-VM guest's
+64 KiB host-call scratch buffer with the per-entry lengths."""
 
 IMPORT_MODULE = {
     "log": "lightcell:filter/log@0.1.0",
@@ -139,6 +149,7 @@ IMPORT_MODULE = {
     "kv": "lightcell:filter/kv@0.1.0",
     "metadata": "lightcell:filter/metadata@0.1.0",
     "egress": "lightcell:filter/egress@0.1.0",
+    "connection": "lightcell:filter/connection@0.1.0",
 }
 """Capability name (the grant) -> core import module (component interface)."""
 
@@ -159,6 +170,7 @@ IMPORT_CAPABILITY: dict[tuple[str, str], str | None] = {
     (_M["kv"], "increment"): "kv",
     (_M["metadata"], "set"): "metadata",
     (_M["egress"], "send-datagram"): "egress",
+    (_M["connection"], "attributes"): "connection",  # tcp-filter only
     # WASI preview1 (core modules): the subset plugins may import.
     (WASI_P1_MODULE, "fd_write"): "log",  # stdout/stderr become log lines
     (WASI_P1_MODULE, "clock_time_get"): "clock",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-CAPABILITIES = frozenset({"log", "clock", "random", "kv", "metadata", "egress"})
+CAPABILITIES = frozenset({"log", "clock", "random", "kv", "metadata", "egress", "connection"})
 
 
 class Tier(enum.Enum):

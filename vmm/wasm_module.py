@@ -409,6 +409,7 @@ CONTRACT_IMPORTS: dict[tuple[str, str], FuncSig] = {
     (IMPORT_MODULE["kv"], "increment"): _sig("i32 i32 i64", "i64"),
     (IMPORT_MODULE["metadata"], "set"): _sig("i32 i32 i32 i32"),
     (IMPORT_MODULE["egress"], "send-datagram"): _sig("i32 i32 i32 i32 i32 i32"),
+    (IMPORT_MODULE["connection"], "attributes"): _sig("i32"),  # retptr (tcp-filter only)
 }
 """Every host function a core plugin may import, with its core signature."""
 

@@ -97,3 +97,64 @@ void lc_imp_egress_send_datagram(uint32_t hptr, uint32_t hlen, uint32_t port, ui
         area[1] = (uint8_t)(r - 1);
     }
 }
+
+/* connection.attributes() -> list<attribute>: laid out as an http-filter hook
+ * argument (plugins/wit/README.md): the 16-byte-per-entry array (align 4)
+ * first, then each name and value (align 1), all with the plugin's
+ * cabi_realloc; (array, count) go to the 8-byte return area. The host's
+ * answer is checked like a plugin's: every length against what it sent. */
+#define LC_MAX_CONNECTION_ATTRIBUTES 64u /* vmm/contract.py MAX_CONNECTION_ATTRIBUTES */
+
+static uint32_t lower_text(const uint8_t *src, uint32_t len) {
+    if (!len) {
+        return 0; /* an empty string may come with any pointer */
+    }
+    uint32_t ptr = lc_rt_alloc_in_plugin(len, 1);
+    memcpy(lc_rt_guest(ptr, len), src, len);
+    return ptr;
+}
+
+void lc_imp_connection_attributes(uint32_t retptr) {
+    if (retptr & 3u) {
+        lc_fail(LC_STATUS_ABI, LC_ABI_UNALIGNED);
+    }
+    (void)lc_rt_guest(retptr, 8);
+    uint32_t got = 0;
+    uint64_t count = lc_rt_host(LC_HOST_CONNECTION_ATTRIBUTES, 0, 0, 0, 0, 0, lc_rt_scratch,
+                                LC_RT_SCRATCH_BYTES, &got);
+    if (count > LC_MAX_CONNECTION_ATTRIBUTES) {
+        lc_fail(LC_STATUS_ABI, LC_ABI_HOST_MISUSE);
+    }
+    uint32_t n = (uint32_t)count, array = 0;
+    if (n) {
+        array = lc_rt_alloc_in_plugin(16u * n, 4);
+        if (array & 3u) {
+            lc_fail(LC_STATUS_ABI, LC_ABI_UNALIGNED);
+        }
+    }
+    uint32_t at = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (got - at < 8) {
+            lc_fail(LC_STATUS_ABI, LC_ABI_HOST_MISUSE);
+        }
+        uint32_t nlen = lc_rt_ld32(lc_rt_scratch + at), vlen = lc_rt_ld32(lc_rt_scratch + at + 4);
+        at += 8;
+        if (nlen > got - at || vlen > got - at - nlen) {
+            lc_fail(LC_STATUS_ABI, LC_ABI_HOST_MISUSE);
+        }
+        uint32_t nptr = lower_text(lc_rt_scratch + at, nlen);
+        uint32_t vptr = lower_text(lc_rt_scratch + at + nlen, vlen);
+        at += nlen + vlen;
+        uint8_t *entry = lc_rt_guest(array + 16u * i, 16); /* memory may have grown: re-check */
+        lc_rt_st32(entry, nptr);
+        lc_rt_st32(entry + 4, nlen);
+        lc_rt_st32(entry + 8, vptr);
+        lc_rt_st32(entry + 12, vlen);
+    }
+    if (at != got) {
+        lc_fail(LC_STATUS_ABI, LC_ABI_HOST_MISUSE);
+    }
+    uint8_t *area = lc_rt_guest(retptr, 8);
+    lc_rt_st32(area, array);
+    lc_rt_st32(area + 4, n);
+}

@@ -21,6 +21,7 @@ uint64_t lc_imp_kv_increment(uint32_t kptr, uint32_t klen, uint64_t delta);
 void lc_imp_metadata_set(uint32_t kptr, uint32_t klen, uint32_t vptr, uint32_t vlen);
 void lc_imp_egress_send_datagram(uint32_t hptr, uint32_t hlen, uint32_t port, uint32_t pptr,
                                  uint32_t plen, uint32_t retptr);
+void lc_imp_connection_attributes(uint32_t retptr);
 
 /* wasi_snapshot_preview1 (the subset in vmm/contract.py WASI_P1_GRANTS) */
 uint32_t lc_wasi_fd_write(uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nwritten);

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import wasmtime
-from wasmtime.component import Component, Instance, Linker
+from wasmtime.component import Component, Instance, Linker, Record
 from wasmtime.component._types import ComponentInstanceType, FuncType
 
 from vmm.capabilities import CapabilityDenied, HostCapabilities
@@ -115,6 +115,16 @@ def _send(ctx: CallContext, host: str, port: int, payload: bytes) -> str | None:
     return None if err is None else _SEND_ERRORS[int(err)]
 
 
+def _attributes(ctx: CallContext) -> list[Record]:
+    records = []
+    for name, value in ctx.host.connection_attributes():
+        record = Record()  # wasmtime-py lowers a record from the attributes its fields name
+        setattr(record, "name", name)  # noqa: B010
+        setattr(record, "value", value)  # noqa: B010
+        records.append(record)
+    return records
+
+
 _FUNCS: dict[str, dict[str, Callable[..., Any]]] = {
     IMPORT_MODULE["log"]: {"log": _log},
     IMPORT_MODULE["clock"]: {
@@ -130,6 +140,7 @@ _FUNCS: dict[str, dict[str, Callable[..., Any]]] = {
     },
     IMPORT_MODULE["metadata"]: {"set": lambda ctx, key, value: ctx.host.metadata_set(key, value)},
     IMPORT_MODULE["egress"]: {"send-datagram": _send},
+    IMPORT_MODULE["connection"]: {"attributes": _attributes},
 }
 
 

@@ -18,12 +18,14 @@ import wasmtime
 
 from vmm.contract import (
     IMPORT_MODULE,
+    LIST_AREA_SIZE,
     OPTION_LIST_AREA_SIZE,
     RESULT_ENUM_AREA_SIZE,
     WASI_P1_MODULE,
     LogLevel,
     import_capability,
 )
+from vmm.http_abi import lower_attributes
 from vmm.wasm_module import CONTRACT_IMPORTS, WASI_P1_SIGS, FuncSig
 from vmm.wasmtime_tier._context import CallContext, current
 from vmm.wasmtime_tier._faults import AbiViolation, ProcExit
@@ -157,6 +159,27 @@ def _send_datagram(
     mem.write_u8(ret + 1, 0 if err is None else int(err))
 
 
+def _connection_attributes(ctx: CallContext, caller: wasmtime.Caller, retptr: int) -> None:
+    """list<attribute> into guest memory as an http-filter hook argument is laid out
+    (plugins/wit/README.md), then (array, count) into the 8-byte return area."""
+    _mem(ctx, caller).span(retptr, LIST_AREA_SIZE, 4, "connection.attributes return area")
+
+    def alloc(align: int, size: int) -> int:
+        assert ctx.realloc is not None
+        ptr = u32(ctx.realloc(caller, 0, 0, align, size) or 0)
+        if ptr % align:
+            raise AbiViolation(f"cabi_realloc returned {ptr:#x}, not aligned to {align}")
+        return ptr
+
+    def write(ptr: int, data: bytes) -> None:  # memory may have grown: a fresh view each time
+        _mem(ctx, caller).write(ptr, data, "connection attribute (from cabi_realloc)")
+
+    array, count = lower_attributes(ctx.host.connection_attributes(), alloc, write)
+    mem = _mem(ctx, caller)
+    mem.write_u32(retptr, array, "connection.attributes return area")
+    mem.write_u32(u32(retptr) + 4, count, "connection.attributes return area")
+
+
 _CONTRACT: dict[tuple[str, str], Callable[..., Any]] = {
     (IMPORT_MODULE["log"], "log"): _log,
     (IMPORT_MODULE["clock"], "wall-now"): _wall_now,
@@ -168,6 +191,7 @@ _CONTRACT: dict[tuple[str, str], Callable[..., Any]] = {
     (IMPORT_MODULE["kv"], "increment"): _kv_increment,
     (IMPORT_MODULE["metadata"], "set"): _metadata_set,
     (IMPORT_MODULE["egress"], "send-datagram"): _send_datagram,
+    (IMPORT_MODULE["connection"], "attributes"): _connection_attributes,
 }
 assert set(_CONTRACT) == set(CONTRACT_IMPORTS)
 

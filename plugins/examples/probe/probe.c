@@ -12,12 +12,14 @@
  *   metadata     set("probe", "ok") .................. "metadata=ok\n"
  *   egress[:host:port]  send-datagram(host, port, chunk), default 127.0.0.1:9125
  *                ..................................... "egress=ok\n" / "egress=err<send-error>\n"
+ *   attributes   connection.attributes ............... "attributes=<count>\n" then
+ *   (connection) one "<name>=<value>\n" line per attribute
  *   none         nothing ............................. "none=ok\n"
  * Empty chunks (e.g. a bare end-of-stream) pass untouched. Bad config traps.
  */
 #include "lightcell.h"
 
-typedef enum { CAP_NONE, CAP_LOG, CAP_CLOCK, CAP_RANDOM, CAP_KV, CAP_METADATA, CAP_EGRESS } cap;
+typedef enum { CAP_NONE, CAP_LOG, CAP_CLOCK, CAP_RANDOM, CAP_KV, CAP_METADATA, CAP_EGRESS, CAP_ATTRIBUTES } cap;
 
 static cap call = CAP_NONE;
 static uint8_t egress_host[256];
@@ -53,6 +55,7 @@ void lc_on_open(lc_bytes listener, lc_bytes config) {
         else if (lc_eq(value, "kv")) call = CAP_KV;
         else if (lc_eq(value, "metadata")) call = CAP_METADATA;
         else if (lc_eq(value, "egress")) call = CAP_EGRESS;
+        else if (lc_eq(value, "attributes") || lc_eq(value, "connection")) call = CAP_ATTRIBUTES;
         else if (value.len > 7 && lc_memeq(value.ptr, "egress:", 7)) {
             call = CAP_EGRESS;
             lc_bytes target = {value.ptr + 7, value.len - 7};
@@ -69,10 +72,35 @@ static void put(size_t *n, const char *s) {
     *n += len;
 }
 
+/* "attributes=<count>\n" and one "<name>=<value>\n" line each, in an lc_alloc block. */
+static lc_verdict attributes_text(void) {
+    lc_attributes attrs = lc_connection_attributes();
+    size_t size = 32;
+    for (size_t i = 0; i < attrs.len; i++) size += attrs.ptr[i].name.len + attrs.ptr[i].value.len + 2;
+    uint8_t *text = lc_alloc(size);
+    if (!text) __builtin_trap();
+    size_t n = 0;
+    lc_memcpy(text, "attributes=", 11);
+    n = 11 + lc_fmt_i64(text + 11, (int64_t)attrs.len);
+    text[n++] = '\n';
+    for (size_t i = 0; i < attrs.len; i++) {
+        lc_attribute a = attrs.ptr[i];
+        lc_memcpy(text + n, a.name.ptr, a.name.len);
+        n += a.name.len;
+        text[n++] = '=';
+        lc_memcpy(text + n, a.value.ptr, a.value.len);
+        n += a.value.len;
+        text[n++] = '\n';
+    }
+    lc_attributes_free(attrs);
+    return lc_replace(text, n); /* an lc_alloc block: the SDK frees it once read */
+}
+
 lc_verdict lc_on_data(lc_direction dir, lc_bytes data, bool eos) {
     (void)dir;
     (void)eos;
     if (data.len == 0) return lc_pass();
+    if (call == CAP_ATTRIBUTES) return attributes_text();
     size_t n = 0;
     switch (call) {
     case CAP_NONE:
@@ -117,6 +145,8 @@ lc_verdict lc_on_data(lc_direction dir, lc_bytes data, bool eos) {
     case CAP_METADATA:
         lc_metadata_set("probe", "ok");
         put(&n, "metadata=ok\n");
+        break;
+    case CAP_ATTRIBUTES: /* handled above: its text does not fit `out` */
         break;
     case CAP_EGRESS: {
         lc_send_error err;

@@ -16,6 +16,9 @@
  * The SDK exports the contract's core functions (`on-open`, `on-data`,
  * `on-close`, `cabi_post_on-data`, `cabi_realloc`) around them.
  *
+ * lc_connection_attributes() (grant `connection`) reads what Envoy sent about
+ * the connection (source.address, ...); it imports the function only if used.
+ *
  * Memory ownership (canonical ABI): lists the host passes in were allocated
  * by the host through our cabi_realloc and now belong to the plugin. The SDK
  * frees `listener`/`config` after lc_on_open returns and `data` after
@@ -55,6 +58,53 @@ lc_verdict lc_on_data(lc_direction dir, lc_bytes data, bool eos);
 void lc_on_close(void);
 
 /* Imports, helpers, allocator, cabi_realloc, capability helpers: lightcell_common.h. */
+
+/* ---- Connection attributes (grant `connection`, tcp-filter only) ---- */
+
+/* One attribute: exactly the canonical-ABI element of list<attribute> (16 bytes:
+ * name ptr, len, value ptr, len); both are UTF-8 text, not NUL-terminated. */
+typedef struct {
+    lc_bytes name;
+    lc_bytes value;
+} lc_attribute;
+_Static_assert(sizeof(lc_attribute) == 16, "attribute is 16 bytes in the canonical ABI");
+
+/* A list of attributes; also exactly connection.attributes' return area. */
+typedef struct {
+    lc_attribute *ptr;
+    size_t len; /* number of attributes */
+} lc_attributes;
+_Static_assert(sizeof(lc_attributes) == 8, "list return area is 8 bytes");
+
+/* ret -> { lc_attribute *ptr @0; u32 count @4 } (list<attribute>) */
+LC_IMPORT("connection", "attributes") void lc__connection_attributes(lc_attributes *ret);
+
+/* The connection's attributes, sorted by name (empty if the Envoy filter lists
+ * none). Every block belongs to the plugin: release with lc_attributes_free. */
+static inline lc_attributes lc_connection_attributes(void) {
+    lc_attributes ret = {0, 0};
+    lc__connection_attributes(&ret);
+    return ret;
+}
+
+static inline void lc_attributes_free(lc_attributes attrs) {
+    for (size_t i = 0; i < attrs.len; i++) {
+        if (attrs.ptr[i].name.len) lc_free(attrs.ptr[i].name.ptr); /* empty: any pointer */
+        if (attrs.ptr[i].value.len) lc_free(attrs.ptr[i].value.ptr);
+    }
+    if (attrs.len) lc_free(attrs.ptr);
+}
+
+/* True and the value (pointing into `attrs`) if attribute `name` is there. */
+static inline bool lc_attribute_get(lc_attributes attrs, const char *name, lc_bytes *value) {
+    for (size_t i = 0; i < attrs.len; i++) {
+        if (lc_eq(attrs.ptr[i].name, name)) {
+            *value = attrs.ptr[i].value;
+            return true;
+        }
+    }
+    return false;
+}
 
 /* ---- Verdict constructors ---- */
 

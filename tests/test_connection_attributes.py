@@ -1,0 +1,57 @@
+"""The `connection` import on the wasmtime tier's component path (general components,
+e.g. componentize-py): the C probe component run through wasmtime.component instead of
+its unwrapped core module. The core path and the micro-VM are in test_differential.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import wasmtime
+from wasmtime.component import Component
+
+from vmm.capabilities import CapabilityDenied, HostCapabilities
+from vmm.kvstore import KvStore
+from vmm.policy import Grants, Limits
+from vmm.wasmtime_tier import _component, _context
+from vmm.wasmtime_tier._context import CallContext
+from vmm.wasmtime_tier._engine import engine
+
+ATTRIBUTES = (("destination.address", "[::1]:443"), ("source.address", "10.0.0.7:5000"), ("x", "é€"))
+
+
+def _probe_once(probe: Path, grants: frozenset[str]) -> tuple[str, bytes]:
+    program = _component.ComponentProgram(Component.from_file(engine(), str(probe)))
+    store = wasmtime.Store(engine())
+    store.set_epoch_deadline(1 << 40)  # no ticker runs here
+    store.set_wasi(wasmtime.WasiConfig())
+    instance = program.instantiate(store, Grants(grants))
+    host = HostCapabilities("l", "probe", Grants(grants), Limits(), KvStore(10, 100), attributes=ATTRIBUTES)
+    ctx = CallContext(host)
+    _context.enter(ctx)
+    try:
+        on_open, on_data = instance.get_func(store, "on-open"), instance.get_func(store, "on-data")
+        assert on_open is not None and on_data is not None
+        on_open(store, "l", "call=attributes")
+        on_open.post_return(store)
+        verdict = on_data(store, "read", b"chunk", False)
+        result = verdict.tag, bytes(verdict.payload)
+        on_data.post_return(store)
+        return result
+    except wasmtime.WasmtimeError:
+        assert ctx.error is not None
+        raise ctx.error from None
+    finally:
+        _context.leave()
+
+
+def test_component_path_lists_the_attributes(built_plugins: dict[str, Path]) -> None:
+    program = _component.ComponentProgram(Component.from_file(engine(), str(built_plugins["probe"])))
+    assert "connection" in _component.component_capabilities(program.component)[0]
+    expected = "attributes=3\n" + "".join(f"{n}={v}\n" for n, v in ATTRIBUTES)
+    assert _probe_once(built_plugins["probe"], frozenset({"connection"})) == ("replace", expected.encode())
+
+
+def test_component_path_denies_attributes_without_the_grant(built_plugins: dict[str, Path]) -> None:
+    with pytest.raises(CapabilityDenied):
+        _probe_once(built_plugins["probe"], frozenset())
