@@ -5,6 +5,7 @@ through the synchronous HttpCoreInstance and through vmm.runner.HttpRunner."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vmm.policy import Grants, Limits, SandboxSpec
 from vmm.runner import HttpRunner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
 from vmm.wasmtime_tier._http_core import HttpCoreInstance
+from vmm.wasmtime_tier._warm import WARM_INSTANCES
 
 HERE = Path(__file__).resolve().parent
 CONTINUE = HttpDecision(DecisionKind.CONTINUE)
@@ -224,6 +226,7 @@ async def test_phases_are_read_by_calling_wanted_phases_once_at_load(load: LoadF
 
 async def test_unwanted_hooks_do_not_even_instantiate(load: LoadFn, misbehave: Path) -> None:
     p = await load(misbehave)
+    await asyncio.to_thread(p.factory.warm.stop)  # no instances made ahead: each made by its first hook
     i = p.factory.new_instance(p.host())
     assert i.response_body(b"x", True) == CONTINUE
     assert not i._instantiated
@@ -314,3 +317,23 @@ async def test_a_tcp_plugin_is_refused(load: LoadFn) -> None:
 async def test_tcp_load_still_refuses_an_http_plugin(cache: Path, redact: Path) -> None:
     with pytest.raises(PluginLoadError, match="implements the http-filter world, not tcp-filter"):
         await wt.load(SandboxSpec("l", str(redact)), cache)
+
+
+async def test_requests_take_instances_made_ahead_each_used_once(load: LoadFn, answer: Path) -> None:
+    """As for TCP (_warm.py): the first hook of a request runs on an instance made ahead,
+    never one another request used; the request's own capabilities are bound to it."""
+    p = await load(answer, grants=frozenset({"metadata"}))
+    for _ in range(200):  # the pool fills on a worker thread
+        if len(p.factory.warm.ready) == WARM_INSTANCES:
+            break
+        await asyncio.sleep(0.01)
+    ready = set(map(id, p.factory.warm.ready))
+    assert len(ready) == WARM_INSTANCES
+    instances = [p.factory.new_instance(p.host()) for _ in range(3)]
+    assert len({id(i) for i in instances}) == 3 and {id(i) for i in instances} <= ready
+    for i in instances:
+        assert i._instantiated  # made ahead: the first hook may run inline
+        blocked = i.request_headers([], [("request.path", "/blocked")], True)
+        assert blocked.status == 403 and dict(blocked.metadata) == {"blocked": "yes"}  # bound grants
+        i.release()
+    assert not {id(i) for i in instances} & set(map(id, p.factory.warm.ready))

@@ -24,8 +24,8 @@ from vmm.policy import EgressTarget, Grants, Limits, SandboxSpec
 from vmm.runner import Runner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError, Sandbox
 from vmm.wasmtime_tier._budget import CallBudget
-from vmm.wasmtime_tier._factory import WARM_INSTANCES
 from vmm.wasmtime_tier._runner import INLINE_MAX_BUDGET_MS
+from vmm.wasmtime_tier._warm import WARM_INSTANCES
 
 WAT_DIR = Path(__file__).resolve().parent / "wat"
 
@@ -341,21 +341,26 @@ async def test_a_slow_hook_moves_its_listener_off_the_loop_for_good(load: LoadFn
     await again.close()
 
 
+def warm_ready(factory: object) -> tuple[object, ...]:
+    warm = getattr(factory, "warm", None)
+    return warm.ready if warm is not None else ()
+
+
 async def test_connections_take_instances_made_ahead_each_used_once(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("faulty"))
     for _ in range(200):  # the pool fills on a worker thread
-        if len(p.factory._warm) == WARM_INSTANCES:
+        if len(warm_ready(p.factory)) == WARM_INSTANCES:
             break
         await asyncio.sleep(0.01)
-    assert len(p.factory._warm) == WARM_INSTANCES
-    ready = set(map(id, p.factory._warm))
+    assert len(warm_ready(p.factory)) == WARM_INSTANCES
+    ready = set(map(id, warm_ready(p.factory)))
     sandboxes = [await p.sandbox("mode=ok") for _ in range(3)]
     used = [id(s._instance) for s in sandboxes if isinstance(s, Runner)]
     assert len(set(used)) == 3 and set(used) <= ready  # three distinct instances from the pool
     for s in sandboxes:
         assert (await s.on_data(ev(b"x"))).kind is VerdictKind.PASS
         await s.close()
-    assert not set(used) & set(map(id, p.factory._warm))  # never handed out again
+    assert not set(used) & set(map(id, warm_ready(p.factory)))  # never handed out again
 
 
 async def test_start_code_that_needs_capabilities_runs_with_the_connections(
@@ -370,7 +375,7 @@ async def test_start_code_that_needs_capabilities_runs_with_the_connections(
         outputs.append((await sb.on_data(ev(b"x"))).data)
         await sb.close()
     assert outputs == [b"1", b"2", b"3"]  # each start code ran once, on this listener's kv
-    assert not p.factory._warm
+    assert not warm_ready(p.factory)
     denied = await load(wat("init_uses_kv"))
     sb = await denied.sandbox()
     with pytest.raises(PluginFault) as fault:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +12,7 @@ import wasmtime
 
 from vmm.capabilities import HostCapabilities
 from vmm.contract import HttpPhase
-from vmm.kvstore import KvStore
-from vmm.metrics import Metrics
-from vmm.policy import Grants, SandboxSpec
+from vmm.policy import SandboxSpec
 from vmm.runner import HttpRunner, Runner
 from vmm.sandbox import PluginFault, PluginLoadError
 from vmm.wasm_module import (
@@ -33,9 +29,10 @@ from vmm.wasm_module import (
 from vmm.wasmtime_tier._cache import cache_dir, compile_component, compile_module
 from vmm.wasmtime_tier._component import ComponentProgram, component_capabilities
 from vmm.wasmtime_tier._core import CoreProgram, CoreSandbox
-from vmm.wasmtime_tier._engine import EXECUTOR, deadline_ticks, engine, ticker
+from vmm.wasmtime_tier._engine import deadline_ticks, engine, ticker
 from vmm.wasmtime_tier._http_core import HttpCoreInstance, HttpCoreProgram, read_phases
 from vmm.wasmtime_tier._runner import InlineGate
+from vmm.wasmtime_tier._warm import WARM_INSTANCES, Unbound, WarmInstances
 
 __all__ = [
     "LOAD_BUDGET_MS", "WARM_INSTANCES", "HttpFactory", "WasmtimeFactory", "load_http_sync", "load_sync",
@@ -45,23 +42,6 @@ LOG = logging.getLogger("lightcell.wasmtime")
 
 LOAD_BUDGET_MS = 10_000
 """Time a component's start code may take at load (it is compiled already)."""
-
-
-WARM_INSTANCES = 4
-"""Core-path instances created ahead of connections, on the worker pool."""
-
-
-class _NeedsConnection(Exception):
-    """Start code called a capability before any connection exists."""
-
-
-class _Unbound(HostCapabilities):
-    """The capabilities of an instance made ahead of its connection: none. Any
-    call fails (quietly: it is not the plugin's fault), and the factory stops
-    making instances ahead for a plugin whose start code needs capabilities."""
-
-    def check(self, capability: str) -> None:
-        raise _NeedsConnection(capability)
 
 
 class WasmtimeFactory:
@@ -83,17 +63,14 @@ class WasmtimeFactory:
         self._closed = False
         plugin = Path(spec.plugin_path).name.removesuffix(".wasm")
         self.inline_gate = InlineGate(spec.listener, plugin, spec.limits.event_cpu_ms)
-        self._warm: collections.deque[CoreSandbox] = collections.deque()
-        self._filling = False
-        self._fill_lock = threading.Lock()
-        self._fill_idle = threading.Event()
-        self._fill_idle.set()
-        self._prewarm = isinstance(program, CoreProgram)
-        self._unbound = _Unbound(
-            spec.listener, plugin, Grants(), spec.limits, KvStore(1, 1), metrics=Metrics()
-        )
+        self.warm: WarmInstances[CoreSandbox] | None = None
         ticker.acquire()
-        self._refill()
+        if isinstance(program, CoreProgram):
+            self.warm = WarmInstances(
+                spec.listener,
+                lambda host: program.new_sandbox(host, spec.limits, self.inline_gate),
+                Unbound.for_spec(spec, plugin),
+            )
 
     @property
     def tier(self) -> str:
@@ -111,60 +88,18 @@ class WasmtimeFactory:
     async def new_sandbox(self, host: HostCapabilities) -> Runner:
         if self._closed:
             raise RuntimeError("factory is closed")
-        try:
-            warm = self._warm.popleft()
-        except IndexError:
-            # None ready: the Store and instance are created by the sandbox's
-            # first hook call, on a worker thread, under the CPU budget.
-            instance = self._program.new_sandbox(host, self.spec.limits, self.inline_gate)
-        else:
-            warm.bind(host)
-            instance = warm
-        self._refill()
+        warm = self.warm.take(host) if self.warm is not None else None
+        # None ready: the Store and instance are created by the sandbox's first
+        # hook call, on a worker thread, under the CPU budget.
+        instance = warm or self._program.new_sandbox(host, self.spec.limits, self.inline_gate)
         return Runner(instance)
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            self._prewarm = False
-            # Start code may be running for a warm instance: the epoch must tick
-            # until it ends (its budget), so stop the ticker only after.
-            await asyncio.to_thread(self._fill_idle.wait, 30)
-            while self._warm:
-                self._warm.popleft().release()
+            if self.warm is not None:
+                await asyncio.to_thread(self.warm.stop)
             await asyncio.to_thread(ticker.release)
-
-    # --- instances made ahead ---------------------------------------------------
-    def _refill(self) -> None:
-        with self._fill_lock:
-            if self._filling or not self._prewarm or len(self._warm) >= WARM_INSTANCES:
-                return
-            self._filling = True
-            self._fill_idle.clear()
-        EXECUTOR.submit(self._fill)
-
-    def _fill(self) -> None:
-        """On a worker: make instances until WARM_INSTANCES are ready."""
-        program = self._program
-        assert isinstance(program, CoreProgram)
-        try:
-            while self._prewarm and len(self._warm) < WARM_INSTANCES:
-                instance = program.new_sandbox(self._unbound, self.spec.limits, self.inline_gate)
-                try:
-                    instance.prepare()
-                except Exception as e:  # start code needs a connection, or fails outright
-                    instance.release()
-                    self._prewarm = False
-                    LOG.debug("listener %s: instances are made per connection: %s", self.spec.listener, e)
-                    return
-                if self._closed:
-                    instance.release()
-                    return
-                self._warm.append(instance)
-        finally:
-            with self._fill_lock:
-                self._filling = False
-                self._fill_idle.set()
 
 
 @contextlib.contextmanager
@@ -266,6 +201,11 @@ class HttpFactory:
         plugin = Path(spec.plugin_path).name.removesuffix(".wasm")
         self.inline_gate = InlineGate(spec.listener, plugin, spec.limits.event_cpu_ms)
         ticker.acquire()
+        self.warm = WarmInstances(
+            spec.listener,
+            lambda host: program.new_instance(host, spec.limits, self.inline_gate),
+            Unbound.for_spec(spec, plugin),
+        )
 
     @property
     def tier(self) -> str:
@@ -285,10 +225,12 @@ class HttpFactory:
         return self._program.phases
 
     def new_instance(self, host: HostCapabilities) -> HttpCoreInstance:
-        """A fresh synchronous instance (vmm.runner.HttpInstance) for one request."""
+        """A fresh synchronous instance (vmm.runner.HttpInstance) for one request:
+        one made ahead if ready (never used before), else made by its first hook."""
         if self._closed:
             raise RuntimeError("factory is closed")
-        return self._program.new_instance(host, self.spec.limits, self.inline_gate)
+        instance = self.warm.take(host)
+        return instance or self._program.new_instance(host, self.spec.limits, self.inline_gate)
 
     async def new_sandbox(self, host: HostCapabilities) -> HttpRunner:
         return HttpRunner(self.new_instance(host))
@@ -296,6 +238,7 @@ class HttpFactory:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            await asyncio.to_thread(self.warm.stop)
             await asyncio.to_thread(ticker.release)
 
 
