@@ -9,8 +9,9 @@ Tier `auto` prefers the micro-VM tier (two walls: wasm sandbox + KVM) where
 otherwise it falls back to wasmtime (one wall) with a start-up warning.
 
 HTTP policies (listeners and routes, issue 8) load http-filter plugins with
-`vmm.wasmtime_tier.load_http`: tier `auto` is wasmtime for them (one wall,
-warned about), tier `microvm` is refused until that tier serves http-filter.
+the tier's `load_http` (vmm.microvm.tier, vmm.wasmtime_tier), the tier
+chosen as for TCP (choose_tier): `auto` is the micro-VM where /dev/kvm works
+and the plugin is a core module or wraps one, else wasmtime (warned about).
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ from typing import cast
 
 from extproc.config import POLICY_NAMESPACE, ConfigError, LightcellConfig
 from extproc.http_policy import phase_problems
-from extproc.listener import HttpListener, Listener, ListenerPolicy, TierChoice
+from extproc.listener import HttpListener, HttpSandboxFactory, Listener, ListenerPolicy, TierChoice
 from vmm.kvstore import KvStore
 from vmm.policy import SandboxSpec, Tier
 from vmm.sandbox import PluginLoadError, SandboxFactory
 
 __all__ = [
-    "HTTP_ONE_WALL_REASON",
     "HttpLoaded",
     "TierChoice",
     "TierUnavailable",
@@ -173,9 +173,6 @@ async def close_all(listeners: Iterable[Listener]) -> None:
 
 # --- HTTP policies (listeners and routes) --------------------------------------------------------
 
-HTTP_ONE_WALL_REASON = "HTTP plugins run in wasmtime until the micro-VM tier serves http-filter"
-
-
 @dataclass(frozen=True)
 class HttpLoaded:
     """Every HTTP policy of a config, loaded: listeners by name, routes by "<listener>/<route>"."""
@@ -190,25 +187,19 @@ class HttpLoaded:
 
 
 def choose_http_tier(policy: ListenerPolicy) -> TierChoice:
-    """The tier an HTTP policy's plugin runs in: wasmtime, for now. PluginLoadError for microvm."""
-    if policy.tier is Tier.MICROVM:
-        raise TierUnavailable(
-            "tier 'microvm' does not serve HTTP plugins yet (the micro-VM tier runs tcp-filter "
-            "plugins only); use tier: wasmtime or auto"
-        )
-    if policy.tier is Tier.AUTO:
-        return TierChoice(Tier.WASMTIME, HTTP_ONE_WALL_REASON)
-    return TierChoice(policy.tier, "asked for by the policy", policy.tier)
+    """The tier an HTTP policy's plugin runs in: chosen as for a TCP listener (choose_tier)."""
+    return choose_tier(policy.spec, policy.tier)
 
 
 async def load_http_policy(policy: ListenerPolicy) -> HttpListener:
     """Load (and check) the http-filter plugin of one HTTP listener or route. Raises PluginLoadError."""
     choice = choose_http_tier(policy)
+    module_name = _TIER_MODULES[choice.tier]
     try:
-        from vmm.wasmtime_tier import load_http
-    except ImportError as e:
-        raise TierUnavailable(f"tier 'wasmtime' is not available: {e}") from e
-    factory = await load_http(policy.spec)
+        load_http = importlib.import_module(module_name).load_http
+    except (ImportError, AttributeError) as e:
+        raise TierUnavailable(f"tier {choice.tier.value!r} is not available: {module_name}: {e}") from e
+    factory: HttpSandboxFactory = await load_http(policy.spec)
     limits = policy.spec.limits
     return HttpListener(policy, factory, KvStore(limits.kv_max_keys, limits.kv_max_value_bytes), choice)
 
@@ -248,12 +239,12 @@ async def load_http_all(config: LightcellConfig) -> HttpLoaded:
     for item in loaded:
         kind = "route" if item.name in routes else "http listener"
         LOG.info("%s %s: plugin %s, tier %s", kind, item.name, item.policy.plugin, item.tier.describe())
-    one_wall = sorted(item.name for item in loaded if item.one_wall_reason)
+    one_wall = sorted((item.name, item.one_wall_reason) for item in loaded if item.one_wall_reason)
     if one_wall:
         LOG.warning(
-            "only one wall is up (wasm sandbox, no micro-VM) for HTTP policy(ies) %s: %s",
-            ", ".join(one_wall), HTTP_ONE_WALL_REASON,
-        )  # fmt: skip
+            "only one wall is up (wasm sandbox, no micro-VM) for HTTP policy(ies) %s",
+            "; ".join(f"{name}: {reason}" for name, reason in one_wall),
+        )
     return HttpLoaded(listeners, routes, tuple(warnings))
 
 

@@ -348,10 +348,7 @@ def test_check_loads_and_lists_http_listeners_and_route_policies(
     assert "  from          listener 'web' metadata.filter_metadata.lightcell" in web
     assert f"  plugin        {built_plugins['redact']}" in web
     assert "  config        'pattern=secret'" in web
-    assert (
-        "  tier          auto -> wasmtime (HTTP plugins run in wasmtime until the micro-VM tier "
-        "serves http-filter)" in web
-    )
+    assert "  tier          auto -> microvm (/dev/kvm works" in web  # a C plugin, as for TCP
     assert "  failure_mode  close" in web and "  grants        log" in web
     assert "  imports       none" in web and "  unused        log: granted but never imported" in web
     assert "  route policies web/api; every other route runs this one" in web
@@ -368,14 +365,15 @@ def test_check_loads_and_lists_http_listeners_and_route_policies(
     assert "'web'" in warning and "processing_mode.request_header_mode is SKIP" in warning
 
 
-def test_check_refuses_an_http_policy_in_the_microvm_tier(
+@pytest.mark.kvm
+def test_check_loads_an_http_policy_in_the_microvm_tier(
     tmp_path: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _http_config(tmp_path, built_plugins, with_tcp=False)
     path.write_text(path.read_text().replace("tier: wasmtime", "tier: microvm"))
-    assert cli.main(["check", "--envoy-config", str(path)]) == 1
-    err = capsys.readouterr().err
-    assert "route 'api'" in err and "tier 'microvm' does not serve HTTP plugins yet" in err
+    assert cli.main(["check", "--envoy-config", str(path)]) == 0
+    api = capsys.readouterr().out.split("\nroute web/api\n")[1]
+    assert "  tier          microvm (asked for by the listener policy)" in api
 
 
 def test_serve_serves_a_config_with_http_listeners_only(
