@@ -241,7 +241,7 @@ def _npm_ci() -> Path:
     """Install the pinned toolchain (once per lock-file content; `npm ci` with
     no install scripts) and return componentize-js's CLI. Serialised across
     processes: `npm ci` deletes node_modules before it writes it again."""
-    node, npm = _node_tools()
+    _, npm = _node_tools()
     cli = JS_SDK_DIR / "node_modules" / "@bytecodealliance" / "componentize-js" / "src" / "cli.js"
     want = hashlib.sha256((JS_SDK_DIR / "package-lock.json").read_bytes()).hexdigest()
     stamp = JS_SDK_DIR / "node_modules" / ".lightcell-lock.sha256"
