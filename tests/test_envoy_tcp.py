@@ -119,6 +119,8 @@ def _listeners(plugins: dict[str, Path], tier: str) -> dict[str, tuple[dict[str,
         # probe sets dynamic metadata lightcell.probe=ok; only the first filter lets Envoy take it.
         "metadata_received": (policy(probe, "call=metadata", grants=("metadata",)), echo),
         "metadata_dropped": (policy(probe, "call=metadata", grants=("metadata",)), echo),
+        # The filter sends connection_attributes (CONNECTION_ATTRIBUTES); probe writes them upstream.
+        "attributes": (policy(probe, "call=attributes", grants=("connection",)), UpstreamMode.RECORD),
         "ghost": (policy(rw, "read=pass,write=pass"), echo),
         "killme": (policy(rw, "read=pass,write=pass"), echo),
     }
@@ -134,6 +136,17 @@ def _listeners(plugins: dict[str, Path], tier: str) -> dict[str, tuple[dict[str,
             UpstreamMode.RECORD,
         )
     return table
+
+
+CONNECTION_ATTRIBUTES = ("source.address", "destination.address", "connection.requested_server_name")
+
+
+def ask_for_attributes(bootstrap: dict[str, Any], listener: str, attributes: tuple[str, ...]) -> None:
+    """Set the network ext_proc filter's connection_attributes on one listener of a bootstrap."""
+    (found,) = (lst for lst in bootstrap["static_resources"]["listeners"] if lst["name"] == listener)
+    ext_proc = found["filter_chains"][0]["filters"][0]
+    assert ext_proc["name"] == "envoy.filters.network.ext_proc"
+    ext_proc["typed_config"]["connection_attributes"] = list(attributes)
 
 
 @pytest.fixture(scope="module", params=TIERS)
@@ -163,7 +176,9 @@ async def stack(
         render_bootstrap([s for s in specs if s.name != "ghost"], socket_path), workdir / "lightcell.yaml"
     )
     lightcell = LightcellProcess(lightcell_config, socket_path, workdir / "lightcell.log")
-    envoy = EnvoyProcess(render_bootstrap(specs, socket_path), workdir)
+    envoy_config = render_bootstrap(specs, socket_path)
+    ask_for_attributes(envoy_config, "attributes", CONNECTION_ATTRIBUTES)
+    envoy = EnvoyProcess(envoy_config, workdir)
     try:
         await lightcell.start()
         await envoy.start()
@@ -427,6 +442,26 @@ async def test_granted_capability_works(stack: Stack) -> None:
     assert reply.startswith(b"kv=")
     assert int(reply[3:-1]) >= 1
     assert bytes(stack.upstreams["granted"].received[-1]).startswith(b"kv=")
+
+
+async def test_plugin_sees_its_connections_addresses(stack: Stack) -> None:
+    """connection_attributes -> ProcessingRequest.attributes -> connection.attributes():
+    probe replaces the client's chunk with what it got, and the upstream records that."""
+    up = stack.upstreams["attributes"]
+    index = len(up.received)
+    reader, writer = await connect(stack.port("attributes"))
+    client_port = writer.get_extra_info("sockname")[1]
+    writer.write(b"who am i?")
+    writer.write_eof()
+    await read_to_end(reader)
+    writer.close()
+    seen = (await upstream_done(up, index)).decode()
+    assert seen == (
+        "attributes=3\n"
+        "connection.requested_server_name=\n"  # plain TCP: no TLS, no SNI
+        f"destination.address=127.0.0.1:{stack.port('attributes')}\n"
+        f"source.address=127.0.0.1:{client_port}\n"
+    ), await asyncio.to_thread(stack.diagnose, "attributes")
 
 
 async def test_stream_for_unknown_listener_is_refused(stack: Stack) -> None:
