@@ -86,9 +86,9 @@ def encode_pairs(pairs: Sequence[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def _words(fault: VmFault, cap: int) -> str:
+def _words(fault: VmFault, cap: int, budget_s: float) -> str:
     if fault.reason is FaultReason.DEADLINE:
-        return "CPU budget exhausted"
+        return f"CPU budget of {budget_s * 1000:.0f} ms exhausted"
     if fault.reason is not FaultReason.GUEST_STATUS or fault.status is None:
         return fault.message
     status = abi.Status(fault.status)
@@ -106,9 +106,10 @@ def _words(fault: VmFault, cap: int) -> str:
     return fault.message
 
 
-def http_fault(fault: VmFault, hook: str, cap: int) -> PluginFault:
-    """A VmFault in `hook`, as the wasmtime tier would report it."""
-    return PluginFault(fault_kind(fault), f"{hook}: {_words(fault, cap)}")
+def http_fault(fault: VmFault, hook: str, cap: int, budget_s: float) -> PluginFault:
+    """A VmFault in `hook` (`cap`: the memory cap; `budget_s`: the event's CPU
+    budget), as the wasmtime tier would report it."""
+    return PluginFault(fault_kind(fault), f"{hook}: {_words(fault, cap, budget_s)}")
 
 
 def wasm_memory(vm: MicroVm, payload: bytes) -> tuple[memoryview, int]:
@@ -205,7 +206,7 @@ class MicroVmHttpInstance(MicroVmInstanceBase):
 
     def _fault(self, fault: VmFault, op: abi.Op) -> PluginFault:
         hook = self._hook if op is abi.Op.HTTP else _OP_HOOK.get(op, op.name.lower())
-        return http_fault(fault, hook, self._lease.vm.template.layout.memory_cap)
+        return http_fault(fault, hook, self._lease.vm.template.layout.memory_cap, self._budget_s)
 
 
 def _headers(headers: Sequence[Header]) -> bytes:

@@ -100,7 +100,8 @@ def _phases_probe(spec: SandboxSpec, run: Run, found: list[HttpPhase]) -> Callab
         try:
             response = run(vm, lambda: vm.call(abi.Op.PHASES))
         except VmFault as e:
-            fault = http_fault(e, EXPORT_WANTED_PHASES, spec.limits.memory_bytes)
+            limits = spec.limits
+            fault = http_fault(e, EXPORT_WANTED_PHASES, limits.memory_bytes, limits.event_cpu_ms / 1000)
             message = f"{spec.plugin_path}: {EXPORT_WANTED_PHASES} failed at load: {fault}"
             raise PluginLoadError(message) from e
         flags = getattr(response, "detail", 0)
