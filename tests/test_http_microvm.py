@@ -72,6 +72,16 @@ def far_retptr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _wat(tmp_path_factory.mktemp("http-wat"), "far", ("(i32.const 66)", "(i32.const 0x7ffffff0)"))
 
 
+@pytest.fixture(scope="module")
+def post_return(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """misbehave.wat with a cabi_post_on-request-headers that spoils the
+    `continue` area it returns (tag 3): a host that ran it before lifting would
+    see tag 3 at once; one that never ran it would not see it next time."""
+    post = ('(func (export "on-close")) (func (export "cabi_post_on-request-headers") (param i32) '
+            "(i32.store8 (i32.const 384) (i32.const 3))))")
+    return _wat(tmp_path_factory.mktemp("http-wat"), "post", ('(func (export "on-close")))', post))
+
+
 class OnWorker:
     """An instance whose hooks run on its own worker (the VM's vCPU thread), as
     the runner would move them there: a test's direct call is then never
@@ -322,6 +332,8 @@ CASES: list[tuple[str, str, frozenset[str], dict[str, int], str, list[tuple[str,
       for m in "0123457"],
     ("misbehave-denied", "misbehave", frozenset(), {}, "5", [("request_headers", ([], [], True))]),
     ("far-retptr", "far", frozenset(), {}, "7", [("request_headers", ([], [], True))]),
+    ("post-return", "post", frozenset(), {}, "0", [
+        ("request_headers", ([], [], False)), ("request_headers", ([], [], True))]),
     ("loop", "misbehave", frozenset(), {"event_cpu_ms": 20}, "6", [("request_headers", ([], [], True))]),
     ("memory-cap", "grower", frozenset(), {"memory_bytes": 1 << 20}, "6", [
         ("request_headers", ([], [], True))]),
@@ -338,10 +350,10 @@ def _comparable(outcome: Outcome) -> Outcome:
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 async def test_both_tiers_agree(load: LoadFn, redact: Path, answer: Path, misbehave: Path, grower: Path,
-                                far_retptr: Path, case: tuple[Any, ...]) -> None:
+                                far_retptr: Path, post_return: Path, case: tuple[Any, ...]) -> None:
     _, plugin, grants, limits, config, steps = case
     path = {"redact": redact, "answer": answer, "misbehave": misbehave, "grower": grower,
-            "far": far_retptr}[plugin]
+            "far": far_retptr, "post": post_return}[plugin]
     results = {}
     for tier in ("microvm", "wasmtime"):
         p = await load(path, tier, grants=grants, config=config, **limits)
@@ -354,6 +366,9 @@ async def test_both_tiers_agree(load: LoadFn, redact: Path, answer: Path, misbeh
         assert results["microvm"][-1][1] is kind.get(case[0], FaultKind.DENIED)
     if case[0].startswith("misbehave-") and case[0][-1] in "12347":
         assert results["microvm"][-1][1] is FaultKind.ABI
+    if case[0] == "post-return":  # lifted before the post-return ran, which ran before the next hook
+        assert results["microvm"][1:] == [("decision", CONTINUE), (
+            "fault", FaultKind.ABI, "on-request-headers: decision tag 3 (0 continue, 1 modify, 2 respond)")]
 
 
 async def test_a_looping_hook_is_interrupted_and_the_runner_poisoned(load: LoadFn, misbehave: Path) -> None:
