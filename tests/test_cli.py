@@ -270,7 +270,13 @@ def _http_listener(name: str, policy: dict[str, Any], route_policy: dict[str, An
     ]
     ext_proc = {
         "@type": HTTP_EXT_PROC,
-        "processing_mode": {"request_header_mode": "SKIP"},
+        # redact wants the bodies: Envoy must send them (else check refuses the policy).
+        "processing_mode": {
+            "request_header_mode": "SKIP",
+            "response_header_mode": "SKIP",
+            "request_body_mode": "STREAMED",
+            "response_body_mode": "STREAMED",
+        },
         "grpc_service": {
             "envoy_grpc": {"cluster_name": "lightcell"},
             "initial_metadata": [{"key": "x-lightcell-listener", "value": name}],
