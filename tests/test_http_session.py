@@ -19,6 +19,7 @@ import vmm.wasmtime_tier as wt
 from extproc import http_protocol as hp
 from extproc import http_service, plugins
 from extproc.config import LightcellConfig
+from extproc.http_policy import FilterMode, HttpOptions
 from extproc.http_session import HttpSession, StreamReset, _body_decision
 from extproc.listener import FailureMode, HttpListener, ListenerPolicy, Protocol, TierChoice
 from extproc.server import LightcellServer
@@ -38,7 +39,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lightcell-http-session-cache")
 
 
-
 Load = Callable[..., Awaitable[HttpListener]]
 
 
@@ -52,10 +52,13 @@ async def load(cache: Path) -> AsyncIterator[Load]:
         failure: FailureMode = FailureMode.CLOSE,
         grants: frozenset[str] = frozenset(),
         name: str = "web",
+        http: HttpOptions | None = None,
     ) -> HttpListener:
         spec = SandboxSpec(name, str(plugin), Grants(grants), Limits(), plugin_config=config)
         factory = await wt.load_http(spec, cache)
-        policy = ListenerPolicy(name, spec, Tier.WASMTIME, failure, Protocol.HTTP, "test")
+        policy = ListenerPolicy(
+            name, spec, Tier.WASMTIME, failure, Protocol.HTTP, "test", http or HttpOptions()
+        )
         listener = HttpListener(policy, factory, KvStore(8, 64), TierChoice(Tier.WASMTIME, "test"))
         opened.append(listener)
         return listener
@@ -222,6 +225,90 @@ async def test_a_bad_header_is_refused_before_envoy_sees_it(load: Load, answer: 
     await session.aclose()
 
 
+async def test_failure_mode_close_answers_the_policys_close_status(
+    load: Load, built_plugins: dict[str, Path]
+) -> None:
+    listener = await load(built_plugins["redact"], "", http=HttpOptions(close_status=451))  # on-open traps
+    session = HttpSession(listener)
+    r = await reply(session, req_body(b"secret", eos=True))
+    assert r.immediate_response.status.code == 451
+    assert r.immediate_response.body == b"" and not r.HasField("request_body")  # nothing forwarded
+    assert await session.handle(resp_headers()) is None  # Envoy asks nothing more
+    await session.aclose()
+
+
+async def test_unwanted_phases_continue_without_entering_the_sandbox(
+    load: Load, built_plugins: dict[str, Path]
+) -> None:
+    """redact wants the bodies only; without a pattern its on-open traps at the first entry.
+    Headers (request and response) continue unchanged and fault nothing: nothing ran."""
+    metrics = Metrics()
+    session = HttpSession(await load(built_plugins["redact"], ""), metrics=metrics)
+    for request in (req_headers(), resp_headers()):
+        r = await reply(session, request)
+        which = r.WhichOneof("response")
+        assert which in ("request_headers", "response_headers")
+        common = getattr(r, which).response
+        assert common.status == pb.CommonResponse.CONTINUE and not common.HasField("header_mutation")
+    assert session.state == "filtering" and metrics.get("plugin_faults_total", listener="web") == 0
+    r = await reply(session, resp_body(b"x", eos=True))  # the first wanted hook: on-open runs and traps
+    assert r.immediate_response.status.code == 500
+    await session.aclose()
+
+
+BODIES_ONLY = FilterMode(response_headers=False, request_body=hp.BodyMode.STREAMED,
+                         response_body=hp.BodyMode.STREAMED)  # fmt: skip
+ALL_SEND = FilterMode(request_body=hp.BodyMode.STREAMED, response_body=hp.BodyMode.STREAMED,
+                      request_trailers=True, response_trailers=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "config", "override"),
+    [
+        # redact wants the bodies: skip the response headers and both trailers, keep the bodies.
+        (HttpOptions(modes=(ALL_SEND,), mode_override=True), None, (2, 1, 1, 2, 2)),
+        # BUFFERED response: its headers stay (the body hook may change them).
+        (HttpOptions(modes=(ALL_SEND,), mode_override=True), (STREAMED, BUFFERED), (1, 1, 2, 2, 2)),
+        # Bodies Envoy does not send are asked for, STREAMED.
+        (HttpOptions(modes=(FilterMode(),), mode_override=True), (0, 0), (2, 1, 1, 2, 2)),
+        # Nothing to change under the policy's one mode: no override.
+        (HttpOptions(modes=(BODIES_ONLY,), mode_override=True), None, None),
+        (HttpOptions(modes=(ALL_SEND,), mode_override=False), None, None),  # Envoy would ignore it
+        (HttpOptions(modes=(ALL_SEND,), mode_override=True), (4, 4), None),  # full duplex: never
+    ],
+)  # fmt: skip
+async def test_the_request_headers_reply_asks_envoy_for_the_plugins_phases(
+    load: Load,
+    built_plugins: dict[str, Path],
+    options: HttpOptions,
+    config: tuple[int, int] | None,
+    override: tuple[int, int, int, int, int] | None,
+) -> None:
+    session = HttpSession(await load(built_plugins["redact"], "pattern=secret", http=options))
+    r = await reply(session, req_headers(modes=config or (STREAMED, STREAMED)))
+    if override is None:
+        assert not r.HasField("mode_override")
+    else:
+        m = r.mode_override
+        got = (m.response_header_mode, m.request_body_mode, m.response_body_mode,
+               m.request_trailer_mode, m.response_trailer_mode)  # fmt: skip
+        assert got == override
+        assert m.request_header_mode == 0
+    await session.aclose()
+
+
+async def test_no_override_when_envoy_sends_bodies_without_waiting(
+    load: Load, built_plugins: dict[str, Path]
+) -> None:
+    options = HttpOptions(modes=(ALL_SEND,), mode_override=True)
+    session = HttpSession(await load(built_plugins["redact"], "pattern=secret", http=options))
+    request = req_headers()
+    request.protocol_config.send_body_without_waiting_for_header_response = True
+    r = await reply(session, request)
+    assert not r.HasField("mode_override")
+    await session.aclose()
+
+
 # --- the service over gRPC -------------------------------------------------------------------------
 
 
@@ -296,6 +383,28 @@ async def test_the_service_refuses_unknown_names(
     with contextlib.suppress(grpc.aio.AioRpcError):  # the refusal may beat the write
         await call.write(req_headers())
     assert await call.code() == code
+
+
+async def test_messages_out_of_turn_end_the_stream_non_ok(
+    served: tuple[LightcellServer, grpc.aio.Channel],
+) -> None:
+    """A peer that is not Envoy 1.40 (request headers twice, a message with no phase): the
+    stream ends INVALID_ARGUMENT, never OK (which would let the request through), and no
+    reply is sent for the message out of turn."""
+    _, channel = served
+    stub = pb_grpc.ExternalProcessorStub(channel)
+    again = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=_map([(":path", b"/x")])))
+    for second, why in ((again, "request headers out of order"), (pb.ProcessingRequest(), "no phase")):
+        call = stub.Process(metadata=_metadata("web"))
+        await call.write(req_headers())
+        first = await call.read()
+        assert first.HasField("request_headers")
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await call.write(second)
+        with pytest.raises(grpc.aio.AioRpcError):  # no reply to it: the stream ends
+            await call.read()
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert why in (await call.details() or "")
 
 
 async def test_a_fault_under_failure_mode_reset_ends_the_stream_non_ok(
