@@ -9,14 +9,16 @@ A plugin that is a core module, or a component wrapping one core module (C
 plugins), runs on the fast core path (_core.py); any other component
 (componentize-py) runs through the component API (_component.py).
 
-http-filter plugins (one sandbox per HTTP request), core path only so far:
+http-filter plugins (one sandbox per HTTP request), on the core path
+(_http_core.py) or, for any other component, the component path
+(_http_component.py):
 
     factory = await vmm.wasmtime_tier.load_http(spec)   # HttpFactory
     sandbox = await factory.new_sandbox(host)           # vmm.runner.HttpRunner
     await sandbox.open(listener, config)
     decision = await sandbox.request_headers(headers, attributes, end_of_stream)  # HttpDecision
     ... request_body / request_trailers / response_* ...; await sandbox.close()
-    factory.new_instance(host)                          # the synchronous HttpCoreInstance
+    factory.new_instance(host)                          # the synchronous HttpInstance
 """
 
 from __future__ import annotations
@@ -42,6 +44,6 @@ async def load(spec: SandboxSpec, cache: str | os.PathLike[str] | None = None) -
 
 
 async def load_http(spec: SandboxSpec, cache: str | os.PathLike[str] | None = None) -> HttpFactory:
-    """Load, check and compile an http-filter plugin (core module, or a component
-    wrapping one) and read its wanted phases. Raises PluginLoadError."""
+    """Load, check and compile an http-filter plugin (core module or component)
+    and read its wanted phases. Raises PluginLoadError."""
     return await asyncio.to_thread(load_http_sync, spec, Path(cache) if cache is not None else None)

@@ -15,15 +15,19 @@ functions that deny (log, count, trap) unless the listener grants `clock` /
 `random`, and wasi:sockets' socket constructors and `instance-network` are
 shadowed with functions that always deny, so no OS socket is ever created.
 One exception, needed by every componentize-py plugin: see STARTUP_RANDOM_BYTES.
+Other wasi: interfaces (wasi:http, imported by componentize-js output) link
+to stubs that deny when called (_component_stubs.py).
 
-list<u8> crosses the boundary through wasmtime-py's generic value conversion
-(element by element): correct, and slow for large chunks; the core path is the fast one.
+The data hooks' list<u8> (on-data here, bodies in _http_component.py) go
+through _component_bytes.py's fast conversion; the other arguments through
+wasmtime-py's generic one. ComponentInstanceBase is what both worlds share.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,15 +58,21 @@ from vmm.sandbox import FaultKind, PluginFault
 from vmm.wasmtime_tier import _budget, _context
 from vmm.wasmtime_tier._budget import CallBudget
 from vmm.wasmtime_tier._component_bytes import call, call_on_data, post_return
+from vmm.wasmtime_tier._component_stubs import UnlinkedImports
 from vmm.wasmtime_tier._context import CallContext, LineBuffer
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
-from vmm.wasmtime_tier._runner import InlineGate, WasmtimeInstance, new_identity
+from vmm.wasmtime_tier._runner import InlineGate, WasmtimeInstance, WasmtimeInstanceBase, new_identity
 
-__all__ = ["STARTUP_RANDOM_BYTES", "ComponentProgram", "ComponentSandbox", "component_capabilities"]
+__all__ = [
+    "STARTUP_RANDOM_BYTES", "ComponentInstanceBase", "ComponentProgram", "ComponentSandbox",
+    "component_capabilities",
+]
 
 T = TypeVar("T")
-_TYPES_INTERFACE = f"{WIT_PACKAGE.split('@')[0]}/types@{WIT_PACKAGE.split('@')[1]}"
+_PACKAGE, _VERSION = WIT_PACKAGE.split("@")
+_TYPE_INTERFACES = frozenset(f"{_PACKAGE}/{name}@{_VERSION}" for name in ("types", "http-types"))
+"""Interfaces of types only: importing one needs no grant."""
 _DIRECTIONS = {Direction.READ: "read", Direction.WRITE: "write"}
 _VERDICT_TAGS = {
     "pass": VerdictKind.PASS,
@@ -80,7 +90,7 @@ def component_capabilities(component: Component) -> tuple[frozenset[str], list[s
     for name in component.type.imports(engine()):
         if name in CAPABILITY_OF_MODULE:
             caps.add(CAPABILITY_OF_MODULE[name])
-        elif name != _TYPES_INTERFACE and not name.startswith("wasi:"):
+        elif name not in _TYPE_INTERFACES and not name.startswith("wasi:"):
             foreign.append(name)
     return frozenset(caps), foreign
 
@@ -225,6 +235,7 @@ class ComponentProgram:
     def __init__(self, component: Component) -> None:
         self.component = component
         self._gate = _WasiGate(component)
+        self._unlinked = UnlinkedImports(component)
         self._linkers: dict[frozenset[str], Linker] = {}
         self._lock = threading.Lock()
 
@@ -242,6 +253,7 @@ class ComponentProgram:
                             for name, fn in funcs.items():
                                 inst.add_func(name, _host_call(import_capability(iface, name), fn))
                 self._gate.define(linker, key)
+                self._unlinked.define(linker, _host_call)
                 self._linkers[key] = linker
             return linker
 
@@ -254,11 +266,20 @@ class ComponentProgram:
         return self._linker(capabilities).instantiate(store, self.component)
 
 
-class ComponentSandbox(WasmtimeInstance):
+class ComponentInstanceBase(WasmtimeInstanceBase):
+    """One component instance of either world: its Store (limits, WASI config),
+    calls into it with the budget set and failures classified, on-open (with
+    STARTUP_RANDOM_BYTES), on-close. Subclasses bind their world's hooks."""
+
     def __init__(
-        self, program: ComponentProgram, host: HostCapabilities, limits: Limits, gate: InlineGate
+        self,
+        program: ComponentProgram,
+        host: HostCapabilities,
+        limits: Limits,
+        gate: InlineGate,
+        kind: str = "component",
     ) -> None:
-        super().__init__(new_identity("component"), host, gate)
+        super().__init__(new_identity(kind), host, gate)
         self._program = program
         self._limits = limits
         self._ticks = deadline_ticks(limits.event_cpu_ms)
@@ -294,12 +315,19 @@ class ComponentSandbox(WasmtimeInstance):
             return f
 
         self._on_open = func(EXPORT_ON_OPEN)
-        self._on_data = func(EXPORT_ON_DATA)
         self._on_close = func(EXPORT_ON_CLOSE)
+        self._bind_exports(func)
+
+    @abstractmethod
+    def _bind_exports(self, func: Callable[[str], Any]) -> None:
+        """Look up the world's own hooks (`func(name)`: the export)."""
+
+    def _live_store(self) -> wasmtime.Store:
+        assert self._store is not None
+        return self._store
 
     def _guest_call(self, hook: str, call: Callable[[], T]) -> T:
-        store = self._store
-        assert store is not None
+        store = self._live_store()
         store.set_epoch_deadline(self._ticks)
         _context.enter(self._ctx)
         self._ctx.budget = CallBudget(self._budget_s)
@@ -318,8 +346,7 @@ class ComponentSandbox(WasmtimeInstance):
                     buf.flush()
 
     def _call(self, hook: str, f: Any, *args: Any) -> None:
-        store = self._store
-        assert store is not None
+        store = self._live_store()
 
         def run() -> None:
             call(f, store, *args)  # its own error, see _fastcall.py
@@ -327,16 +354,32 @@ class ComponentSandbox(WasmtimeInstance):
 
         self._guest_call(hook, run)
 
-    def _open_sync(self, listener: str, config: str) -> None:
+    def _with_startup_random(self, call: Callable[[], T]) -> T:
+        """Run the instance's first export call (see STARTUP_RANDOM_BYTES)."""
         self._ctx.startup_random = STARTUP_RANDOM_BYTES
         try:
-            self._call("on-open", self._on_open, listener, config)
+            return call()
         finally:
             self._ctx.startup_random = 0
 
+    def _open_sync(self, listener: str, config: str) -> None:
+        self._with_startup_random(lambda: self._call("on-open", self._on_open, listener, config))
+
+    def _close_sync(self) -> None:
+        self._call("on-close", self._on_close)
+
+    def _release_sync(self) -> None:
+        self._store = None
+
+
+class ComponentSandbox(ComponentInstanceBase, WasmtimeInstance):
+    """One TCP connection's tcp-filter component instance."""
+
+    def _bind_exports(self, func: Callable[[str], Any]) -> None:
+        self._on_data = func(EXPORT_ON_DATA)
+
     def _data_sync(self, event: DataEvent) -> Verdict:
-        store = self._store
-        assert store is not None
+        store = self._live_store()
         on_data = self._on_data
 
         def run() -> tuple[str, bytes | None]:
@@ -354,9 +397,3 @@ class ComponentSandbox(WasmtimeInstance):
         if kind is VerdictKind.REPLACE:
             return Verdict.replace(payload or b"")
         return Verdict.pass_() if kind is VerdictKind.PASS else Verdict(kind)
-
-    def _close_sync(self) -> None:
-        self._call("on-close", self._on_close)
-
-    def _release_sync(self) -> None:
-        self._store = None

@@ -1,4 +1,5 @@
-"""Fast list<u8> for the component path's on-data call (and nothing else).
+"""Fast list<u8> for the component path's data calls (on-data here; HTTP
+bodies and header values through _component_http_vals.py).
 
 wasmtime-py converts a list<u8> one element at a time through Python
 (ListType.convert_to_c / convert_from_c): ~2 ms for 1 KiB, ~120 ms for
@@ -26,7 +27,8 @@ read (wasmtime itself has lifted it already, within the component's memory cap).
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import wasmtime
 from wasmtime import _ffi as ffi
@@ -37,7 +39,10 @@ from vmm.contract import MAX_OUTPUT_BYTES, output_too_large
 from vmm.wasmtime_tier._fastcall import raise_failure
 from vmm.wasmtime_tier._faults import AbiViolation
 
-__all__ = ["call", "call_on_data", "post_return"]
+__all__ = [
+    "Lower", "call", "call_lowered", "call_on_data", "lift_bytes", "lower_bool", "lower_bytes", "lower_enum",
+    "post_return",
+]
 
 _VAL = ffi.wasmtime_component_val_t
 _SIZE = ctypes.sizeof(_VAL)
@@ -48,22 +53,50 @@ _KIND_VARIANT = ffi.WASMTIME_COMPONENT_VARIANT.value
 assert _VAL.kind.offset == 0 and _VAL.kind.size == 1  # the kind tag: one byte at offset 0
 
 
-def _lower_bytes(data: bytes, out: _VAL) -> None:
-    n = len(data)
-    raw = ffi.wasmtime_component_vallist_t()
-    ffi.wasmtime_component_vallist_new_uninit(ctypes.byref(raw), n)
-    if n:
-        image = bytearray(_SIZE * n)
-        image[0::_SIZE] = bytes((_KIND_U8,)) * n
-        image[_PAYLOAD::_SIZE] = data
-        ctypes.memmove(raw.data, (ctypes.c_char * len(image)).from_buffer(image), len(image))
-    out.kind = ffi.WASMTIME_COMPONENT_LIST
-    out.of.list = raw
+Lower = Callable[[_VAL], None]
+"""Fills one argument's value (a zeroed value: a valid `false` until then)."""
+R = TypeVar("R")
 
 
-def _lift_bytes(val: _VAL) -> bytes:
+def lower_bytes(data: bytes) -> Lower:
+    """A list<u8> argument, built with two strided copies."""
+
+    def lower(out: _VAL) -> None:
+        n = len(data)
+        raw = ffi.wasmtime_component_vallist_t()
+        ffi.wasmtime_component_vallist_new_uninit(ctypes.byref(raw), n)
+        if n:
+            image = bytearray(_SIZE * n)
+            image[0::_SIZE] = bytes((_KIND_U8,)) * n
+            image[_PAYLOAD::_SIZE] = data
+            ctypes.memmove(raw.data, (ctypes.c_char * len(image)).from_buffer(image), len(image))
+        out.kind = ffi.WASMTIME_COMPONENT_LIST
+        out.of.list = raw
+
+    return lower
+
+
+def lower_bool(value: bool) -> Lower:
+    def lower(out: _VAL) -> None:
+        out.kind = ffi.WASMTIME_COMPONENT_BOOL
+        out.of.boolean = value
+
+    return lower
+
+
+def lower_enum(case: str) -> Lower:
+    def lower(out: _VAL) -> None:
+        out.of.enumeration = ffi.str_to_capi(case)
+        out.kind = ffi.WASMTIME_COMPONENT_ENUM
+
+    return lower
+
+
+def lift_bytes(val: _VAL, what: str = "payload") -> bytes:
+    """A list<u8> value's bytes; over MAX_OUTPUT_BYTES is refused (AbiViolation)
+    before any is read."""
     if val.kind != _KIND_LIST:
-        raise wasmtime.WasmtimeError("verdict payload is not a list")
+        raise AbiViolation(f"{what} is not a list")
     n = val.of.list.size
     if n > MAX_OUTPUT_BYTES:  # before reading _SIZE * n bytes of values
         raise AbiViolation(output_too_large(n))
@@ -71,42 +104,48 @@ def _lift_bytes(val: _VAL) -> bytes:
         return b""
     image = ctypes.string_at(val.of.list.data, _SIZE * n)
     if image[0::_SIZE] != bytes((_KIND_U8,)) * n:
-        raise wasmtime.WasmtimeError("verdict payload is not a list<u8>")
+        raise AbiViolation(f"{what} is not a list<u8>")
     return image[_PAYLOAD::_SIZE]
+
+
+def call_lowered(func: Func, store: Storelike, lowers: Sequence[Lower], lift: Callable[[_VAL], R]) -> R:
+    """Call `func` with arguments built by `lowers`, its result read by `lift`
+    (before the result is freed). wasmtime type-checks the arguments; every
+    value is freed exactly once, whatever fails."""
+    n = len(lowers)
+    params = (_VAL * n)()  # zeroed: each a valid bool until lowered
+    result = _VAL()
+    try:
+        for i, lower in enumerate(lowers):
+            lower(params[i])
+        error = ffi.wasmtime_component_func_call(
+            ctypes.byref(func._func), store._context(), params, n, ctypes.byref(result), 1
+        )
+        if error:
+            raise_failure(error)
+        try:
+            return lift(result)
+        finally:
+            ffi.wasmtime_component_val_delete(ctypes.byref(result))
+    finally:
+        for i in range(n):
+            ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
+
+
+def _lift_verdict(result: _VAL) -> tuple[str, bytes | None]:
+    if result.kind != _KIND_VARIANT:
+        raise wasmtime.WasmtimeError("on-data did not return a variant")
+    case = ffi.to_str(result.of.variant.discriminant)
+    payload = result.of.variant.val
+    return case, (lift_bytes(payload.contents, "verdict payload") if payload else None)
 
 
 def call_on_data(
     func: Func, store: Storelike, direction: str, data: bytes, eos: bool
 ) -> tuple[str, bytes | None]:
     """Call on-data(direction, list<u8>, bool) -> verdict; returns (case, payload)."""
-    params = (_VAL * 3)()
-    lowered = 0
-    result = _VAL()
-    try:
-        params[0].kind = ffi.WASMTIME_COMPONENT_ENUM
-        params[0].of.enumeration = ffi.str_to_capi(direction)
-        lowered = 1
-        _lower_bytes(data, params[1])
-        lowered = 2
-        params[2].kind = ffi.WASMTIME_COMPONENT_BOOL
-        params[2].of.boolean = eos
-        lowered = 3
-        error = ffi.wasmtime_component_func_call(
-            ctypes.byref(func._func), store._context(), params, 3, ctypes.byref(result), 1
-        )
-        if error:
-            raise_failure(error)
-        try:
-            if result.kind != _KIND_VARIANT:
-                raise wasmtime.WasmtimeError("on-data did not return a variant")
-            case = ffi.to_str(result.of.variant.discriminant)
-            payload = result.of.variant.val
-            return case, (_lift_bytes(payload.contents) if payload else None)
-        finally:
-            ffi.wasmtime_component_val_delete(ctypes.byref(result))
-    finally:
-        for i in range(lowered):
-            ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
+    args = [lower_enum(direction), lower_bytes(data), lower_bool(eos)]
+    return call_lowered(func, store, args, _lift_verdict)
 
 
 def call(func: Func, store: Storelike, *params: Any) -> None:

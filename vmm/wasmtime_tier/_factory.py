@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import wasmtime
@@ -30,6 +30,8 @@ from vmm.wasmtime_tier._cache import cache_dir, compile_component, compile_modul
 from vmm.wasmtime_tier._component import ComponentProgram, component_capabilities
 from vmm.wasmtime_tier._core import CoreProgram, CoreSandbox
 from vmm.wasmtime_tier._engine import deadline_ticks, engine, ticker
+from vmm.wasmtime_tier._http_component import HttpComponentInstance, HttpComponentProgram, missing_exports
+from vmm.wasmtime_tier._http_component import read_phases as read_component_phases
 from vmm.wasmtime_tier._http_core import HttpCoreInstance, HttpCoreProgram, read_phases
 from vmm.wasmtime_tier._runner import InlineGate
 from vmm.wasmtime_tier._warm import WARM_INSTANCES, Unbound, WarmInstances
@@ -188,12 +190,14 @@ def _load_component(spec: SandboxSpec, data: bytes, directory: Path) -> Wasmtime
 
 
 class HttpFactory:
-    """A loaded http-filter plugin (core path): every new_sandbox() (one per HTTP
-    request) is a fresh Store and instance, created by its first wanted hook on
-    a worker thread under the CPU budget; grants are checked by the same host
-    functions as on the tcp-filter path."""
+    """A loaded http-filter plugin (core or component path): every new_sandbox()
+    (one per HTTP request) is a fresh Store and instance, created by its first
+    wanted hook on a worker thread under the CPU budget; grants are checked by
+    the same host functions as on the tcp-filter path."""
 
-    def __init__(self, spec: SandboxSpec, program: HttpCoreProgram, imports: frozenset[str]) -> None:
+    def __init__(
+        self, spec: SandboxSpec, program: HttpCoreProgram | HttpComponentProgram, imports: frozenset[str]
+    ) -> None:
         self.spec = spec
         self._program = program
         self._imports = imports
@@ -201,11 +205,15 @@ class HttpFactory:
         plugin = Path(spec.plugin_path).name.removesuffix(".wasm")
         self.inline_gate = InlineGate(spec.listener, plugin, spec.limits.event_cpu_ms)
         ticker.acquire()
-        self.warm = WarmInstances(
-            spec.listener,
-            lambda host: program.new_instance(host, spec.limits, self.inline_gate),
-            Unbound.for_spec(spec, plugin),
-        )
+        # Components are made per request: their Store's WASI setup and their
+        # linker depend on the request's grants, which an instance made ahead lacks.
+        self.warm: WarmInstances[HttpCoreInstance] | None = None
+        if isinstance(program, HttpCoreProgram):
+            self.warm = WarmInstances(
+                spec.listener,
+                lambda host: program.new_instance(host, spec.limits, self.inline_gate),
+                Unbound.for_spec(spec, plugin),
+            )
 
     @property
     def tier(self) -> str:
@@ -213,7 +221,8 @@ class HttpFactory:
 
     @property
     def path(self) -> str:
-        return "core"
+        """ "core" (canonical-ABI calls) or "component" (component API)."""
+        return "core" if isinstance(self._program, HttpCoreProgram) else "component"
 
     @property
     def imports(self) -> frozenset[str]:
@@ -224,13 +233,13 @@ class HttpFactory:
         """What the plugin's `wanted-phases` says (read once, at load)."""
         return self._program.phases
 
-    def new_instance(self, host: HostCapabilities) -> HttpCoreInstance:
+    def new_instance(self, host: HostCapabilities) -> HttpCoreInstance | HttpComponentInstance:
         """A fresh synchronous instance (vmm.runner.HttpInstance) for one request:
         one made ahead if ready (never used before), else made by its first hook."""
         if self._closed:
             raise RuntimeError("factory is closed")
-        instance = self.warm.take(host)
-        return instance or self._program.new_instance(host, self.spec.limits, self.inline_gate)
+        warm = self.warm.take(host) if self.warm is not None else None
+        return warm or self._program.new_instance(host, self.spec.limits, self.inline_gate)
 
     async def new_sandbox(self, host: HostCapabilities) -> HttpRunner:
         return HttpRunner(self.new_instance(host))
@@ -238,37 +247,58 @@ class HttpFactory:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await asyncio.to_thread(self.warm.stop)
+            if self.warm is not None:
+                await asyncio.to_thread(self.warm.stop)
             await asyncio.to_thread(ticker.release)
 
 
 def load_http_sync(spec: SandboxSpec, cache: Path | None = None) -> HttpFactory:
-    """Load an http-filter plugin: a core module, or a component wrapping one.
+    """Load an http-filter plugin: a core module, a component wrapping one (core
+    path), or any other component (componentize-py, componentize-js: component path).
 
-    The phases come from check_http_contract when `wanted-phases` is a
-    constant; otherwise `wanted-phases` is called once, here, in a throwaway
-    instance with no capabilities (a fault there, or bits outside the flags,
-    is a load error)."""
+    Core path: the phases come from check_http_contract when `wanted-phases` is
+    a constant. Otherwise (and always for components) `wanted-phases` is called
+    once, here, in a throwaway instance with no capabilities; a fault there, or
+    bits outside the flags, is a load error."""
     path = Path(spec.plugin_path)
-    _, _, core = _read(path)
-    if core is None:
-        raise PluginLoadError(
-            f"{path}: an http-filter component of many core modules (componentize-py, "
-            "componentize-js) does not run in the wasmtime tier yet; only core modules "
-            "and components wrapping one core module (C plugins) do"
-        )
+    data, kind, core = _read(path)
     directory = cache_dir(cache)
     with _loading(path):
+        if core is None:
+            assert kind is BinaryKind.COMPONENT
+            return _load_http_component(spec, data, directory)
         contract = check_http_contract(core)
         _check_start_memory(spec, contract.info)
         module = compile_module(engine(), core, directory)
         program = HttpCoreProgram(module, contract, contract.phases or HttpPhase(0))
         if contract.phases is None:
-            ticker.acquire()  # the call is budgeted like a hook: the epoch must tick
-            try:
-                program.phases = read_phases(program, spec)
-            except PluginFault as e:
-                raise PluginLoadError(f"{path}: wanted-phases failed at load: {e}") from e
-            finally:
-                ticker.release()
+            program.phases = _phases_at_load(path, lambda: read_phases(program, spec))
         return HttpFactory(spec, program, contract.capabilities)
+
+
+def _phases_at_load(path: Path, read: Callable[[], HttpPhase]) -> HttpPhase:
+    ticker.acquire()  # the call is budgeted like a hook: the epoch must tick
+    try:
+        return read()
+    except PluginFault as e:
+        raise PluginLoadError(f"{path}: wanted-phases failed at load: {e}") from e
+    finally:
+        ticker.release()
+
+
+def _load_http_component(spec: SandboxSpec, data: bytes, directory: Path) -> HttpFactory:
+    component = compile_component(engine(), data, directory)
+    imports, foreign = component_capabilities(component)
+    if foreign:
+        raise PluginLoadError(
+            f"{spec.plugin_path}: imports outside the contract and WASI 0.2: {', '.join(foreign)}"
+        )
+    missing = missing_exports(component)
+    if missing:
+        raise PluginLoadError(
+            f"{spec.plugin_path}: not an http-filter component: no export {', '.join(map(repr, missing))}"
+        )
+    program = HttpComponentProgram(ComponentProgram(component), HttpPhase(0))
+    # Instantiating runs start code: linking errors and start traps surface here, at load.
+    program.phases = _phases_at_load(Path(spec.plugin_path), lambda: read_component_phases(program, spec))
+    return HttpFactory(spec, program, imports)
