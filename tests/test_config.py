@@ -13,6 +13,8 @@ import yaml
 
 from extproc import plugins
 from extproc.config import ConfigError, load_config
+from extproc.http_policy import FilterMode
+from extproc.http_protocol import BodyMode
 from extproc.listener import FailureMode, Protocol
 from vmm.policy import EgressTarget, Tier
 
@@ -841,6 +843,26 @@ BAD_HTTP: dict[str, tuple[Mutation, list[str]]] = {
         ["'web'", "http_filters[0] (other).grpc_service.initial_metadata", "'ghost'"],
     ),
     "network_and_http_ext_proc": (_add_network_ext_proc, ["'web'", "filter_chains", "both", "two listeners"]),
+    "close_status_below_200": (
+        lambda d: _listener_policy(d).update(close_status=199),
+        ["'web'", "metadata.filter_metadata.lightcell.close_status", "from 200 to 599", "199"],
+    ),
+    "close_status_not_a_number": (
+        lambda d: _listener_policy(d).update(close_status="503"),
+        ["'web'", "lightcell.close_status", "whole number", "'503'"],
+    ),
+    "close_status_bool": (
+        lambda d: _listener_policy(d).update(close_status=True),
+        ["'web'", "lightcell.close_status", "whole number"],
+    ),
+    "route_close_status_over_599": (
+        lambda d: _routes(d)[0]["metadata"]["filter_metadata"]["lightcell"].update(close_status=600),
+        ["route 'api'", f"{ROUTE0}.metadata.filter_metadata.lightcell.close_status", "600"],
+    ),
+    "max_header_bytes_too_small": (
+        lambda d: _listener_policy(d).update(max_header_bytes=10),
+        ["'web'", "lightcell.max_header_bytes", "from 1024 to 8388608", "10"],
+    ),
     "envoy_schema_in_a_route": (
         _override(0, grpc_service_typo=1),
         ["not a valid Envoy bootstrap", "grpc_service_typo"],
@@ -860,6 +882,41 @@ def test_bad_http_config(httpdir: Path, case: str) -> None:
     assert message.startswith(f"{path}:"), message
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_http_keys_on_a_tcp_listener_are_an_error(confdir: Path) -> None:
+    path = write(confdir, bootstrap(listener("edge", {**GOOD_POLICY, "close_status": 503})), "bad.yaml")
+    with pytest.raises(ConfigError, match="close_status: only an HTTP policy"):
+        load_config(path)
+
+
+def test_http_policy_keys_and_filter_modes(httpdir: Path) -> None:
+    """close_status / max_header_bytes (defaults 500 / 60 KiB), every processing mode a policy's
+    streams may arrive under (the filter's, or a route's override replacing it whole), and
+    whether Envoy would apply a mode_override (allow_mode_override, no allow-list, bodies not
+    sent without waiting)."""
+    doc = http_doc(close_status=451, max_header_bytes=2048)
+    _http_ext_proc(allow_mode_override=True)(doc)
+    _override(0, processing_mode={"request_body_mode": "BUFFERED", "response_trailer_mode": "SEND"})(doc)
+    config = load_config(write(httpdir, doc))
+    web, api = config.http_listeners["web"].http, config.routes["web/api"].http
+    assert (web.close_status, web.max_header_bytes) == (500, 60 * 1024)
+    assert (api.close_status, api.max_header_bytes) == (451, 2048)
+    filter_mode = FilterMode(request_body=BodyMode.STREAMED)
+    assert web.modes == (filter_mode,) and web.mode_override
+    # api: its own route's override, and `static`, which selects it without one.
+    assert set(api.modes) == {FilterMode(request_body=BodyMode.BUFFERED, response_trailers=True), filter_mode}
+    assert api.mode_override
+    for blocker in (
+        {"allowed_override_modes": [{"request_body_mode": "STREAMED"}]},
+        {"send_body_without_waiting_for_header_response": True},
+        {"allow_mode_override": False},
+    ):
+        doc = http_doc()
+        _http_ext_proc(**{"allow_mode_override": True, **blocker})(doc)
+        config = load_config(write(httpdir, doc))
+        assert not config.http_listeners["web"].http.mode_override, blocker
+        assert not config.routes["web/api"].http.mode_override, blocker
 
 
 def test_a_route_policy_on_a_tcp_listener_is_an_error(httpdir: Path) -> None:
