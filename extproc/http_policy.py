@@ -94,7 +94,7 @@ def _body_mode(value: Any) -> BodyMode | None:
         return BodyMode.NONE
     if isinstance(value, str):
         return BodyMode.__members__.get(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value in iter(BodyMode):
+    if isinstance(value, int) and not isinstance(value, bool) and value in {m.value for m in BodyMode}:
         return BodyMode(value)
     return None
 

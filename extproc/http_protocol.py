@@ -158,7 +158,7 @@ class BodyMode(enum.IntEnum):
 
 
 class HeaderMode(enum.IntEnum):
-    """ProcessingMode.HeaderSendMode: DEFAULT means SEND for headers, SKIP for trailers (in an override too)."""
+    """ProcessingMode.HeaderSendMode: DEFAULT is SEND for headers, SKIP for trailers (overrides too)."""
 
     DEFAULT = 0
     SEND = 1

@@ -326,8 +326,10 @@ async def _body_decision(
                 outputs.append(decision.body)
                 total += len(decision.body)
                 if total > limit:  # refused as it grows, not after holding it all
-                    raise PluginFault(FaultKind.ABI, f"{HTTP_HOOKS[_PHASES[(event.side, event.kind)]]}: "
-                                      f"{output_too_large(total)}")
+                    raise PluginFault(
+                        FaultKind.ABI,
+                        f"{HTTP_HOOKS[_PHASES[(event.side, event.kind)]]}: {output_too_large(total)}",
+                    )
                 continue
         outputs.append(piece)
         total += len(piece)

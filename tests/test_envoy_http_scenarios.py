@@ -173,7 +173,7 @@ class Upstream:
                     (k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in lines[1:] if h)
                 ]
                 found = dict(headers)
-                body, trailers = b"", []
+                body, trailers = b"", list[tuple[str, str]]()
                 if "content-length" in found:
                     body = await reader.readexactly(int(found["content-length"]))
                     self.raw += body
