@@ -174,12 +174,17 @@ class Upstream:
                 ]
                 found = dict(headers)
                 body, trailers = b"", list[tuple[str, str]]()
+                if path.startswith("/early"):  # answer before reading the request body
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                    await writer.drain()
                 if "content-length" in found:
                     body = await reader.readexactly(int(found["content-length"]))
                     self.raw += body
                 elif found.get("transfer-encoding", "").lower() == "chunked":
                     body, trailers = await _read_chunked(reader, self.raw)
                 self.seen.append(Seen(path, headers, body, trailers))
+                if path.startswith("/early"):
+                    continue
                 writer.write(_answer(path, body))
                 await writer.drain()
         writer.close()
@@ -650,6 +655,36 @@ async def _log_with(stack: Stack, mark: int, text: str) -> str:
     while text not in (log := log_since(stack, mark)):
         await asyncio.sleep(0.05)
     return log
+
+
+async def test_streamed_request_chunks_interleave_with_the_response(stack: Stack) -> None:
+    """STREAMED: the upstream answers before the request body is over, so Envoy sends the
+    response headers and body between request body chunks; each gets its one reply."""
+    mark = len(stack.lightcell.log())
+    path = stack.path("/early")
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port("streamed"))
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n"
+        "x-knobs: rqb.body=upper,rsb.body=upper\r\n\r\n"
+    )
+    writer.write(head.encode() + b"6\r\nfirst \r\n")
+    await writer.drain()
+    reply = await asyncio.wait_for(_read_reply(reader), IO_TIMEOUT)  # while the request is still open
+    assert (reply.status, reply.body) == (200, b"EARLY"), stack.diagnose()
+    await _log_with(stack, mark, "policy=streamed response body")
+    with contextlib.suppress(ConnectionError):
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+    lines = [
+        line.split("policy=streamed ")[1].split(" end_of_stream")[0]
+        for line in log_since(stack, mark).splitlines()
+        if "policy=streamed " in line
+    ]
+    assert lines[:4] == ["request headers", "request body", "response headers", "response body"], lines
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    assert "Traceback" not in stack.lightcell.log()
 
 
 # --- trailers ------------------------------------------------------------------------------------
