@@ -104,8 +104,14 @@ class HttpSession:
         self._metrics = metrics
         options = listener.policy.http
         self._close_status = options.close_status
+        # Envoy 1.40 states the body modes in the first message (protocol_config); until then,
+        # the policy's one known mode, if it has only one.
+        known = options.modes[0] if len(options.modes) == 1 else None
         self._stream = hp.HttpStream(
-            allow_mode_override=options.mode_override, max_header_bytes=options.max_header_bytes
+            request_body_mode=known.request_body if known else hp.BodyMode.NONE,
+            response_body_mode=known.response_body if known else hp.BodyMode.NONE,
+            allow_mode_override=options.mode_override,
+            max_header_bytes=options.max_header_bytes,
         )
         self._state = _State.FILTERING
         self._sandbox: HttpRunner | None = None
@@ -221,6 +227,8 @@ class HttpSession:
         if not (isinstance(event, hp.HeadersEvent) and event.side is hp.Side.REQUEST):
             return None
         config = self._stream.protocol_config
+        if config is None and len(self.listener.policy.http.modes) != 1:
+            return None  # the body modes in force are unknown: an override could switch one off
         if self._sandbox is None or (config and config.send_body_without_waiting_for_header_response):
             return None
         return override_for(

@@ -297,6 +297,28 @@ async def test_the_request_headers_reply_asks_envoy_for_the_plugins_phases(
     await session.aclose()
 
 
+async def test_without_protocol_config_the_policys_one_mode_gives_the_body_modes(
+    load: Load, built_plugins: dict[str, Path]
+) -> None:
+    buffered = FilterMode(
+        request_body=hp.BodyMode.BUFFERED, response_body=hp.BodyMode.BUFFERED, response_trailers=True
+    )
+    for modes, override in (((buffered,), (1, 2, 2, 2, 2)), ((buffered, ALL_SEND), None)):
+        options = HttpOptions(modes=modes, mode_override=True)
+        session = HttpSession(await load(built_plugins["redact"], "pattern=secret", http=options))
+        request = req_headers()
+        request.ClearField("protocol_config")
+        r = await reply(session, request)
+        if override is None:  # which mode applies is unknown: no override that could drop a body
+            assert not r.HasField("mode_override")
+        else:
+            m = r.mode_override
+            got = (m.response_header_mode, m.request_body_mode, m.response_body_mode,
+                   m.request_trailer_mode, m.response_trailer_mode)  # fmt: skip
+            assert got == override
+        await session.aclose()
+
+
 async def test_no_override_when_envoy_sends_bodies_without_waiting(
     load: Load, built_plugins: dict[str, Path]
 ) -> None:
