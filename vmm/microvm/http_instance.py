@@ -204,9 +204,18 @@ class MicroVmHttpInstance(MicroVmInstanceBase):
             raise PluginFault(FaultKind.ABI, f"{hook}: a body replacement from a headers or trailers hook")
         return decision.with_metadata(self._host.take_metadata())
 
+    def _hook_of(self, op: abi.Op) -> str:
+        return self._hook if op is abi.Op.HTTP else _OP_HOOK.get(op, op.name.lower())
+
     def _fault(self, fault: VmFault, op: abi.Op) -> PluginFault:
-        hook = self._hook if op is abi.Op.HTTP else _OP_HOOK.get(op, op.name.lower())
-        return http_fault(fault, hook, self._lease.vm.template.layout.memory_cap, self._budget_s)
+        return http_fault(fault, self._hook_of(op), self._lease.vm.template.layout.memory_cap, self._budget_s)
+
+    def _check_deadline(self, op: abi.Op, token_hit: bool) -> None:
+        try:
+            super()._check_deadline(op, token_hit)
+        except PluginFault as e:  # the deadline fired as the guest answered: the same words
+            raise PluginFault(e.kind, f"{self._hook_of(op)}: CPU budget of {self._budget_s * 1000:.0f} ms "
+                                      "exhausted") from None
 
 
 def _headers(headers: Sequence[Header]) -> bytes:
