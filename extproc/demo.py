@@ -1,13 +1,15 @@
 """`lightcell demo [--once]`: the whole thing on loopback, with sample traffic.
 
-Builds the example plugins, starts a TCP echo server (the "protected
-upstream"), `lightcell serve` and the real Envoy with envoy-config/demo.yaml,
-sends sample traffic through every demo listener and prints what each plugin
-did. With --once it then shuts everything down; otherwise it keeps running
-(try `nc 127.0.0.1 <port>`) until Ctrl-C.
+Builds the example plugins, starts a TCP echo server and an HTTP echo server
+(the "protected upstreams"), `lightcell serve` and the real Envoy with
+envoy-config/demo.yaml, sends sample traffic through every demo listener (TCP
+connections, and an HTTP request through the HTTP listener) and prints what
+each plugin did. With --once it then shuts everything down; otherwise it keeps
+running (try `nc 127.0.0.1 <port>`, or `curl -d ... http://127.0.0.1:<port>/`
+for the HTTP listener) until Ctrl-C.
 
 demo.yaml stays a readable, working example; the demo renders a copy with a
-temporary socket path, the echo server's real port, absolute plugin paths and
+temporary socket path, the echo servers' real ports, absolute plugin paths and
 (if the file's ports are taken) free listener ports.
 """
 
@@ -20,7 +22,10 @@ import signal
 import socket
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +39,14 @@ from extproc.harness import (
     Upstream,
     write_config,
 )
+from extproc.harness.http_upstream import HttpEcho
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "envoy-config" / "demo.yaml"
 ECHO_CLUSTER = "echo"
+HTTP_ECHO_CLUSTER = "http_echo"
+HTTP_LISTENERS = ("redact",)
+"""The demo's HTTP listeners (the others are TCP): printed with a curl line."""
 IO_TIMEOUT = 20.0
 
 
@@ -51,9 +60,9 @@ def _port_free(port: int) -> bool:
 
 
 def render_demo_config(
-    source: Path, socket_path: Path, echo_port: int, any_port: bool = False
+    source: Path, socket_path: Path, echo_port: int, any_port: bool = False, http_echo_port: int | None = None
 ) -> dict[str, Any]:
-    """demo.yaml with the runtime's socket, echo port, absolute plugin paths, free ports.
+    """demo.yaml with the runtime's socket, echo ports, absolute plugin paths, free ports.
 
     The listeners keep the file's ports unless `any_port` or one of them is taken.
     """
@@ -76,6 +85,8 @@ def render_demo_config(
             endpoint["address"] = {"pipe": {"path": str(socket_path)}}
         elif cluster["name"] == ECHO_CLUSTER:
             endpoint["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": echo_port}}
+        elif cluster["name"] == HTTP_ECHO_CLUSTER and http_echo_port is not None:
+            endpoint["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": http_echo_port}}
     return config
 
 
@@ -125,6 +136,14 @@ class Client:
         return bytes(got), "connection closed (FIN)"
 
 
+@dataclass(frozen=True)
+class Upstreams:
+    """The protected upstreams the scenarios check: what reached them."""
+
+    echo: Upstream
+    http: HttpEcho
+
+
 def _line(label: str, value: object) -> None:
     print(f"    {label:<22} {value!r}" if isinstance(value, bytes) else f"    {label:<22} {value}")
 
@@ -134,7 +153,8 @@ async def _upstream_saw(echo: Upstream, index: int) -> bytes:
     return bytes(echo.received[index])
 
 
-async def demo_rewrite(port: int, echo: Upstream) -> bool:
+async def demo_rewrite(port: int, ups: Upstreams) -> bool:
+    echo = ups.echo
     index = len(echo.received)
     c = await Client.open(port)
     sent = b"hello from the client\n"
@@ -152,7 +172,7 @@ async def demo_rewrite(port: int, echo: Upstream) -> bool:
     )
 
 
-async def demo_counter(port: int, echo: Upstream) -> bool:
+async def demo_counter(port: int, ups: Upstreams) -> bool:
     replies = []
     for i in range(3):
         c = await Client.open(port)
@@ -165,7 +185,8 @@ async def demo_counter(port: int, echo: Upstream) -> bool:
     return len(numbers) == 3 and all(b"chunk 1]" in r for r in replies)
 
 
-async def demo_fail_closed(port: int, echo: Upstream) -> bool:
+async def demo_fail_closed(port: int, ups: Upstreams) -> bool:
+    echo = ups.echo
     index = len(echo.received)
     c = await Client.open(port)
     first = await c.send(b"chunk one\n", len(b"chunk one\n"))
@@ -177,7 +198,8 @@ async def demo_fail_closed(port: int, echo: Upstream) -> bool:
     return saw == b"chunk one\n" and ended == (b"", "connection closed (FIN)")
 
 
-async def demo_denied(port: int, echo: Upstream) -> bool:
+async def demo_denied(port: int, ups: Upstreams) -> bool:
+    echo = ups.echo
     index = len(echo.received)
     c = await Client.open(port)
     ended = await c.send_until_end(b"probe wants kv\n")
@@ -187,11 +209,37 @@ async def demo_denied(port: int, echo: Upstream) -> bool:
     return saw == b"" and ended == (b"", "connection reset (RST)")
 
 
-SCENARIOS: dict[str, Callable[[int, Upstream], Awaitable[bool]]] = {
+def _post(url: str, body: bytes) -> tuple[int, bytes, str | None]:
+    """(status, body, x-lightcell-redacted) of one POST (a 5xx is an answer too)."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "text/plain"})
+    try:
+        with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as reply:
+            return reply.status, reply.read(), reply.headers.get("x-lightcell-redacted")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("x-lightcell-redacted")
+
+
+REDACT_SENT = b"my secret is secret, keep it secret\n"
+REDACT_MASKED = b"my ****** is ******, keep it ******\n"
+
+
+async def demo_redact(port: int, ups: Upstreams) -> bool:
+    index = len(ups.http.requests)
+    status, got, redacted = await asyncio.to_thread(_post, f"http://127.0.0.1:{port}/demo", REDACT_SENT)
+    saw = ups.http.requests[index][2] if len(ups.http.requests) > index else None
+    _line("client sent (POST)", REDACT_SENT)
+    _line("upstream received", saw)
+    _line("client got back", f"HTTP {status} {got!r}")
+    _line("x-lightcell-redacted", redacted)
+    return saw == REDACT_MASKED and (status, got, redacted) == (200, REDACT_MASKED, "3")
+
+
+SCENARIOS: dict[str, Callable[[int, Upstreams], Awaitable[bool]]] = {
     "rewrite": demo_rewrite,
     "counter": demo_counter,
     "fail_closed": demo_fail_closed,
     "denied": demo_denied,
+    "redact": demo_redact,
 }
 
 
@@ -232,8 +280,8 @@ async def run(once: bool, source: Path, any_port: bool = False) -> int:
     with tempfile.TemporaryDirectory(prefix="lightcell-demo-") as tmp:
         workdir = Path(tmp)
         socket_path = workdir / "lightcell.sock"
-        async with Upstream() as echo:
-            config = render_demo_config(source, socket_path, echo.port, any_port)
+        async with Upstream() as echo, HttpEcho() as http_echo:
+            config = render_demo_config(source, socket_path, echo.port, any_port, http_echo.port)
             config_path = write_config(config, workdir / "demo.yaml")
             print("starting lightcell serve and envoy ...", flush=True)
             lightcell = LightcellProcess(config_path, socket_path, workdir / "lightcell.log")
@@ -241,29 +289,36 @@ async def run(once: bool, source: Path, any_port: bool = False) -> int:
             try:
                 await lightcell.start()
                 await envoy.start()
-                ok = await _traffic(envoy, echo, _describe(config, lightcell.tiers()))
+                ok = await _traffic(envoy, Upstreams(echo, http_echo), _describe(config, lightcell.tiers()))
                 if not ok:
                     print("\nlightcell log (tail):\n" + "\n".join(lightcell.log().splitlines()[-20:]))
                 if once:
                     return 0 if ok else 1
-                ports = ", ".join(f"{n}=127.0.0.1:{p}" for n, p in envoy.ports.items())
-                print(f"\nrunning: {ports} (echo upstream). Ctrl-C to stop.", flush=True)
+                tcp = ", ".join(
+                    f"{n}=127.0.0.1:{p}" for n, p in envoy.ports.items() if n not in HTTP_LISTENERS
+                )
+                print(f"\nrunning: TCP {tcp} (echo upstream)", flush=True)
+                for name in HTTP_LISTENERS:
+                    if name in envoy.ports:
+                        url = f"http://127.0.0.1:{envoy.ports[name]}/"
+                        print(f"         HTTP {name}={url} (HTTP echo upstream): curl -d 'a secret' {url}")
+                print("Ctrl-C to stop.", flush=True)
                 await _wait_for_ctrl_c()
                 return 0
             finally:
                 await envoy.stop()
                 await lightcell.stop()
-                print("stopped envoy, lightcell and the echo upstream.")
+                print("stopped envoy, lightcell and the echo upstreams.")
 
 
-async def _traffic(envoy: EnvoyProcess, echo: Upstream, described: dict[str, str]) -> bool:
+async def _traffic(envoy: EnvoyProcess, ups: Upstreams, described: dict[str, str]) -> bool:
     all_ok = True
     for name, scenario in SCENARIOS.items():
         if name not in envoy.ports:
             continue
         print(f"\n[{name}] 127.0.0.1:{envoy.ports[name]}  {described.get(name, '')}")
         try:
-            ok = await scenario(envoy.ports[name], echo)
+            ok = await scenario(envoy.ports[name], ups)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             _line("error", f"{type(exc).__name__}: {exc}")
             ok = False

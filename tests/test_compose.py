@@ -54,7 +54,7 @@ def _pipe_paths(config: dict[str, Any]) -> list[str]:
 
 def test_services_volumes_devices(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"envoy", "lightcell", "echo"} <= set(services)
+    assert {"envoy", "lightcell", "echo", "http_echo"} <= set(services)
     assert services["envoy"]["image"] == "envoyproxy/envoy:v1.40-latest"
     assert services["lightcell"]["build"]["dockerfile"] == "Dockerfile"
     assert "/dev/kvm:/dev/kvm" in services["lightcell"]["devices"]
@@ -71,6 +71,29 @@ def test_echo_service_runs_an_installed_module(compose: dict[str, Any]) -> None:
     module = entry[2]
     assert module.split(".")[0] in ("extproc", "vmm"), module  # pyproject's installed packages
     assert importlib.util.find_spec(f"{module}.__main__") is not None, module
+
+
+def test_http_echo_service_runs_an_installed_module(compose: dict[str, Any]) -> None:
+    entry = compose["services"]["http_echo"]["entrypoint"]
+    assert entry[:2] == ["python", "-m"]
+    module = entry[2]
+    assert module.split(".")[0] in ("extproc", "vmm"), module
+    assert importlib.util.find_spec(module) is not None, module
+
+
+def test_upstream_clusters_name_compose_services_and_their_ports(compose: dict[str, Any]) -> None:
+    """Every DNS cluster of compose.yaml is a compose service listening on the cluster's port."""
+    config = _envoy_config(ROOT / "envoy-config" / "compose.yaml")
+    services = compose["services"]
+    dns = [c for c in config["static_resources"]["clusters"] if c["type"] == "STRICT_DNS"]
+    assert {c["name"] for c in dns} == {"echo", "http_echo"}
+    for cluster in dns:
+        (group,) = cluster["load_assignment"]["endpoints"]
+        (endpoint,) = group["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        entry = services[address["address"]]["entrypoint"]
+        assert int(_flag(entry, "--port")) == address["port_value"], cluster["name"]
+        assert _flag(entry, "--host") == "0.0.0.0", cluster["name"]  # reachable from Envoy's container
 
 
 def test_socket_path_agrees_everywhere(compose: dict[str, Any]) -> None:
@@ -99,6 +122,29 @@ def test_published_ports_are_listeners(compose: dict[str, Any]) -> None:
     }
     published = {int(p.rsplit(":", 1)[1]) for p in compose["services"]["envoy"]["ports"]}
     assert published and published <= listener_ports
+    assert all(p.startswith("127.0.0.1:") for p in compose["services"]["envoy"]["ports"])  # loopback only
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "demo.yaml"])
+def test_an_http_listener_is_published_next_to_the_tcp_ones(compose: dict[str, Any], name: str) -> None:
+    """compose and the demo both show HTTP: a listener with an HTTP connection manager whose
+    ext_proc filter names it to Lightcell, with a policy of its own."""
+    config = _envoy_config(ROOT / "envoy-config" / name)
+    http = [
+        lst for lst in config["static_resources"]["listeners"]
+        if lst["filter_chains"][0]["filters"][0]["name"] == "envoy.filters.network.http_connection_manager"
+    ]  # fmt: skip
+    assert [lst["name"] for lst in http] == ["redact"]
+    (lst,) = http
+    assert _policy(lst)["plugin"].endswith("redact.wasm")
+    manager = lst["filter_chains"][0]["filters"][0]["typed_config"]
+    ext_proc = manager["http_filters"][0]["typed_config"]
+    names_it = [{"key": "x-lightcell-listener", "value": "redact"}]
+    assert ext_proc["grpc_service"]["initial_metadata"] == names_it
+    assert ext_proc["failure_mode_allow"] is False
+    if name == "compose.yaml":
+        port = lst["address"]["socket_address"]["port_value"]
+        assert f"127.0.0.1:{port}:{port}" in compose["services"]["envoy"]["ports"]
 
 
 def _stages(text: str) -> list[list[str]]:

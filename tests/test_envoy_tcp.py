@@ -585,7 +585,8 @@ def test_bad_config_rejected_with_clear_message(
 
 
 def test_demo_once_runs_every_scenario() -> None:
-    """`lightcell demo --once`: its own Envoy + Lightcell + echo; exits 0 only if every scenario behaved."""
+    """`lightcell demo --once`: its own Envoy + Lightcell + TCP and HTTP echo servers; exits 0 only
+    if every scenario behaved."""
     result = subprocess.run(
         [*lightcell_command(), "demo", "--once", "--any-port"],
         capture_output=True,
@@ -595,9 +596,13 @@ def test_demo_once_runs_every_scenario() -> None:
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert out.count("-> as expected") == 4, out
+    assert out.count("-> as expected") == 5, out  # four TCP listeners and the HTTP one
     assert "URYYB SEBZ GUR PYVRAG" in out
-    assert "stopped envoy, lightcell and the echo upstream." in out
+    # The HTTP listener: redact masked the request body, the echo sent it back, and the
+    # plugin's response header counted the three.
+    assert "upstream received      b'my ****** is ******, keep it ******\\n'" in out, out
+    assert "x-lightcell-redacted   3" in out
+    assert "stopped envoy, lightcell and the echo upstreams." in out
     # Each listener's line shows the tier serve chose, never the policy's "auto".
     assert "tier=auto" not in out and "tier=?" not in out
     assert "counter.wasm" in out and "tier=wasmtime" in out  # a componentize-py component
