@@ -760,6 +760,9 @@ async def test_mode_override_skips_phases_the_plugin_does_not_want(stack: Stack,
         for what in ("response headers", "request trailers", "response trailers")
     )
     assert arrived == (0 if listener == "ovr" else 3), log
+    # serve warned at start-up where Lightcell cannot skip them.
+    warned = f"listener {listener!r} metadata.filter_metadata.lightcell: Envoy sends request headers, "
+    assert (warned in stack.lightcell.log()) == (listener == "noovr")
 
 
 async def test_mode_override_asks_for_a_body_envoy_does_not_send(stack: Stack) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from extproc import plugins
+from extproc import cli, plugins
 from extproc.config import ConfigError, LightcellConfig
 from extproc.http_policy import FilterMode, HttpOptions, override_for, parse_mode, phase_problems, sent_phases
 from extproc.http_protocol import BodyMode, HeaderMode
@@ -133,3 +134,34 @@ async def test_load_refuses_a_wanted_phase_envoy_never_sends_and_warns_for_ignor
     bad = LightcellConfig(tmp_path / "envoy.yaml", {}, http_listeners={"web": policy("web", (FilterMode(),))})
     with pytest.raises(ConfigError, match="listener 'web': the plugin wants request body, response body"):
         await plugins.load_http_all(bad)
+
+
+def _example(tmp_path: Path, built_plugins: dict[str, Path], edit: dict[str, str]) -> Path:
+    """envoy-config/http.yaml copied with its plugin beside it, some lines replaced."""
+    text = (Path(__file__).resolve().parent.parent / "envoy-config" / "http.yaml").read_text()
+    for old, new in edit.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "plugins" / "examples" / "build").mkdir(parents=True)
+    shutil.copy(built_plugins["redact"], tmp_path / "plugins" / "examples" / "build" / "redact.wasm")
+    (tmp_path / "envoy-config").mkdir()
+    path = tmp_path / "envoy-config" / "http.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_check_prints_phase_warnings_and_refuses_missing_phases(
+    tmp_path: Path, built_plugins: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    def check(where: str, edit: dict[str, str]) -> int:
+        return cli.main(["check", "--envoy-config", str(_example(tmp_path / where, built_plugins, edit))])
+
+    no_override = {"allow_mode_override: true": "allow_mode_override: false"}
+    assert check("a", {}) == 0
+    assert "warning:" not in capsys.readouterr().out  # Lightcell skips what redact does not want
+    assert check("b", no_override) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and all("Envoy sends request headers under" in w for w in warnings), warnings
+    no_bodies = {**no_override, "request_body_mode: STREAMED": "request_body_mode: NONE"}
+    assert check("c", no_bodies) == 1
+    assert "the plugin wants request body, which Envoy never sends" in capsys.readouterr().err
