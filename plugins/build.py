@@ -9,10 +9,10 @@ CLI:
 
 Outputs in out_dir (default plugins/examples/build/, gitignored):
     <name>.wasm       the plugin: a component for rewrite/probe/faulty/counter
-                      (world tcp-filter) and redact (world http-filter);
+                      (world tcp-filter) and redact/guard (world http-filter);
                       for wasi-log a bare core module (it imports wasi_snapshot_preview1)
     <name>.core.wasm  the stripped core module (C plugins only)
-Each plugin is rebuilt only when the content hash of its sources, the C SDK,
+Each plugin is rebuilt only when the content hash of its sources, its SDK (C or Python),
 the WIT, this file and the toolchain versions changes. Outputs are written to a
 temporary file and renamed, and a per-plugin lock file serialises concurrent
 builders, so parallel test processes never see half-written files.
@@ -44,6 +44,7 @@ PLUGINS_DIR = Path(__file__).resolve().parent
 WIT_DIR = PLUGINS_DIR / "wit"
 SDK_DIR = PLUGINS_DIR / "sdk" / "c"
 JS_SDK_DIR = PLUGINS_DIR / "sdk" / "js"
+PY_SDK_DIR = PLUGINS_DIR / "sdk" / "python"  # lightcell_sdk, on every Python plugin's path
 EXAMPLES_DIR = PLUGINS_DIR / "examples"
 DEFAULT_OUT = EXAMPLES_DIR / "build"
 WORLD = "tcp-filter"
@@ -84,6 +85,7 @@ PLUGINS: dict[str, PluginSpec] = {
         PluginSpec("redact", "c", "redact.c", world="http-filter"),
         PluginSpec("addheader", "c", "addheader.c", world="http-filter"),
         PluginSpec("jsonpatch", "js", "jsonpatch.js", world="http-filter"),
+        PluginSpec("guard", "python", "app", world="http-filter"),
     )
 }
 
@@ -151,6 +153,8 @@ def cache_key(name: str) -> str:
     roots = [EXAMPLES_DIR / name, WIT_DIR]
     if spec.kind not in ("python", "js"):
         roots.append(SDK_DIR)
+    if spec.kind == "python":
+        roots.append(PY_SDK_DIR)
     files = [path for root in roots for path in _tree_files(root)]
     if spec.kind == "js":
         files += _js_sdk_files()
@@ -194,15 +198,14 @@ def _componentize_core(core: Path, tmp: Path, world: str = WORLD) -> Path:
 
 
 def _build_python(spec: PluginSpec, tmp: Path) -> Path:
-    """componentize-py; bindings are generated here, never committed."""
+    """componentize-py; bindings are generated here, never committed; the
+    Python SDK (lightcell_sdk) is on the path."""
     bindings, component = tmp / "bindings", tmp / "component.wasm"
     cpy = [*_componentize_py(), "-d", str(WIT_DIR), "-w", spec.world]
     _run([*cpy, "bindings", str(bindings)], cwd=tmp)
     src = EXAMPLES_DIR / spec.name
-    _run(
-        [*cpy, "componentize", spec.main, "-p", str(src), "-p", str(bindings), "-o", str(component)],
-        cwd=tmp,
-    )
+    paths = ["-p", str(src), "-p", str(bindings), "-p", str(PY_SDK_DIR)]
+    _run([*cpy, "componentize", spec.main, *paths, "-o", str(component)], cwd=tmp)
     return component
 
 
