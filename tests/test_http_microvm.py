@@ -32,6 +32,7 @@ from vmm.microvm.machine import build_template
 from vmm.microvm.pool import VmPool
 from vmm.microvm.snapshot import warm_up
 from vmm.microvm.tier import _Shared, load_http
+from vmm.microvm.vm import VmFault
 from vmm.policy import Grants, Limits, SandboxSpec
 from vmm.runner import HttpRunner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
@@ -478,3 +479,49 @@ def test_the_http_result_record_mirrors_lc_guest_h() -> None:
     assert body is not None
     bits = re.findall(r"uint(\d+)_t\s+\w+;", body.group(1))
     assert "<" + "".join({"32": "I", "64": "Q"}[b] for b in bits) == abi.HTTP_RESULT.format
+
+
+# --- the guest refuses requests of the wrong shape or world ---------------------------------------
+
+_BAD_REQUEST = 3  # guest/runtime/lc_rt.h LC_ABI_BAD_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("op", "arg0", "arg1", "payload"),
+    [
+        (abi.Op.DATA, 0, 0, b"x"),  # a tcp-filter op to an http-filter image
+        (abi.Op.HTTP, 6, 0, b""),  # no such phase
+        (abi.Op.HTTP, 1, 2, b""),  # end_of_stream is 0 or 1
+        (abi.Op.HTTP, 2, 1, encode_pairs([])),  # trailers have no end_of_stream
+        (abi.Op.HTTP, 0, 0, struct.pack("<I", 5)),  # five headers announced, none sent
+        (abi.Op.HTTP, 0, 0, struct.pack("<III", 1, 9, 0) + b"short"),  # a name shorter than its length
+        (abi.Op.HTTP, 0, 0, encode_pairs([]) + encode_pairs([]) + b"!"),  # bytes left over
+        (abi.Op.HTTP, 0, 0, encode_pairs([])),  # the attributes list missing
+    ],
+)  # fmt: skip
+async def test_a_malformed_request_fails_the_event(load: LoadFn, answer: Path, op: abi.Op, arg0: int,
+                                                   arg1: int, payload: bytes) -> None:
+    p = await load(answer)
+    lease = p.factory.pool.take()
+    try:
+        with pytest.raises(VmFault) as e:
+            lease.thread.run(lambda: lease.vm.call(op, arg0, arg1, payload))
+        assert (e.value.status, e.value.detail) == (abi.Status.ABI, _BAD_REQUEST)
+    finally:
+        p.factory.pool.give_back(lease).result()
+
+
+async def test_an_http_op_to_a_tcp_filter_image_is_refused() -> None:
+    from vmm.microvm.tier import load
+
+    f = await load(SandboxSpec("l", str(plugin_build.build_core("rewrite"))), pool_size=1)
+    lease = f.pool.take()
+    try:
+        for op in (abi.Op.HTTP, abi.Op.PHASES):
+            with pytest.raises(VmFault) as e:
+                lease.thread.run(lambda op=op: lease.vm.call(op, 1, 0, b""))  # type: ignore[misc]
+            assert (e.value.status, e.value.detail) == (abi.Status.ABI, _BAD_REQUEST)
+            lease.thread.run(lambda: f.pool.snapshot.restore(lease.vm))  # type: ignore[union-attr]
+    finally:
+        f.pool.give_back(lease).result()
+        await f.aclose()
