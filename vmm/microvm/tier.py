@@ -3,6 +3,7 @@
     factory = await vmm.microvm.tier.load(spec)       # compile (cached), boot, snapshot, pool
     sandbox = await factory.new_sandbox(host)         # a restored VM from the pool, in a Runner
     await sandbox.open(listener, config); await sandbox.on_data(event); await sandbox.close()
+    factory = await vmm.microvm.tier.load_http(spec)  # http-filter: a VM per request (http_tier.py)
 
 Hooks start on the event loop's thread and move to the VM's pinned vCPU
 thread only when they outlive a short slice (instance.py, vmm/runner.py),
