@@ -83,7 +83,7 @@ def test_check_reports_each_listener(
     assert "kv (needs grant kv)" in probe and "egress (needs grant egress)" in probe
     assert "grants        kv, log" in probe
     missing = next(line for line in probe.splitlines() if line.strip().startswith("missing"))
-    assert "clock, egress, metadata, random" in missing
+    assert "clock, connection, egress, metadata, random" in missing
     assert "denied at runtime" in missing and "allowed" in missing
     # rewrite imports nothing: nothing missing; the explicit tier is shown as is.
     assert "tier          wasmtime" in upper
