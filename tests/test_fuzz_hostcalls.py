@@ -49,6 +49,7 @@ CAP_OF_FN = {
     abi.HostFn.KV_INCREMENT: "kv",
     abi.HostFn.METADATA_SET: "metadata",
     abi.HostFn.EGRESS_SEND: "egress",
+    abi.HostFn.CONNECTION_ATTRIBUTES: "connection",
 }
 
 
@@ -73,8 +74,10 @@ class Decoder:
 
 def _host(rng: random.Random, kv: KvStore, sent: Sent) -> HostCapabilities:
     grants = frozenset(c for c in CAPABILITIES if rng.random() < 0.7)
+    attributes = tuple((f"a{i}", "v" * rng.randrange(64)) for i in range(rng.randrange(4)))
     return HostCapabilities(
-        "fuzz", "guest", Grants(grants, frozenset({ALLOWED})), Limits(), kv, sent, Metrics()
+        "fuzz", "guest", Grants(grants, frozenset({ALLOWED})), Limits(), kv, sent, Metrics(),
+        attributes=attributes,
     )
 
 
@@ -87,7 +90,7 @@ def _length(rng: random.Random) -> int:
 
 def _record(rng: random.Random, out: bytearray) -> tuple[int, int, int, int]:
     """Write one random host-call record into OUT; returns (fn, len0, len1, a0)."""
-    fn = rng.choice([*map(int, abi.HostFn), 0, 12, 0xFFFFFFFF, rng.randrange(_U32)])
+    fn = rng.choice([*map(int, abi.HostFn), 0, max(abi.HostFn) + 1, 0xFFFFFFFF, rng.randrange(_U32)])
     len0, len1 = _length(rng), _length(rng)
     a0 = rng.choice([0, 1, 2, 4, 5, 9125, 65535, 65536, MAX_RANDOM_BYTES, MAX_RANDOM_BYTES + 1,
                      1 << 63, _U64 - 1, rng.randrange(_U64)])  # fmt: skip
