@@ -7,6 +7,7 @@ forging the memory range and return area the host lifts from."""
 
 from __future__ import annotations
 
+import random
 import re
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -81,6 +82,13 @@ def post_return(tmp_path_factory: pytest.TempPathFactory) -> Path:
     post = ('(func (export "on-close")) (func (export "cabi_post_on-request-headers") (param i32) '
             "(i32.store8 (i32.const 384) (i32.const 3))))")
     return _wat(tmp_path_factory.mktemp("http-wat"), "post", ('(func (export "on-close")))', post))
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/http_plugins/mirror.c: every hook shows back exactly what it was given."""
+    out = tmp_path_factory.mktemp("http-c")
+    return plugin_build.compile_c(HERE / "http_plugins" / "mirror.c", out / "mirror.wasm")
 
 
 class OnWorker:
@@ -370,6 +378,49 @@ async def test_both_tiers_agree(load: LoadFn, redact: Path, answer: Path, misbeh
     if case[0] == "post-return":  # lifted before the post-return ran, which ran before the next hook
         assert results["microvm"][1:] == [("decision", CONTINUE), (
             "fault", FaultKind.ABI, "on-request-headers: decision tag 3 (0 continue, 1 modify, 2 respond)")]
+
+
+def _random_request(rng: random.Random) -> list[tuple[str, tuple[Any, ...]]]:
+    def name() -> str:
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789-:") for _ in range(rng.randrange(13)))
+
+    def value() -> bytes:
+        return bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 5, 40))))
+
+    def text() -> str:
+        return "".join(rng.choice("az/.é日本\x00") for _ in range(rng.randrange(9)))
+
+    def headers() -> list[Header]:
+        return [Header(name(), value()) for _ in range(rng.choice((0, 1, 3, 20)))]
+
+    def attributes() -> list[tuple[str, str]]:
+        return [(text(), text()) for _ in range(rng.choice((0, 1, 4)))]
+
+    def body() -> bytes:
+        return bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 100, 5000))))
+
+    return [
+        ("request_headers", (headers(), attributes(), rng.random() < 0.5)),
+        ("request_body", (body(), False)), ("request_body", (body(), True)),
+        ("request_trailers", (headers(),)),
+        ("response_headers", (headers(), attributes(), rng.random() < 0.5)),
+        ("response_body", (body(), True)), ("response_trailers", (headers(),)),
+    ]  # fmt: skip
+
+
+async def test_both_tiers_lower_the_same_inputs_alike(load: LoadFn, mirror: Path) -> None:
+    # Every hook of mirror.c shows back what the host lowered: any difference
+    # in names, values, empty entries, order or flags between the tiers shows.
+    rng = random.Random(0x1A7E)
+    requests = [_random_request(rng) for _ in range(25)]
+    tiers = {tier: await load(mirror, tier) for tier in ("microvm", "wasmtime")}
+    for steps in requests:
+        seen = {tier: _request(p.instance(), steps) for tier, p in tiers.items()}
+        assert seen["microvm"] == seen["wasmtime"]
+        assert all(o[0] == "decision" for o in seen["microvm"]), seen["microvm"]
+    shown = [("request_headers", ([Header("n", b"\x00v")], [("a", "é")], True))]
+    first = _request(tiers["microvm"].instance(), shown)
+    assert first[0][1].body == b"H1:nH2:\x00vA1:aA2:\xc3\xa91"
 
 
 async def test_a_looping_hook_is_interrupted_and_the_runner_poisoned(load: LoadFn, misbehave: Path) -> None:
