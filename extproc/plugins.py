@@ -187,7 +187,10 @@ class HttpLoaded:
 
 
 def choose_http_tier(policy: ListenerPolicy) -> TierChoice:
-    """The tier an HTTP policy's plugin runs in: chosen as for a TCP listener (choose_tier)."""
+    """The tier an HTTP policy's plugin runs in: the one it names, or for `auto` as for a TCP
+    listener (choose_tier)."""
+    if policy.tier is not Tier.AUTO:
+        return TierChoice(policy.tier, "asked for by the policy", policy.tier)
     return choose_tier(policy.spec, policy.tier)
 
 

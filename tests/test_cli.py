@@ -379,7 +379,7 @@ def test_check_loads_an_http_policy_in_the_microvm_tier(
     path.write_text(path.read_text().replace("tier: wasmtime", "tier: microvm"))
     assert cli.main(["check", "--envoy-config", str(path)]) == 0
     api = capsys.readouterr().out.split("\nroute web/api\n")[1]
-    assert "  tier          microvm (asked for by the listener policy)" in api
+    assert "  tier          microvm (asked for by the policy)" in api
 
 
 def test_serve_serves_a_config_with_http_listeners_only(

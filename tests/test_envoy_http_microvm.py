@@ -86,7 +86,7 @@ async def test_the_plugins_are_served_from_micro_vms(stack: Stack) -> None:
     log = stack.lightcell.log()
     for name in ("web", "count", "fault_close"):
         assert f"http listener {name}: plugin " in log and f"{name}: plugin" in log
-    assert log.count("tier microvm (asked for by the listener policy)") >= 3, stack.diagnose()
+    assert log.count("tier microvm (asked for by the policy)") >= 3, stack.diagnose()
     assert "only one wall is up" not in log
     status, headers, body = await request(stack, "web", "/x", b"a secret here")
     assert status == 200, stack.diagnose()
