@@ -68,6 +68,11 @@ def choose_tier(spec: SandboxSpec, requested: Tier) -> TierChoice:
     """
     if requested is not Tier.AUTO:
         return TierChoice(requested, "asked for by the listener policy", requested)
+    return _auto_tier(spec)
+
+
+def _auto_tier(spec: SandboxSpec) -> TierChoice:
+    """What `tier: auto` resolves to for this plugin, and why (either world)."""
     from vmm.microvm.layout import MAX_MEMORY_BYTES
     from vmm.microvm.tier import kvm_available
 
@@ -188,10 +193,10 @@ class HttpLoaded:
 
 def choose_http_tier(policy: ListenerPolicy) -> TierChoice:
     """The tier an HTTP policy's plugin runs in: the one it names, or for `auto` as for a TCP
-    listener (choose_tier)."""
+    listener (_auto_tier)."""
     if policy.tier is not Tier.AUTO:
         return TierChoice(policy.tier, "asked for by the policy", policy.tier)
-    return choose_tier(policy.spec, policy.tier)
+    return _auto_tier(policy.spec)
 
 
 async def load_http_policy(policy: ListenerPolicy) -> HttpListener:
