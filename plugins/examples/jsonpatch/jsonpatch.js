@@ -4,7 +4,7 @@
 //   set=PATH:VALUE[,PATH:VALUE...]  set a field (VALUE is JSON if it parses as
 //                                   JSON, e.g. 1, true, null, "a b"; else a string)
 //   drop=PATH[,PATH...]             remove a field if present
-//   max=BYTES                       largest body accepted (default 1 MiB; over: 413)
+//   max=BYTES                       largest body accepted (default 256 KiB; over: 413)
 //   log=on                          log each rewrite and refusal (needs grant `log`)
 // PATH is a dotted path into nested objects (`meta.source`); `set` creates the
 // missing objects on the way. Drops apply first, then sets, in config order.
@@ -13,6 +13,9 @@
 // the last one. A body that is not a JSON object (not UTF-8, not JSON, or an
 // array or scalar) is answered at once with 400 and never reaches the upstream.
 // A request without a body (GET) is not touched. Bad config: on-open throws (a fault).
+// Memory: SpiderMonkey starts at ~9 MiB and aborts (a trap) when the sandbox's
+// cap stops its heap from growing; rewriting a 256 KiB body needs a cap of
+// 32 MiB, 512 KiB about 64 MiB (plugins/sdk/js/README.md).
 
 import {
   configEntries, continue_, info, modify, parseJson, phases, respondJson, jsonBytes, warn,
@@ -20,7 +23,9 @@ import {
 
 const MAX_BODY_LIMIT = 4 * 1024 * 1024; // a rewrite may grow the body; the host caps output at 8 MiB
 
-let rules = { drops: [], sets: [], max: 1024 * 1024, log: false };
+const DEFAULT_MAX = 256 * 1024;
+
+let rules = { drops: [], sets: [], max: DEFAULT_MAX, log: false };
 let pieces = []; // this request's body so far (module state: one instance per request)
 let held = 0;
 
@@ -39,7 +44,7 @@ function parseValue(text) {
 }
 
 function parseConfig(config) {
-  const out = { drops: [], sets: [], max: 1024 * 1024, log: false };
+  const out = { drops: [], sets: [], max: DEFAULT_MAX, log: false };
   for (const [key, value] of configEntries(config)) {
     if (key === 'set') {
       for (const item of value.split(',')) {
