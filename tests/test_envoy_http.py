@@ -1,5 +1,5 @@
 """End to end over HTTP: real Envoy 1.40 (HTTP ext_proc) -> real `lightcell serve` -> the redact
-plugin (wasmtime tier), with a real HTTP/1.1 upstream on loopback.
+plugin (tier auto: the micro-VM where /dev/kvm works), with a real HTTP/1.1 upstream on loopback.
 
 One Envoy + one Lightcell serve the module. Listener `web` masks "secret" (its listener policy)
 except under /api/, whose route policy masks "token"; `ghost` names a listener Lightcell does not

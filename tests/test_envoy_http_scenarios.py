@@ -1,5 +1,6 @@
 """Envoy's own HTTP ext_proc scenarios, replayed against the real Envoy 1.40 -> real `lightcell
-serve` (wasmtime tier) -> plugins built from source, with a real HTTP/1.1 upstream on loopback.
+serve` -> plugins built from source, with a real HTTP/1.1 upstream on loopback; every scenario in
+both tiers (wasmtime, and a KVM micro-VM per request).
 
 One Envoy and one Lightcell serve the whole module through many listeners, one per Envoy
 processing mode or failure mode. Most listeners run tests/http_plugins/knobs.c, which does per
@@ -24,7 +25,7 @@ import pytest
 from extproc.harness import EnvoyProcess, LightcellProcess, static_cluster, write_config
 from plugins import build as plugin_build
 
-pytestmark = [pytest.mark.envoy]
+pytestmark = [pytest.mark.envoy, pytest.mark.kvm]
 
 IO_TIMEOUT = 60.0
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -343,11 +344,11 @@ def _ext_proc(name: str, spec: Spec) -> dict[str, Any]:
     return config
 
 
-def _listener(name: str, spec: Spec, plugins: dict[str, Path], workdir: Path) -> dict[str, Any]:
+def _listener(name: str, spec: Spec, plugins: dict[str, Path], workdir: Path, tier: str) -> dict[str, Any]:
     policy = {
         "plugin": str(plugins[spec.plugin]),
         "config": spec.config,
-        "tier": "wasmtime",
+        "tier": tier,
         "failure_mode": spec.failure,
         "grants": ["clock", "metadata"] if spec.plugin.startswith("knobs") else [],
         "limits": spec.limits,
@@ -393,7 +394,9 @@ def _listener(name: str, spec: Spec, plugins: dict[str, Path], workdir: Path) ->
     }
 
 
-def _bootstrap(plugins: dict[str, Path], upstream: Upstream, socket: Path, workdir: Path) -> dict[str, Any]:
+def _bootstrap(
+    plugins: dict[str, Path], upstream: Upstream, socket: Path, workdir: Path, tier: str
+) -> dict[str, Any]:
     up = static_cluster("up", {"socket_address": {"address": "127.0.0.1", "port_value": upstream.port}})
     up["typed_extension_protocol_options"] = {
         HTTP_OPTIONS: {
@@ -404,7 +407,7 @@ def _bootstrap(plugins: dict[str, Path], upstream: Upstream, socket: Path, workd
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
-            "listeners": [_listener(name, spec, plugins, workdir) for name, spec in SPECS.items()],
+            "listeners": [_listener(name, spec, plugins, workdir, tier) for name, spec in SPECS.items()],
             "clusters": [static_cluster("lightcell", {"pipe": {"path": str(socket)}}, http2=True), up],
         },
     }
@@ -455,14 +458,19 @@ def knobs_wasm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return built
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["wasmtime", "microvm"])
 async def stack(
-    built_plugins: dict[str, Path], knobs_wasm: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    built_plugins: dict[str, Path],
+    knobs_wasm: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    workdir = tmp_path_factory.mktemp("envoy_http_scenarios")
+    tier = request.param
+    workdir = tmp_path_factory.mktemp(f"envoy_http_scenarios_{tier}")
     socket = workdir / "lightcell.sock"
     upstream = await Upstream().start()
-    config = _bootstrap({**knobs_wasm, "redact": built_plugins["redact"]}, upstream, socket, workdir)
+    plugins = {**knobs_wasm, "redact": built_plugins["redact"]}
+    config = _bootstrap(plugins, upstream, socket, workdir, tier)
     lightcell = LightcellProcess(
         write_config(config, workdir / "lightcell.yaml"),
         socket,
