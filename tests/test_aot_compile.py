@@ -36,7 +36,9 @@ def test_cache_hit_is_fast_and_key_changes_with_content(compiler: Compiler, tmp_
     assert again.cached and again.image == first.image
     other = aot.compile_plugin(compiler.example("faulty"), target="native", root=tmp_path)
     assert other.image != first.image
-    assert first.contract.capabilities == frozenset({"log", "clock", "random", "kv", "metadata", "egress"})
+    assert first.contract.capabilities == frozenset(
+        {"log", "clock", "random", "kv", "metadata", "egress", "connection"}
+    )
     print(f"compile probe: {first.seconds:.2f} s cold, {again.seconds * 1000:.1f} ms cached")
 
 
