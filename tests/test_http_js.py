@@ -117,6 +117,15 @@ def test_the_component_imports_the_contract_and_no_wasi(jsonpatch: Path) -> None
     assert "export on-request-body: func(body: list<u8>, end-of-stream: bool) -> decision;" in world
 
 
+def test_without_node_the_build_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no node, no npm
+    with pytest.raises(plugin_build.ToolchainMissing, match=r"node not found: .*Node\.js .* npm"):
+        plugin_build.build("jsonpatch", tmp_path)
+    assert not (tmp_path / "jsonpatch.wasm").exists()
+
+
 # --- through the wasmtime tier --------------------------------------------------------
 
 
