@@ -176,7 +176,7 @@ async def test_faults_are_classified_and_poison_only_their_sandbox(
 
 async def test_ungranted_capability_is_denied_and_counted(load: LoadFn, plugin: PathFn) -> None:
     p = await load(plugin("probe"), grants=frozenset({"log"}), listener="deny-listener")
-    assert p.factory.imports == ALL
+    assert p.factory.imports == ALL | {"connection"}
     labels = {"listener": "deny-listener", "plugin": "probe", "capability": "kv"}
     before = METRICS.get("capability_denied_total", **labels)
     sb = await p.sandbox("call=kv")
