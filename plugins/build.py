@@ -197,13 +197,22 @@ def _componentize_core(core: Path, tmp: Path, world: str = WORLD) -> Path:
     return component
 
 
-def _build_python(spec: PluginSpec, tmp: Path) -> Path:
+def componentize_python(src: Path, module: str, world: str, out: Path) -> Path:
+    """A Python plugin (`module` in directory `src`, SDK and fresh bindings on the
+    path) -> `out`, a component. Not cached: for test plugins beside the tests."""
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-componentize-") as tmp:
+        built = _build_python(PluginSpec(out.stem, "python", module, world), Path(tmp), src.resolve())
+        publish(built.read_bytes(), out, 0o644)
+    return out
+
+
+def _build_python(spec: PluginSpec, tmp: Path, src: Path | None = None) -> Path:
     """componentize-py; bindings are generated here, never committed; the
     Python SDK (lightcell_sdk) is on the path."""
     bindings, component = tmp / "bindings", tmp / "component.wasm"
     cpy = [*_componentize_py(), "-d", str(WIT_DIR), "-w", spec.world]
     _run([*cpy, "bindings", str(bindings)], cwd=tmp)
-    src = EXAMPLES_DIR / spec.name
+    src = src or EXAMPLES_DIR / spec.name
     paths = ["-p", str(src), "-p", str(bindings), "-p", str(PY_SDK_DIR)]
     _run([*cpy, "componentize", spec.main, *paths, "-o", str(component)], cwd=tmp)
     return component
@@ -258,21 +267,35 @@ def _npm_ci() -> Path:
         return cli
 
 
-def _build_js(spec: PluginSpec, tmp: Path) -> Path:
-    """componentize-js (SpiderMonkey inside, ~12 MB), run from plugins/ so that a
-    plugin's relative import of ../../sdk/js/lightcell.js resolves (componentize-js
-    maps the working directory as the module root when the source lies inside it)."""
+def componentize_js(source: Path, world: str, out: Path) -> Path:
+    """A JavaScript plugin (the ES module `source`, which may import the SDK by a
+    relative path) -> `out`, a component. Not cached: for test plugins beside the tests."""
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-componentize-js-") as tmp:
+        built = _componentize_js(source.resolve(), world, Path(tmp))
+        publish(built.read_bytes(), out, 0o644)
+    return out
+
+
+def _componentize_js(source: Path, world: str, tmp: Path) -> Path:
+    """componentize-js (SpiderMonkey inside, ~12 MB). It maps its working directory
+    as the module root when the source lies inside it, so it runs from the nearest
+    folder holding both the source and the SDK: a relative import of
+    lightcell.js (../../sdk/js/lightcell.js from an example) then resolves."""
     cli = _npm_ci()
     node, _ = _node_tools()
     component = tmp / "component.wasm"
-    source = EXAMPLES_DIR / spec.name / spec.main
+    root = next(p for p in source.parents if JS_SDK_DIR.is_relative_to(p))
     _run(
-        [node, str(cli), str(source), "--wit", str(WIT_DIR), "--world-name", spec.world,
+        [node, str(cli), str(source), "--wit", str(WIT_DIR), "--world-name", world,
          "--out", str(component), "--disable", *JS_DISABLED_FEATURES],
-        cwd=PLUGINS_DIR,
+        cwd=root,
     )
     _run([*_wasm_tools(), "validate", str(component)])
     return component
+
+
+def _build_js(spec: PluginSpec, tmp: Path) -> Path:
+    return _componentize_js(EXAMPLES_DIR / spec.name / spec.main, spec.world, tmp)
 
 
 def _recipe(spec: PluginSpec, tmp: Path) -> dict[str, Path]:

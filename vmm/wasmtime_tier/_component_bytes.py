@@ -21,14 +21,18 @@ raises its own WasmtimeError, never wasmtime-py's process-global host
 exception (see _fastcall.py); `call` and `post_return` do the same for the
 other hooks, with wasmtime-py's generic value conversion. A payload over
 MAX_OUTPUT_BYTES is refused (AbiViolation) by its length, before any of it is
-read (wasmtime itself has lifted it already, within the component's memory cap).
+read. wasmtime itself has lifted it already, bounded by its per-call "hostcall
+fuel" (HOSTCALL_FUEL_EXHAUSTED, also an AbiViolation): so on the component
+path a result (a verdict's or a decision's bytes, all lists together) is
+refused at about 3 MiB, below MAX_OUTPUT_BYTES; aliased lists in a decision
+cannot make the host copy more than that either.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import wasmtime
 from wasmtime import _ffi as ffi
@@ -122,7 +126,7 @@ def call_lowered(func: Func, store: Storelike, lowers: Sequence[Lower], lift: Ca
             ctypes.byref(func._func), store._context(), params, n, ctypes.byref(result), 1
         )
         if error:
-            raise_failure(error)
+            _raise_call_failure(error)
         try:
             return lift(result)
         finally:
@@ -130,6 +134,21 @@ def call_lowered(func: Func, store: Storelike, lowers: Sequence[Lower], lift: Ca
     finally:
         for i in range(n):
             ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
+
+
+HOSTCALL_FUEL_EXHAUSTED = "fuel allocated for hostcalls has been exhausted"
+"""wasmtime's own bound on the values one call copies between host and guest
+(about 3 MiB of list<u8> in and out together, as generic values). Our
+arguments stay far below it, so hitting it means the plugin's result was too large."""
+
+
+def _raise_call_failure(error: Any) -> NoReturn:
+    try:
+        raise_failure(error)
+    except wasmtime.WasmtimeError as e:
+        if HOSTCALL_FUEL_EXHAUSTED in str(e):
+            raise AbiViolation(f"the result is larger than wasmtime copies in one call ({e})") from e
+        raise
 
 
 def _lift_verdict(result: _VAL) -> tuple[str, bytes | None]:
