@@ -1,0 +1,85 @@
+"""End to end over HTTP with a Python component: real Envoy 1.40 (HTTP ext_proc) -> real
+`lightcell serve` -> the guard example (componentize-py, written with lightcell_sdk; policy
+`tier: auto`, which puts a component in the wasmtime tier) -> a real HTTP/1.1 upstream on
+loopback (the helpers of test_envoy_http.py).
+
+Listener `web` runs guard with `block=/admin,/private`: other requests reach the upstream with
+`x-guard: checked` (and without the client's `x-guard-debug`), responses come back with
+`x-guard: on` and `x-guard-hooks: 2`; blocked paths get guard's own 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from email.message import Message
+
+import pytest
+from test_envoy_http import IO_TIMEOUT, REPLY_PREFIX, HttpUpstream, Stack, _bootstrap, _listener, _policy
+
+from extproc.harness import EnvoyProcess, LightcellProcess, write_config
+from plugins import build as plugin_build
+
+pytestmark = [pytest.mark.envoy]
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    workdir = tmp_path_factory.mktemp("envoy_http_component")
+    socket = workdir / "lightcell.sock"
+    guard = await asyncio.to_thread(plugin_build.build, "guard")
+    upstreams = {"web": await HttpUpstream().start()}
+    web = _listener("web", upstreams["web"].port, _policy(guard, "block=/admin,/private"))
+    bootstrap = _bootstrap([web], upstreams, socket)
+    lightcell = LightcellProcess(
+        write_config(bootstrap, workdir / "lightcell.yaml"), socket, workdir / "lightcell.log"
+    )
+    envoy = EnvoyProcess(bootstrap, workdir)
+    try:
+        await lightcell.start()
+        await envoy.start()
+        yield Stack(envoy, lightcell, upstreams)
+    finally:
+        await envoy.stop()
+        await lightcell.stop()
+        await upstreams["web"].stop()
+
+
+def _fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes, Message]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=IO_TIMEOUT) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers
+
+
+async def fetch(stack: Stack, path: str) -> tuple[int, bytes, Message]:
+    return await asyncio.to_thread(_fetch, stack.url("web", path), {"x-guard-debug": "leak"})
+
+
+async def test_a_normal_path_gets_headers_both_ways(stack: Stack) -> None:
+    up = stack.upstreams["web"]
+    for i in range(3):  # every request's filter starts fresh: always its own two hooks
+        status, body, headers = await fetch(stack, f"/shop/{i}")
+        assert status == 200, stack.diagnose()
+        assert body == REPLY_PREFIX
+        assert (headers["x-guard"], headers["x-guard-hooks"]) == ("on", "2")
+        assert up.requests[-1] == (f"/shop/{i}", b"")
+    raw = bytes(up.raw).lower()
+    assert raw.count(b"x-guard: checked\r\n") == 3
+    assert b"x-guard-debug" not in raw
+    assert "tier auto -> wasmtime (" in stack.lightcell.log()  # a component: wasmtime, KVM or not
+
+
+@pytest.mark.parametrize("path", ["/admin", "/private/notes?x=1"])
+async def test_a_blocked_path_gets_the_plugins_403(stack: Stack, path: str) -> None:
+    up = stack.upstreams["web"]
+    seen = len(up.requests)
+    status, body, headers = await fetch(stack, path)
+    assert status == 403, stack.diagnose()
+    assert body == f"guard: {path} is blocked\n".encode()
+    assert (headers["x-guard"], headers["content-type"]) == ("blocked", "text/plain")
+    assert len(up.requests) == seen  # nothing reached the upstream
