@@ -236,6 +236,27 @@ def _register_type(path: Path, url: str) -> None:
         raise ConfigError(f"{path}: unknown typed_config @type {url!r}")
 
 
+_NEWER_THAN_DATA_PLANE: dict[str, tuple[str, ...]] = {
+    EXT_PROC_TYPE: ("connection_attributes", "connectionAttributes"),
+}
+"""typed_config fields (list of strings) Envoy 1.40 knows and envoy-data-plane 2.2.0 lacks:
+checked here and left out of the copy the library validates."""
+
+
+def _without_newer_fields(path: Path, node: Any) -> Any:
+    """A copy of `node` without _NEWER_THAN_DATA_PLANE's fields (ConfigError: not a list of strings)."""
+    if isinstance(node, list):
+        return [_without_newer_fields(path, item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    newer = _NEWER_THAN_DATA_PLANE.get(str(node.get("@type")), ())
+    for name in newer:
+        value = node.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"{path}: {node['@type']}.{name}: expected a list of strings")
+    return {k: _without_newer_fields(path, v) for k, v in node.items() if k not in newer}
+
+
 def _validate_bootstrap(path: Path, doc: dict[str, Any]) -> None:
     with warnings.catch_warnings():
         # envoy-data-plane's generated models trip pydantic deprecation warnings on import.
@@ -247,7 +268,7 @@ def _validate_bootstrap(path: Path, doc: dict[str, Any]) -> None:
             warnings.simplefilter("ignore", DeprecationWarning)
             _register_type(path, url)
     try:
-        Bootstrap.from_dict(doc)
+        Bootstrap.from_dict(_without_newer_fields(path, doc))
     except Exception as e:  # the library raises KeyError/ValueError/TypeError and its own errors
         detail = e.args[0] if isinstance(e, KeyError) and e.args else str(e) or type(e).__name__
         raise ConfigError(f"{path}: not a valid Envoy bootstrap: {detail}") from e
@@ -315,6 +336,8 @@ def _check_filters(
         notes.extend(_skipped_directions(ctx, where, config))
         if "metadata" in policy.spec.grants.capabilities:
             notes.extend(_unreceived_metadata(ctx, where, config))
+        if "connection" in policy.spec.grants.capabilities:
+            notes.extend(_no_connection_attributes(ctx, where, config))
     return notes
 
 
@@ -380,6 +403,17 @@ def _unreceived_metadata(ctx: _Context, where: str, config: dict[str, Any]) -> l
         f"does not include {METADATA_NAMESPACE!r}: the {ctx.owner} grants metadata, but Envoy drops "
         f"what the plugin sets; add metadata_options: {{receiving_namespaces: {{untyped: "
         f"[{METADATA_NAMESPACE}]}}}} to the filter"
+    ]
+
+
+def _no_connection_attributes(ctx: _Context, where: str, config: dict[str, Any]) -> list[str]:
+    """A warning if the `connection` grant can only ever give the plugin an empty list."""
+    if _get(config, "connection_attributes", "connectionAttributes"):
+        return []
+    return [
+        f"{ctx.prefix}{where}.connection_attributes is empty: the {ctx.owner} grants connection, "
+        "but Envoy sends no attributes, so connection.attributes() is always empty; list them, "
+        "e.g. connection_attributes: [source.address, destination.address]"
     ]
 
 

@@ -55,3 +55,35 @@ def test_component_path_lists_the_attributes(built_plugins: dict[str, Path]) -> 
 def test_component_path_denies_attributes_without_the_grant(built_plugins: dict[str, Path]) -> None:
     with pytest.raises(CapabilityDenied):
         _probe_once(built_plugins["probe"], frozenset())
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_check_warns_when_the_grant_can_only_see_an_empty_list(
+    built_plugins: dict[str, Path], tmp_path: Path, listed: bool
+) -> None:
+    from extproc.config import load_config
+    from extproc.harness import ListenerSpec, render_bootstrap, write_config
+
+    policy = {"plugin": str(built_plugins["probe"]), "config": "call=attributes", "grants": ["connection"]}
+    bootstrap = render_bootstrap([ListenerSpec("edge", 9, policy)], tmp_path / "s.sock")
+    if listed:
+        ext_proc = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ext_proc["typed_config"]["connection_attributes"] = ["source.address"]
+    config = load_config(write_config(bootstrap, tmp_path / "envoy.yaml"))
+    warned = [w for w in config.warnings if "connection_attributes" in w]
+    assert bool(warned) is not listed, config.warnings
+    if warned:
+        assert "'edge'" in warned[0] and "always empty" in warned[0]
+
+
+def test_check_refuses_connection_attributes_that_are_not_a_list_of_strings(
+    built_plugins: dict[str, Path], tmp_path: Path
+) -> None:
+    from extproc.config import ConfigError, load_config
+    from extproc.harness import ListenerSpec, render_bootstrap, write_config
+
+    bootstrap = render_bootstrap([ListenerSpec("edge", 9, {"plugin": str(built_plugins["probe"])})], tmp_path)
+    ext_proc = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    ext_proc["typed_config"]["connection_attributes"] = "source.address"
+    with pytest.raises(ConfigError, match="connection_attributes: expected a list of strings"):
+        load_config(write_config(bootstrap, tmp_path / "envoy.yaml"))

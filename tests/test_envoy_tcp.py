@@ -172,9 +172,10 @@ async def stack(
         for name, (pol, _) in table.items()
     ]
     # Lightcell gets only the listeners it should know; Envoy gets them all.
-    lightcell_config = write_config(
-        render_bootstrap([s for s in specs if s.name != "ghost"], socket_path), workdir / "lightcell.yaml"
-    )
+    # Both read connection_attributes (Lightcell's config check must accept the 1.40 field).
+    lightcell_bootstrap = render_bootstrap([s for s in specs if s.name != "ghost"], socket_path)
+    ask_for_attributes(lightcell_bootstrap, "attributes", CONNECTION_ATTRIBUTES)
+    lightcell_config = write_config(lightcell_bootstrap, workdir / "lightcell.yaml")
     lightcell = LightcellProcess(lightcell_config, socket_path, workdir / "lightcell.log")
     envoy_config = render_bootstrap(specs, socket_path)
     ask_for_attributes(envoy_config, "attributes", CONNECTION_ATTRIBUTES)
