@@ -269,3 +269,36 @@ async def test_a_body_over_the_output_cap_is_refused_by_its_length(
     assert fault.value.kind is FaultKind.ABI
     assert "a replacement of 1001 bytes is over the maximum output per event" in fault.value.message
     await r.close()
+
+
+def test_unprovided_wasi_imports_link_to_stubs_that_deny() -> None:
+    """wasi:http (which add_wasip2 does not provide, and which must never be a real HTTP
+    client) still links, its `use`d wasi:io resource left to add_wasip2, so a component that
+    imports it instantiates; a call is refused, logged and counted under the interface."""
+    import wasmtime
+    from wasmtime.component import Component
+
+    from vmm.wasmtime_tier import _context
+    from vmm.wasmtime_tier._component import ComponentProgram
+    from vmm.wasmtime_tier._component_bytes import call
+    from vmm.wasmtime_tier._context import CallContext
+    from vmm.wasmtime_tier._engine import engine
+
+    component = Component(engine(), wasmtime.wat2wasm((HERE / "wat" / "wasi_http_import.wat").read_text()))
+    store = wasmtime.Store(engine())
+    store.set_wasi(wasmtime.WasiConfig())
+    store.set_epoch_deadline(1 << 30)
+    run = ComponentProgram(component).instantiate(store).get_func(store, "run")
+    assert run is not None
+    host = HostCapabilities("stubs", "wasi-http", Grants(), Limits(), KvStore(1, 1), Sent())
+    labels = {"listener": "stubs", "plugin": "wasi-http", "capability": "wasi:http/types"}
+    before = METRICS.get("capability_denied_total", **labels)
+    ctx = CallContext(host)
+    _context.enter(ctx)
+    try:
+        with pytest.raises(wasmtime.WasmtimeError):  # this call's own error (see _fastcall.py)
+            call(run, store)
+    finally:
+        _context.leave()
+    assert repr(ctx.error) == "CapabilityDenied(\"capability 'wasi:http/types' not granted\")"
+    assert METRICS.get("capability_denied_total", **labels) == before + 1
