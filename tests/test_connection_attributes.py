@@ -87,3 +87,23 @@ def test_check_refuses_connection_attributes_that_are_not_a_list_of_strings(
     ext_proc["typed_config"]["connection_attributes"] = "source.address"
     with pytest.raises(ConfigError, match="connection_attributes: expected a list of strings"):
         load_config(write_config(bootstrap, tmp_path / "envoy.yaml"))
+
+
+def test_an_http_filter_module_may_not_import_connection() -> None:
+    from vmm.wasm_module import ContractError, check_http_contract
+
+    wat = """(module
+      (import "lightcell:filter/connection@0.1.0" "attributes" (func (param i32)))
+      (memory (export "memory") 1)
+      (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) i32.const 0)
+      (func (export "wanted-phases") (result i32) i32.const 1)
+      (func (export "on-open") (param i32 i32 i32 i32))
+      (func (export "on-request-headers") (param i32 i32 i32 i32 i32) (result i32) i32.const 0)
+      (func (export "on-request-body") (param i32 i32 i32) (result i32) i32.const 0)
+      (func (export "on-request-trailers") (param i32 i32) (result i32) i32.const 0)
+      (func (export "on-response-headers") (param i32 i32 i32 i32 i32) (result i32) i32.const 0)
+      (func (export "on-response-body") (param i32 i32 i32) (result i32) i32.const 0)
+      (func (export "on-response-trailers") (param i32 i32) (result i32) i32.const 0)
+      (func (export "on-close")))"""
+    with pytest.raises(ContractError, match="tcp-filter only"):
+        check_http_contract(wasmtime.wat2wasm(wat))

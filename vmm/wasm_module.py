@@ -514,6 +514,8 @@ def _check_world(info: CoreModuleInfo, world: str, problems: list[str]) -> froze
     own, other = hooks if tcp else hooks[::-1]
     if info.export(own) is None and info.export(other) is not None:
         problems.append(f"this module implements the {HTTP_WORLD if tcp else TCP_WORLD} world, not {world}")
+    if not tcp and "connection" in capabilities:  # a request's attributes are hook arguments
+        problems.append(f"import {IMPORT_MODULE['connection']}::attributes: tcp-filter only, not in {world}")
     return capabilities
 
 
