@@ -1,0 +1,48 @@
+/*
+ * The canonical-ABI context of one `canon lower` (or lift) in a component:
+ * the memory and realloc the lowering's options name. Generated component
+ * glue (vmm/microvm/component_glue.py) passes one to every import
+ * implementation that is not a lightcell:filter capability, in particular
+ * the WASI 0.2 functions (wasip2.h), so pointers are checked against the
+ * right instance's memory and results allocated with its realloc.
+ *
+ * WASI 0.2 naming (shared with wasip2.h, kept stable once used):
+ *   import instance "wasi:<pkg>/<iface>@<ver>", function F  ->
+ *     lc_wasip2_<pkg>_<iface>_<F'>(struct lc_canon *c, <flat core params>)
+ *   F' : "[method]R.m" -> method_R_m, "[static]R.m" -> static_R_m,
+ *        "[constructor]R" -> constructor_R, plain names as they are;
+ *        every '-' and '.' becomes '_'.
+ *   resource.drop of an imported resource R of that interface ->
+ *     void lc_wasip2_<pkg>_<iface>_drop_<R'>(struct lc_canon *c, uint32_t handle)
+ *   (c has no memory/realloc there).
+ * Core parameters are the canonical ABI's flattening (uint32_t, uint64_t,
+ * float, double), a trailing return pointer when the results do not flatten
+ * to one value, the one flat result as the C return value otherwise.
+ * The glue declares nothing itself: it calls every such function that
+ * wasip2.h declares, and for any other WASI import it generates a stub that
+ * fails the event with LC_STATUS_DENIED (lc_canon_unsupported).
+ */
+#ifndef LC_CANON_H
+#define LC_CANON_H
+
+#include <stdint.h>
+
+#include "wasm-rt.h"
+
+struct lc_canon {
+    wasm_rt_memory_t *memory; /* (memory ...) option; 0 when absent */
+    /* (realloc ...) option, called as cabi_realloc(old, old_size, align,
+     * new_size); 0 when absent */
+    uint32_t (*realloc)(uint32_t old_ptr, uint32_t old_size, uint32_t align, uint32_t new_size);
+};
+
+/* The host address of [ptr, ptr+len) in c's memory, or the event ends with
+ * LC_STATUS_ABI / LC_ABI_BAD_POINTER (overflow-safe; also without memory). */
+uint8_t *lc_canon_guest(const struct lc_canon *c, uint32_t ptr, uint64_t len);
+/* Allocate with c's realloc (imports forbidden meanwhile), range-checked;
+ * a missing realloc is an ABI fault. */
+uint32_t lc_canon_alloc(const struct lc_canon *c, uint32_t size, uint32_t align);
+/* A WASI function the guest does not implement: ends the event (DENIED). */
+__attribute__((noreturn)) void lc_canon_unsupported(void);
+
+#endif
