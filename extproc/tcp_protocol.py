@@ -163,6 +163,8 @@ def attributes_of(request: pb.ProcessingRequest) -> tuple[tuple[str, str], ...]:
         namespaces.update(request.attributes)
     else:
         entries = [f for f in UnknownFieldSet(request) if f.field_number == ATTRIBUTES_FIELD]
+        if not entries:  # the filter lists no connection_attributes
+            return ()
         if len(entries) > MAX_CONNECTION_ATTRIBUTES:  # before decoding any
             too_many = f"{len(entries)} map entries, more than {MAX_CONNECTION_ATTRIBUTES}"
             raise ProtocolError(f"attributes: {too_many}")
