@@ -31,6 +31,7 @@ from vmm.policy import Grants, Limits, SandboxSpec
 from vmm.runner import HttpRunner
 from vmm.sandbox import FaultKind, PluginFault
 
+HERE = Path(__file__).resolve().parent
 LISTENER = "js-listener"
 # SpiderMonkey's memory starts at 145 pages (~9 MiB), and rewriting a body of a few hundred KB
 # takes tens of MiB more (plugins/sdk/js/README.md).
@@ -40,6 +41,12 @@ LIMITS = {"memory_bytes": 64 * 1024 * 1024, "event_cpu_ms": 2000}
 @pytest.fixture(scope="session")
 def jsonpatch() -> Path:
     return plugin_build.build("jsonpatch")
+
+
+@pytest.fixture(scope="session")
+def sdk_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("js-sdk-probe") / "sdk_probe.wasm"
+    return plugin_build.componentize_js(HERE / "http_plugins" / "sdk_probe.js", "http-filter", out)
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +60,10 @@ class Loaded:
         self.kv = KvStore(spec.limits.kv_max_keys, spec.limits.kv_max_value_bytes)
 
     async def runner(self, config: str = "") -> HttpRunner:
-        """A fresh sandbox (one request), on-open done."""
+        """A fresh sandbox (one request), on-open queued."""
         spec = self.spec
-        host = HostCapabilities(spec.listener, "jsonpatch", spec.grants, spec.limits, self.kv, Sent())
+        name = Path(spec.plugin_path).stem
+        host = HostCapabilities(spec.listener, name, spec.grants, spec.limits, self.kv, Sent())
         r = await self.factory.new_sandbox(host)
         await r.open(self.spec.listener, config)
         return r
@@ -68,8 +76,8 @@ LoadFn = Callable[..., Awaitable[Loaded]]
 async def load(cache: Path, jsonpatch: Path) -> AsyncIterator[LoadFn]:
     opened: list[wt.HttpFactory] = []
 
-    async def _load(grants: frozenset[str] = frozenset()) -> Loaded:
-        spec = SandboxSpec(LISTENER, str(jsonpatch), Grants(grants), Limits(**LIMITS))
+    async def _load(grants: frozenset[str] = frozenset(), plugin: Path = jsonpatch) -> Loaded:
+        spec = SandboxSpec(LISTENER, str(plugin), Grants(grants), Limits(**LIMITS))
         factory = await wt.load_http(spec, cache)
         opened.append(factory)
         return Loaded(factory, spec)
@@ -226,6 +234,51 @@ async def test_bad_config_faults_on_open(load: LoadFn, config: str) -> None:
         await r.request_body(b"{}", True)
     assert e.value.kind is FaultKind.TRAP
     assert await r.close() is None  # a faulted sandbox is released without on-close
+
+
+# --- the SDK's helpers, through a test plugin -------------------------------------------
+
+
+async def test_sdk_headers_attributes_config_and_modify(load: LoadFn, sdk_probe: Path) -> None:
+    p = await load(plugin=sdk_probe)
+    assert p.factory.phases == HttpPhase.REQUEST_HEADERS | HttpPhase.REQUEST_BODY
+    r = await p.runner(" a=1; b ;;c=x=y")
+    headers = [
+        Header(":path", b"/p"), Header("x-multi", b"one"), Header("X-Multi", b"two"),
+        Header("x-raw", b"\xff\xfe"),
+    ]
+    d = await r.request_headers(headers, [("request.path", "/p")], False)
+    await r.close()
+    assert d.kind is DecisionKind.MODIFY and d.body is None
+    assert d.headers.set == (
+        Header("x-first", b"one"),
+        Header("x-all", b"one|two"),
+        Header("x-raw-text", b"undefined"),  # not UTF-8: no text
+        Header("x-raw-bytes", b"\xff\xfe"),  # the bytes, unchanged
+        Header("x-path", b"/p"),
+        Header("x-config", b'[["a","1"],["b",""],["c","x=y"]]'),
+    )
+    assert d.headers.append == (Header("x-app", b"a"), Header("x-app", b"b"))
+    assert d.headers.remove == ("x-gone",)
+
+
+async def test_sdk_respond_and_bodies(load: LoadFn, sdk_probe: Path) -> None:
+    p = await load(plugin=sdk_probe)
+    r = await p.runner()
+    d = await r.request_headers([Header("x-answer", b"418")], [], False)
+    await r.close()
+    assert (d.kind, d.status, d.body) == (DecisionKind.RESPOND, 418, b"answered")
+    assert d.response_headers == (Header("x-from", b"probe"),)
+    r = await p.runner()
+    with pytest.raises(PluginFault) as e:  # respond() refuses a status outside 200..599
+        await r.request_headers([Header("x-answer", b"99")], [], False)
+    assert e.value.kind is FaultKind.TRAP
+    await r.close()
+    [d] = await one_request(await load(plugin=sdk_probe), "", "hello \u00e9".encode())
+    assert (d.kind, d.body) == (DecisionKind.MODIFY, "HELLO \u00c9".encode())
+    [d] = await one_request(p, "", b"\xff")
+    assert (d.kind, d.status, d.body) == (DecisionKind.RESPOND, 415, b'{"error":"not UTF-8"}')
+    assert d.response_headers == (Header("content-type", b"application/json"),)
 
 
 # --- end to end: Envoy + lightcell serve + upstream ---------------------------------------

@@ -28,8 +28,14 @@ const EMPTY = new Uint8Array(0);
 
 /** UTF-8 bytes of a string; a Uint8Array is returned as it is. */
 export function bytes(value) {
-  if (value instanceof Uint8Array) return value;
   if (typeof value === 'string') return ENCODER.encode(value);
+  // Not `instanceof`: the arrays componentize-js hands to hooks come from
+  // another realm (its bindings' global), whose Uint8Array is another constructor.
+  if (ArrayBuffer.isView(value)) {
+    return Object.prototype.toString.call(value) === '[object Uint8Array]'
+      ? value
+      : new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  }
   if (value === undefined || value === null) return EMPTY;
   throw new TypeError(`expected a string or a Uint8Array, got ${typeof value}`);
 }
