@@ -44,8 +44,9 @@ from vmm.wasmtime_tier._fastcall import raise_failure
 from vmm.wasmtime_tier._faults import AbiViolation
 
 __all__ = [
-    "Lower", "call", "call_lowered", "call_on_data", "lift_bytes", "lower_bool", "lower_bytes", "lower_enum",
-    "post_return",
+    "BYTE_VEC_NEW", "OF", "VALLIST_NEW_UNINIT", "VEC_DATA", "Lower", "c_function", "call", "call_lowered",
+    "call_on_data", "lift_bytes", "lower_bool", "lower_bytes", "lower_bytes_at", "lower_enum", "pointer_at",
+    "post_return", "set_kind",
 ]
 
 _VAL = ffi.wasmtime_component_val_t
@@ -62,22 +63,56 @@ Lower = Callable[[_VAL], None]
 R = TypeVar("R")
 
 
+def c_function(name: str, *argtypes: Any) -> Any:
+    """A fresh ctypes handle on a wasmtime C function with our own argument types
+    (addresses as integers, bytes passed without a copy); wasmtime-py's handle,
+    and its argument types, stay as they are."""
+    fn = ffi.dll[name]
+    fn.argtypes = list(argtypes)
+    fn.restype = None
+    return fn
+
+
+BYTE_VEC_NEW = c_function("wasm_byte_vec_new", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+VALLIST_NEW_UNINIT = c_function("wasmtime_component_vallist_new_uninit", ctypes.c_void_p, ctypes.c_size_t)
+OF = _PAYLOAD  # a value's payload (the union), from its start
+
+
+def _offset(struct: Any, field: str) -> int:
+    return int(getattr(struct, field).offset)
+
+
+VEC_DATA = _offset(ffi.wasmtime_component_vallist_t, "data")
+"""Where a list's data pointer sits; the same in a byte vector and a record (asserted)."""
+assert VEC_DATA == _offset(ffi.wasm_byte_vec_t, "data") == _offset(ffi.wasmtime_component_valrecord_t, "data")
+
+
+def pointer_at(addr: int) -> int:
+    """The pointer stored at `addr` (host memory wasmtime just wrote)."""
+    return ctypes.c_void_p.from_address(addr).value or 0
+
+
+def set_kind(addr: int, kind: int) -> None:
+    ctypes.c_uint8.from_address(addr).value = kind
+
+
+def lower_bytes_at(addr: int, data: bytes) -> None:
+    """Make the (zeroed) value at `addr` a list<u8> of `data`: two strided copies.
+    The kind is set last, so until then the value is still a valid `false`."""
+    n = len(data)
+    VALLIST_NEW_UNINIT(addr + OF, n)
+    if n:
+        image = bytearray(_SIZE * n)
+        image[0::_SIZE] = bytes((_KIND_U8,)) * n
+        image[_PAYLOAD::_SIZE] = data
+        source = (ctypes.c_char * len(image)).from_buffer(image)
+        ctypes.memmove(pointer_at(addr + OF + VEC_DATA), source, len(image))
+    set_kind(addr, _KIND_LIST)
+
+
 def lower_bytes(data: bytes) -> Lower:
-    """A list<u8> argument, built with two strided copies."""
-
-    def lower(out: _VAL) -> None:
-        n = len(data)
-        raw = ffi.wasmtime_component_vallist_t()
-        ffi.wasmtime_component_vallist_new_uninit(ctypes.byref(raw), n)
-        if n:
-            image = bytearray(_SIZE * n)
-            image[0::_SIZE] = bytes((_KIND_U8,)) * n
-            image[_PAYLOAD::_SIZE] = data
-            ctypes.memmove(raw.data, (ctypes.c_char * len(image)).from_buffer(image), len(image))
-        out.kind = ffi.WASMTIME_COMPONENT_LIST
-        out.of.list = raw
-
-    return lower
+    """A list<u8> argument."""
+    return lambda out: lower_bytes_at(ctypes.addressof(out), data)
 
 
 def lower_bool(value: bool) -> Lower:

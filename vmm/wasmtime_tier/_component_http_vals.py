@@ -29,7 +29,18 @@ from wasmtime import _ffi as ffi
 
 from vmm.contract import IMMEDIATE_STATUS_MAX, IMMEDIATE_STATUS_MIN, DecisionKind, HttpPhase
 from vmm.http_abi import MAX_DECISION_HEADER_BYTES, MAX_DECISION_HEADERS, Header, HeaderMutation, HttpDecision
-from vmm.wasmtime_tier._component_bytes import Lower, lift_bytes, lower_bytes
+from vmm.wasmtime_tier._component_bytes import (
+    BYTE_VEC_NEW,
+    OF,
+    VALLIST_NEW_UNINIT,
+    VEC_DATA,
+    Lower,
+    c_function,
+    lift_bytes,
+    lower_bytes_at,
+    pointer_at,
+    set_kind,
+)
 from vmm.wasmtime_tier._faults import AbiViolation
 
 __all__ = ["lift_decision", "lift_phases", "lower_attributes", "lower_headers"]
@@ -48,37 +59,46 @@ _CONTINUE = HttpDecision(DecisionKind.CONTINUE)
 # --- lowering ---------------------------------------------------------------------
 
 
-def _string(out: _VAL, text: bytes) -> None:
-    out.of.string = ffi.bytes_to_capi(text)
-    out.kind = ffi.WASMTIME_COMPONENT_STRING
+_RECORD_NEW_UNINIT = c_function("wasmtime_component_valrecord_new_uninit", ctypes.c_void_p, ctypes.c_size_t)
+_ENTRY_NAME = ffi.wasmtime_component_valrecord_entry.name.offset
+_ENTRY_VAL = ffi.wasmtime_component_valrecord_entry.val.offset
+
+
+def _string_at(addr: int, text: bytes) -> None:
+    BYTE_VEC_NEW(addr + OF, len(text), text)
+    set_kind(addr, _KIND["STRING"])
+
+
+def _field_at(entry: int, name: bytes) -> int:
+    """Name the (zeroed) record entry at `entry`; returns the address of its value."""
+    BYTE_VEC_NEW(entry + _ENTRY_NAME, len(name), name)
+    return entry + _ENTRY_VAL
 
 
 def _pairs(pairs: Sequence[tuple[bytes, bytes]], value_is_string: bool) -> Lower:
-    """list<record { name: string, value: list<u8> or string }>."""
+    """list<record { name: string, value: list<u8> or string }>, written in place
+    with one C call per allocation (wasmtime's own, so wasmtime frees them)."""
 
     def lower(out: _VAL) -> None:
         n = len(pairs)
-        items = ffi.wasmtime_component_vallist_t()
-        ffi.wasmtime_component_vallist_new_uninit(ctypes.byref(items), n)
+        addr = ctypes.addressof(out)
+        VALLIST_NEW_UNINIT(addr + OF, n)
+        items = pointer_at(addr + OF + VEC_DATA)
         if n:
-            ctypes.memset(items.data, 0, _SIZE * n)
-        out.kind = ffi.WASMTIME_COMPONENT_LIST
-        out.of.list = items  # owned by `out` from here on
+            ctypes.memset(items, 0, _SIZE * n)  # every element a valid `false` until filled
+        set_kind(addr, _KIND["LIST"])  # owned by `out` from here on
         for i, (name, value) in enumerate(pairs):
-            record = ffi.wasmtime_component_valrecord_t()
-            ffi.wasmtime_component_valrecord_new_uninit(ctypes.byref(record), 2)
-            ctypes.memset(record.data, 0, _ENTRY_SIZE * 2)
-            element = items.data[i]
-            element.kind = ffi.WASMTIME_COMPONENT_RECORD
-            element.of.record = record  # owned by the list from here on
-            first, second = record.data[0], record.data[1]
-            first.name = ffi.str_to_capi("name")
-            _string(first.val, name)
-            second.name = ffi.str_to_capi("value")
+            element = items + _SIZE * i
+            _RECORD_NEW_UNINIT(element + OF, 2)
+            entries = pointer_at(element + OF + VEC_DATA)
+            ctypes.memset(entries, 0, _ENTRY_SIZE * 2)
+            set_kind(element, _KIND["RECORD"])  # owned by the list from here on
+            _string_at(_field_at(entries, b"name"), name)
+            value_at = _field_at(entries + _ENTRY_SIZE, b"value")
             if value_is_string:
-                _string(second.val, value)
+                _string_at(value_at, value)
             else:
-                lower_bytes(value)(second.val)
+                lower_bytes_at(value_at, value)
 
     return lower
 
