@@ -289,9 +289,17 @@ def unwrap_core(data: bytes) -> bytes | None:
         if m is not main and other.memory_min_pages is not None:
             return None
     for imp in info.imports:
-        if imp.module != WASI_P1_MODULE and imp.module not in CAPABILITY_OF_MODULE:
+        known = imp.module == WASI_P1_MODULE or imp.module in CAPABILITY_OF_MODULE
+        if not known and not _wasip2(imp.module):
             return None
     return main
+
+
+def _wasip2(module: str) -> bool:
+    """A WASI 0.2 import module (the micro-VM guest implements them: wasip2*.c)."""
+    from vmm.microvm.wasip2_gen import unversioned
+
+    return unversioned(module) is not None
 
 
 # --- core module parsing ------------------------------------------------------
@@ -453,6 +461,15 @@ def _check_imports_and_memory(info: CoreModuleInfo, problems: list[str]) -> froz
             if want is None:
                 problems.append(f"{where}: WASI function not available to plugins")
                 continue
+        elif _wasip2(imp.module):  # WASI 0.2: its grants are checked per call, as in the component path
+            from vmm.microvm.wasip2_gen import core_signature
+
+            sig = core_signature(imp.module, imp.name)
+            if sig is None:
+                problems.append(f"{where}: not a WASI 0.2 function")
+            elif imp.sig != FuncSig(*sig):
+                problems.append(f"{where}: signature {imp.sig}, WASI 0.2 says {FuncSig(*sig)}")
+            continue
         else:
             want = CONTRACT_IMPORTS.get((imp.module, imp.name))
             if want is None:

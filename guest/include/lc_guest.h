@@ -94,8 +94,19 @@ enum lc_hostfn {
     LC_HOST_KV_INCREMENT = 9,   /* blob0 key, a0 delta (as u64) -> value */
     LC_HOST_METADATA_SET = 10,  /* blob0 key, blob1 value */
     LC_HOST_EGRESS_SEND = 11,   /* blob0 host, a0 port, blob1 payload -> value 0 ok / 1+send-error */
-    LC_HOST_CONNECTION_ATTRIBUTES = 12 /* -> value count; payload per attribute: u32 name
+    LC_HOST_CONNECTION_ATTRIBUTES = 12, /* -> value count; payload per attribute: u32 name
                                           length, u32 value length, name, value */
+    /* WASI 0.2 (guest/runtime/wasip2*.c). An address is 6 bytes: IPv4 octets, port (BE). */
+    LC_HOST_GRANTED = 13,   /* a0 grant (wasip2_rt.h LC_GRANT_*) -> value 1/0; needs no grant,
+                               records no denial */
+    LC_HOST_ARGUMENTS = 14, /* -> value count; payload: each argument NUL-terminated */
+    LC_HOST_UDP_BIND = 15,  /* blob0 address -> value socket id (1..) or 1<<32 | error-code */
+    LC_HOST_UDP_RECV = 16,  /* a0 socket id -> value 1 + payload address, data / 0 none;
+                               socket 0: the egress grant check only */
+    LC_HOST_UDP_SEND = 17,  /* a0 socket id (0 unbound: the egress allow list), blob0 address,
+                               blob1 data -> value 0 ok / 1 + error-code */
+    LC_HOST_POLL = 18       /* a0 timeout ns (the host waits at most 1 s), blob0 u32 socket ids
+                               -> value 1 if one is readable */
 };
 
 struct lc_hostcall {

@@ -12,6 +12,7 @@
 
 #include "lc_imports.h"
 #include "lc_rt.h"
+#include "wasip2_rt.h"
 
 #define WASI_ESUCCESS 0u
 #define WASI_EBADF 8u
@@ -31,6 +32,7 @@ static int g_log_checked;
 
 void lc_wasi_event_begin(void) {
     g_log_checked = 0;
+    lc_wasip2_event_begin(); /* WASI 0.2 (wasip2.c) forgets its answers too */
 }
 
 /* Ask the host once per event whether `log` is granted: a LOG host call that
@@ -56,6 +58,22 @@ void lc_wasi_flush_output(void) {
     }
 }
 
+/* Shared with WASI 0.2's stdout/stderr output-streams (wasip2.c). */
+void lc_wasi_output(uint32_t fd, const uint8_t *src, uint32_t n) {
+    uint8_t *line = g_line[fd - 1];
+    uint32_t *len = &g_line_len[fd - 1];
+    for (uint32_t j = 0; j < n; j++) {
+        if (src[j] == '\n') {
+            emit_line(fd);
+            continue;
+        }
+        line[(*len)++] = src[j];
+        if (*len == LINE_MAX_BYTES) {
+            emit_line(fd);
+        }
+    }
+}
+
 /* fd_write(fd, iovs: *ciovec, iovs_len, nwritten: *u32) -> errno. */
 uint32_t lc_wasi_fd_write(uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_t nwritten) {
     check_log_grant(); /* before the fd, the iovecs, anything */
@@ -68,22 +86,10 @@ uint32_t lc_wasi_fd_write(uint32_t fd, uint32_t iovs, uint32_t iovs_len, uint32_
     const uint8_t *vec = lc_rt_guest(iovs, (uint64_t)iovs_len * 8u);
     (void)lc_rt_guest(nwritten, 4);
     uint64_t total = 0;
-    uint8_t *line = g_line[fd - 1];
-    uint32_t *len = &g_line_len[fd - 1];
     for (uint32_t i = 0; i < iovs_len; i++) {
         uint32_t buf = lc_rt_ld32(vec + 8u * i), blen = lc_rt_ld32(vec + 8u * i + 4);
-        const uint8_t *src = lc_rt_guest(buf, blen);
+        lc_wasi_output(fd, lc_rt_guest(buf, blen), blen);
         total += blen;
-        for (uint32_t j = 0; j < blen; j++) {
-            if (src[j] == '\n') {
-                emit_line(fd);
-                continue;
-            }
-            line[(*len)++] = src[j];
-            if (*len == LINE_MAX_BYTES) {
-                emit_line(fd);
-            }
-        }
     }
     if (total > UINT32_MAX) {
         return WASI_EINVAL;

@@ -91,6 +91,13 @@ class HostFn(enum.IntEnum):
     METADATA_SET = 10
     EGRESS_SEND = 11
     CONNECTION_ATTRIBUTES = 12
+    # WASI 0.2 (guest/runtime/wasip2*.c, vmm/microvm/wasip2_host.py)
+    GRANTED = 13
+    ARGUMENTS = 14
+    UDP_BIND = 15
+    UDP_RECV = 16
+    UDP_SEND = 17
+    POLL = 18
 
 
 class HostcallStatus(enum.IntEnum):

@@ -53,6 +53,30 @@ IMPL_OF_IMPORT: dict[tuple[str, str], str] = {
 """(import module, name) -> the runtime function implementing it (lc_imports.h)."""
 
 
+# --- WASI 0.2 imports (guest/runtime/wasip2*.c; vmm/microvm/wasip2_gen.py) ----
+def _wasip2_forward(key: tuple[str, str], decl: CDecl, instance_type: str) -> str | None:
+    """The forwarder of a `wasi:*@0.2.N` import to its lc_wasip2_* function, with
+    the plugin's own memory and cabi_realloc as the lowering context; None if
+    the import is not WASI 0.2. The core signature must be the generated one."""
+    from vmm.microvm import wasip2_gen
+
+    module = wasip2_gen.unversioned(key[0])
+    func = wasip2_gen.declared().get((module, key[1])) if module is not None else None
+    if module is None or func is None:
+        return None
+    want = tuple(_WASM2C_TYPE[t] for t, _ in func.params)
+    ret = "void" if func.result == "void" else _WASM2C_TYPE[func.result]
+    if decl.params != want or decl.ret != ret:
+        raise BindError(f"import {key[0]}::{key[1]}: signature {decl.params} -> {decl.ret}, "
+                        f"WASI 0.2 says {want} -> {ret}")
+    impl = wasip2_gen.c_name(module, key[1])
+    context = "lc_wasip2_plugin_canon()" + (", " if want else "")
+    return _forward(decl, impl, instance_type).replace(f"{impl}(", f"{impl}({context}", 1)
+
+
+_WASM2C_TYPE = {"uint32_t": "u32", "uint64_t": "u64", "float": "f32", "double": "f64"}
+
+
 class BindError(ValueError):
     """wasm2c's header does not have the shape bind.c expects."""
 
@@ -199,12 +223,17 @@ def generate_bind(header: str, header_name: str, exports_present: frozenset[str]
         f'#include "{header_name}"',
         '#include "lc_imports.h"',
         '#include "lc_rt.h"',
+        '#include "wasip2_rt.h"',
         "",
         f"static w2c_{MODULE_NAME} g_plugin;",
         "",
     ]
     for key, decl in sorted(imports.items()):
         impl = IMPL_OF_IMPORT.get(key)
+        wasip2 = _wasip2_forward(key, decl, _instance_type(header, decl)) if impl is None else None
+        if wasip2 is not None:
+            out.append(wasip2)
+            continue
         if impl is None:
             raise BindError(f"import {key[0]}::{key[1]} has no implementation")
         out.append(_forward(decl, impl, _instance_type(header, decl)))

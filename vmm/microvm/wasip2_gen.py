@@ -14,6 +14,7 @@ only names the flat parameters, and the two must agree on their count.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -23,7 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HEADER", "WIT_DIR", "WasiFunc", "c_name", "generate", "load_functions", "unversioned"]
+__all__ = [
+    "HEADER",
+    "WIT_DIR",
+    "WasiFunc",
+    "c_name",
+    "core_signature",
+    "declared",
+    "generate",
+    "load_functions",
+    "unversioned",
+    "write_wit_dir",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 WIT_DIR = ROOT / "guest" / "runtime" / "wasip2-wit"
@@ -32,7 +44,9 @@ WORLD = "imports"
 PREFIX = "lc_wasip2_"
 
 _C_TYPE = {"i32": "uint32_t", "i64": "uint64_t", "f32": "float", "f64": "double"}
-_IMPORT = re.compile(r'\(import "([^"]+)" "([^"]+)" \(func \(;\d+;\) \(type \d+\)((?: \((?:param|result)[^)]*\))*)\)\)')
+_IMPORT = re.compile(
+    r'\(import "([^"]+)" "([^"]+)" \(func \(;\d+;\) \(type \d+\)((?: \((?:param|result)[^)]*\))*)\)\)'
+)
 _VERSION = re.compile(r"@0\.2\.\d+$")
 
 
@@ -128,9 +142,9 @@ def load_functions(wit_dir: Path = WIT_DIR) -> list[WasiFunc]:
     for item in world["imports"].values():
         iface = resolve["interfaces"][item["interface"]["id"]]
         pkg = resolve["packages"][iface["package"]]["name"]
-        module = f"{pkg.split('@')[0]}/{iface['name']}"
-        for fname, func in iface["functions"].items():
-            wit[(module, fname)] = func
+        iface_name = f"{pkg.split('@')[0]}/{iface['name']}"
+        for fname, wit_func in iface["functions"].items():
+            wit[(iface_name, fname)] = wit_func
     with tempfile.TemporaryDirectory() as tmp:
         core = Path(tmp) / "dummy.wasm"
         _wasm_tools("component", "embed", str(wit_dir), "--world", WORLD, "--dummy-names", "legacy",
@@ -138,9 +152,10 @@ def load_functions(wit_dir: Path = WIT_DIR) -> list[WasiFunc]:
         text = _wasm_tools("print", str(core))
     funcs: list[WasiFunc] = []
     for m in _IMPORT.finditer(text):
-        module = unversioned(m.group(1))
-        if module is None:
+        found = unversioned(m.group(1))
+        if found is None:
             raise ValueError(f"not a WASI 0.2 import: {m.group(1)}")
+        module = found
         params = re.findall(r"\(param ([^)]*)\)", m.group(3))
         core_params = " ".join(params).split()
         results = " ".join(re.findall(r"\(result ([^)]*)\)", m.group(3))).split()
@@ -205,6 +220,30 @@ void lc_wasip2_startup_random(int allowed);
 """
 
 
+_DECLARED = re.compile(r"/\* import: '([^']+)' '([^']+)' \*/\n(\w+) (\w+)\(([^)]*)\);")
+_CORE_TYPE = {c: w for w, c in _C_TYPE.items()}
+
+
+@functools.cache
+def declared() -> dict[tuple[str, str], WasiFunc]:
+    """The committed header's functions by (module without version, core name)."""
+    out: dict[tuple[str, str], WasiFunc] = {}
+    for module, name, ret, _c, params in _DECLARED.findall(HEADER.read_text()):
+        typed = [p.strip().rsplit(" ", 1) for p in params.split(",")[1:]]  # after the lc_canon
+        out[(module, name)] = WasiFunc(module, name, tuple((t, n) for t, n in typed), ret)
+    return out
+
+
+def core_signature(module: str, name: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(params, results) in wasm types of a WASI 0.2 import (any 0.2.x), or None."""
+    base = unversioned(module)
+    func = declared().get((base, name)) if base is not None else None
+    if func is None:
+        return None
+    params = tuple(_CORE_TYPE[t] for t, _ in func.params)
+    return params, (() if func.result == "void" else (_CORE_TYPE[func.result],))
+
+
 def generate(funcs: list[WasiFunc]) -> str:
     out = [_PREAMBLE]
     module = ""
@@ -213,9 +252,32 @@ def generate(funcs: list[WasiFunc]) -> str:
             out.append(f"/* ---- {f.module} ---- */\n")
             module = f.module
         params = ", ".join(["struct lc_canon *cx", *(f"{t} {n}" for t, n in f.params)])
-        out.append(f"/* import: '{f.module}' '{f.name}' */\n{f.result} {c_name(f.module, f.name)}({params});\n")
+        name = c_name(f.module, f.name)
+        out.append(f"/* import: '{f.module}' '{f.name}' */\n{f.result} {name}({params});\n")
     out.append("\n#endif\n")
     return "".join(out)
+
+
+WIT_VERSION = "0.2.12"
+"""The version of the vendored WIT (guest/runtime/wasip2-wit/deps)."""
+
+
+def write_wit_dir(out: Path, world_wit: str, version: str = "0.2.9") -> Path:
+    """A WIT directory for building a component against WASI 0.2: `world_wit`
+    (a package of its own) as out/world.wit, the vendored WASI packages
+    relabelled `version` (0.2.9: what componentize-py 0.25 imports; the
+    signatures are the same) and lightcell:filter (plugins/wit) in out/deps."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "world.wit").write_text(world_wit)
+    for pkg in sorted((WIT_DIR / "deps").iterdir()):
+        dest = out / "deps" / pkg.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for wit in pkg.glob("*.wit"):
+            (dest / wit.name).write_text(wit.read_text().replace(f"@{WIT_VERSION}", f"@{version}"))
+    filt = out / "deps" / "lightcell-filter"
+    filt.mkdir(parents=True, exist_ok=True)
+    (filt / "lightcell.wit").write_text((ROOT / "plugins" / "wit" / "lightcell.wit").read_text())
+    return out
 
 
 def main(argv: list[str]) -> int:
