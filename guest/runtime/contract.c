@@ -16,6 +16,7 @@
 
 #include "lc_imports.h"
 #include "lc_rt.h"
+#include "wasip2.h"
 
 #ifndef LC_MAX_OUTPUT_BYTES /* passed by vmm/microvm/compile.py from vmm/contract.py */
 #error "LC_MAX_OUTPUT_BYTES must be defined (vmm.contract.MAX_OUTPUT_BYTES)"
@@ -137,7 +138,9 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
         }
         uint32_t lptr = lower_bytes(payload, arg0);
         uint32_t cptr = lower_bytes(payload + arg0, arg1);
+        lc_wasip2_startup_random(1); /* the instance's first export call (wasip2.c) */
         lc_bind_on_open(lptr, arg0, cptr, arg1);
+        lc_wasip2_startup_random(0);
         lc_wasi_flush_output();
         break;
     }

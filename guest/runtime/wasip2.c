@@ -98,6 +98,7 @@ static uint32_t g_startup_random;
 
 void lc_wasip2_event_begin(void) {
     memset(g_granted, 0xff, sizeof(g_granted));
+    g_startup_random = 0; /* also after an on-open that failed midway */
 }
 
 void lc_wasip2_flush_output(void) {
