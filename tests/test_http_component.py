@@ -302,3 +302,38 @@ def test_unprovided_wasi_imports_link_to_stubs_that_deny() -> None:
         _context.leave()
     assert repr(ctx.error) == "CapabilityDenied(\"capability 'wasi:http/types' not granted\")"
     assert METRICS.get("capability_denied_total", **labels) == before + 1
+
+
+# --- lightcell_sdk in plain CPython (no bindings) ----------------------------------------
+
+
+@pytest.fixture
+def sdk(monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.syspath_prepend(str(HERE.parent / "plugins" / "sdk" / "python"))
+    import lightcell_sdk
+
+    return lightcell_sdk
+
+
+def test_sdk_phases_are_the_overridden_hooks_and_headers_ignore_case(sdk: object) -> None:
+    import lightcell_sdk as lc
+    from lightcell_sdk import host
+
+    class Both(lc.Filter):
+        def on_request_headers(self, headers, attributes, end_of_stream):  # type: ignore[no-untyped-def]
+            return lc.Modify(set={"X-A": "1"}, append=[("x-b", b"\xff")], remove=["X-C"])
+
+        def on_response_body(self, body, end_of_stream):  # type: ignore[no-untyped-def]
+            return lc.Continue()
+
+    assert Both.phases() == ("on_request_headers", "on_response_body")
+    assert lc.Filter.phases() == ()
+    headers = lc.Headers([("Set-Cookie", b"a=1"), ("set-cookie", b"b=2"), (":path", b"/x\xff")])
+    assert headers.get("SET-COOKIE") == b"a=1" and headers.get_all("set-cookie") == [b"a=1", b"b=2"]
+    assert headers.text(":path") == "/x\ufffd" and headers.text("missing", "-") == "-"
+    assert "Set-cookie" in headers and "cookie" not in headers and len(headers) == 3
+    with pytest.raises(KeyError):
+        headers["missing"]
+    assert lc.Modify().body is None and lc.Respond(403).body == b""
+    with pytest.raises(RuntimeError, match="no bindings"):
+        host.kv_increment("n")  # capabilities exist only inside a component
