@@ -259,7 +259,7 @@ def core_modules(component: bytes) -> list[bytes]:
     return modules
 
 
-def unwrap_core(data: bytes) -> bytes | None:
+def unwrap_core(data: bytes, wasip2: bool = False) -> bytes | None:
     """The core module that implements the contract on its own, or None.
 
     A core module is returned as is. For a component: the one embedded module
@@ -268,7 +268,8 @@ def unwrap_core(data: bytes) -> bytes | None:
     and the main module imports only contract or WASI p1 functions (so the
     host can stand in for the component glue). Anything
     else (componentize-py's many linked modules) returns None: run it as a
-    component.
+    component. `wasip2`: the main module may also import WASI 0.2 functions
+    (the micro-VM guest implements them; the wasmtime tier's core path does not).
     """
     if classify(data) is BinaryKind.CORE:
         return data
@@ -290,7 +291,7 @@ def unwrap_core(data: bytes) -> bytes | None:
             return None
     for imp in info.imports:
         known = imp.module == WASI_P1_MODULE or imp.module in CAPABILITY_OF_MODULE
-        if not known and not _wasip2(imp.module):
+        if not known and not (wasip2 and _wasip2(imp.module)):
             return None
     return main
 

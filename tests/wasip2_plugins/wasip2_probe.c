@@ -5,9 +5,11 @@
  * wasip2*.c) and the wasmtime tier's to be compared on (test_wasip2.py).
  *
  * on-open writes "hello from wasip2\n" and an unfinished "open-partial" to
- * stdout. Each non-empty chunk's first byte picks what to call; the
+ * stdout; with config "seed=N" it first reads N bytes of get-random-bytes in
+ * pieces of at most 256, as componentize-py's start-up reseed does (chunk
+ * 's' then answers "s=1" if they were all zero, else "s=0"). Each non-empty chunk's first byte picks what to call; the
  * replacement says what came back:
- *   w  stdout "w1\nw2" and stderr "e1\n" ..... "w=ok"
+ *   w  stdout "w1\nw" (write) + "2" (blocking-write-and-flush), stderr "e1\n" .. "w=ok"
  *   c  monotonic now x2, subscribe-duration(0) + block, wall-clock now .. "c=ok"
  *   r  get-random-bytes(16) .................. "r=16"
  *   u  get-random-u64 ........................ "u=ok"
@@ -53,6 +55,7 @@ WASI("sockets/network", "[resource-drop]network") extern void wasi_drop_network(
 WASI("cli/terminal-stdout", "get-terminal-stdout") extern void wasi_terminal_stdout(int32_t ret);
 
 static uint32_t area[16] __attribute__((aligned(8)));
+static int seed_zero = -1;
 static uint8_t out[64];
 
 #define PTR(p) ((int32_t)(uintptr_t)(p))
@@ -65,10 +68,22 @@ static void write_text(int32_t stream, const char *s, int flush) {
 
 void lc_on_open(lc_bytes listener, lc_bytes config) {
     (void)listener;
-    (void)config;
+    lc_bytes key, value;
+    lc_split_kv(config, &key, &value);
+    uint32_t seed = 0;
+    if (lc_eq(key, "seed") && !lc_parse_u32(value, &seed)) __builtin_trap();
+    if (seed) seed_zero = 1;
+    while (seed) {
+        uint32_t n = seed > 256 ? 256 : seed;
+        wasi_random_bytes(n, PTR(area));
+        const uint8_t *bytes = (const uint8_t *)(uintptr_t)area[0];
+        for (uint32_t i = 0; i < area[1]; i++) seed_zero &= bytes[i] == 0;
+        lc_free((void *)(uintptr_t)area[0]);
+        seed -= n;
+    }
     int32_t so = wasi_get_stdout();
     write_text(so, "hello from wasip2\n", 1);
-    write_text(so, "open-partial", 0);
+    write_text(so, "open-partial", 1);
     wasi_drop_output(so);
 }
 
@@ -86,7 +101,8 @@ lc_verdict lc_on_data(lc_direction dir, lc_bytes data, bool eos) {
     switch (data.ptr[0]) {
     case 'w': {
         int32_t so = wasi_get_stdout(), se = wasi_get_stderr();
-        write_text(so, "w1\nw2", 0);
+        write_text(so, "w1\nw", 0); /* a write, then a flush: delivered in order in both tiers */
+        write_text(so, "2", 1);
         write_text(se, "e1\n", 1);
         wasi_drop_output(so);
         wasi_drop_output(se);
@@ -146,6 +162,8 @@ lc_verdict lc_on_data(lc_direction dir, lc_bytes data, bool eos) {
     case 'p':
         wasi_poll(PTR(area), 0, PTR(area + 4));
         return lc_pass();
+    case 's':
+        return text("s=", (uint32_t)seed_zero, 1);
     case 't':
         wasi_terminal_stdout(PTR(area));
         return text("t=", ((uint8_t *)area)[0], 1);

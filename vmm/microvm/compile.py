@@ -247,7 +247,7 @@ def load_core(data: bytes, name: str = "plugin",
     None: the world the module implements), or CompileError saying why."""
     try:
         kind = classify(data)
-        core = unwrap_core(data)
+        core = unwrap_core(data, wasip2=True)  # the guest implements WASI 0.2 (wasip2*.c)
     except WasmFormatError as e:
         raise CompileError(f"{name}: not a usable WebAssembly binary: {e}") from e
     if core is None:
