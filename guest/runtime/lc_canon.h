@@ -13,7 +13,7 @@
  *        "[constructor]R" -> constructor_R, plain names as they are;
  *        every '-' and '.' becomes '_'.
  *   resource.drop of an imported resource R of that interface ->
- *     void lc_wasip2_<pkg>_<iface>_drop_<R'>(struct lc_canon *c, uint32_t handle)
+ *     void lc_wasip2_<pkg>_<iface>_resource_drop_<R'>(struct lc_canon *c, uint32_t handle)
  *   (c has no memory/realloc there).
  * Core parameters are the canonical ABI's flattening (uint32_t, uint64_t,
  * float, double), a trailing return pointer when the results do not flatten
@@ -27,14 +27,9 @@
 
 #include <stdint.h>
 
-#include "wasm-rt.h"
-
-struct lc_canon {
-    wasm_rt_memory_t *memory; /* (memory ...) option; 0 when absent */
-    /* (realloc ...) option, called as cabi_realloc(old, old_size, align,
-     * new_size); 0 when absent */
-    uint32_t (*realloc)(uint32_t old_ptr, uint32_t old_size, uint32_t align, uint32_t new_size);
-};
+/* struct lc_canon { memory; realloc(instance, old, old_size, align, new_size);
+ * instance; } is wasip2.h's (issue 9b), shared as is. */
+#include "wasip2.h"
 
 /* The host address of [ptr, ptr+len) in c's memory, or the event ends with
  * LC_STATUS_ABI / LC_ABI_BAD_POINTER (overflow-safe; also without memory). */
@@ -44,5 +39,16 @@ uint8_t *lc_canon_guest(const struct lc_canon *c, uint32_t ptr, uint64_t len);
 uint32_t lc_canon_alloc(const struct lc_canon *c, uint32_t size, uint32_t align);
 /* A WASI function the guest does not implement: ends the event (DENIED). */
 __attribute__((noreturn)) void lc_canon_unsupported(void);
+
+/* ---- for the generated glue only (component.c) ------------------------ */
+/* The context of the component's exports (their canon lift): the memory and
+ * realloc the runtime (contract.c, http.c, imports.c) uses between imports. */
+void lc_canon_set_default(const struct lc_canon *c);
+/* Around a lightcell:filter import's implementation: make the lowering's
+ * memory and realloc current (lc_rt_memory, lc_bind_realloc), then back. */
+void lc_canon_enter(const struct lc_canon *c);
+void lc_canon_leave(void);
+/* cabi_realloc of the current context (lc_bind_realloc in a component). */
+uint32_t lc_canon_realloc_current(uint32_t old_ptr, uint32_t old_size, uint32_t align, uint32_t new_size);
 
 #endif

@@ -31,7 +31,16 @@ from vmm.contract import (
     WASI_P1_MODULE,
 )
 
-__all__ = ["IMPL_OF_IMPORT", "MODULE_NAME", "BindError", "CDecl", "generate_bind", "parse_header"]
+__all__ = [
+    "IMPL_OF_IMPORT",
+    "MODULE_NAME",
+    "BindError",
+    "CDecl",
+    "contract_bindings",
+    "generate_bind",
+    "instantiate_params",
+    "parse_header",
+]
 
 MODULE_NAME = "plugin"
 """The wasm2c module name (`wasm2c -n plugin`): symbols are w2c_plugin_*."""
@@ -90,8 +99,8 @@ class CDecl:
 
 _COMMENT = re.compile(r"^/\* (import|export): (.*) \*/$")
 _DECL = re.compile(r"^(?P<ret>[\w ]+?\**)\s*(?P<name>w2c_\w+)\((?P<params>[^)]*)\);$")
+_FIELD = re.compile(r"^(?P<type>[\w ]+?)\s*\*(?P<name>w2c_\w+);$")
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
-_INSTANTIATE = re.compile(r"^void wasm2c_" + MODULE_NAME + r"_instantiate\((?P<params>[^)]*)\);$", re.M)
 
 
 def _unescape(text: str) -> str:
@@ -110,7 +119,8 @@ def _unescape(text: str) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def parse_header(header: str) -> tuple[dict[tuple[str, str], CDecl], dict[str, CDecl], int]:
+def parse_header(header: str, module_name: str = MODULE_NAME
+                 ) -> tuple[dict[tuple[str, str], CDecl], dict[str, CDecl], int]:
     """(imports by (module, name), exports by name, instantiate's import-instance count)."""
     imports: dict[tuple[str, str], CDecl] = {}
     exports: dict[str, CDecl] = {}
@@ -120,7 +130,14 @@ def parse_header(header: str) -> tuple[dict[tuple[str, str], CDecl], dict[str, C
         if not m:
             continue
         names = [_unescape(q) for q in _QUOTED.findall(m.group(2))]
-        d = _DECL.match(lines[i + 1].strip())
+        following = lines[i + 1].strip()
+        field = _FIELD.match(following)
+        if field and m.group(1) == "import" and len(names) == 2:
+            # an imported memory/table/global: a field of the instance struct,
+            # filled by `extern T* <field>(struct w2c_<module>*)`
+            imports[(names[0], names[1])] = CDecl(field.group("type").strip() + "*", field.group("name"), ())
+            continue
+        d = _DECL.match(following)
         if not d:
             raise BindError(f"unexpected declaration after {line.strip()!r}: {lines[i + 1]!r}")
         params = [p.strip() for p in d.group("params").split(",") if p.strip()]
@@ -131,11 +148,18 @@ def parse_header(header: str) -> tuple[dict[tuple[str, str], CDecl], dict[str, C
             exports[names[0]] = decl
         else:
             raise BindError(f"cannot read {line.strip()!r}")
-    inst = _INSTANTIATE.search(header)
+    params = instantiate_params(header, module_name)
+    return imports, exports, len(params) - 1
+
+
+def instantiate_params(header: str, module_name: str = MODULE_NAME) -> list[str]:
+    """The parameter types of wasm2c_<module_name>_instantiate (the instance
+    first, then one `struct w2c_<import module>*` per import module, in order)."""
+    inst = re.search(r"^void wasm2c_" + re.escape(module_name) + r"_instantiate\((?P<params>[^)]*)\);$",
+                     header, re.M)
     if not inst:
-        raise BindError("no wasm2c_plugin_instantiate declaration")
-    n_instances = len([p for p in inst.group("params").split(",") if p.strip()]) - 1
-    return imports, exports, n_instances
+        raise BindError(f"no wasm2c_{module_name}_instantiate declaration")
+    return [p.strip() for p in inst.group("params").split(",") if p.strip()]
 
 
 def _forward(decl: CDecl, impl: str, instance_type: str) -> str:
@@ -157,33 +181,35 @@ def _instance_type(header: str, decl: CDecl) -> str:
 _BAD_REQUEST = "    lc_fail(LC_STATUS_ABI, LC_ABI_BAD_REQUEST); /* the other world's op: a host bug */\n"
 
 
-def _post_call(exports: dict[str, CDecl], present: frozenset[str], hook: str, args: str) -> str:
+def _post_call(exports: dict[str, CDecl], present: frozenset[str], hook: str, args: str,
+               self_expr: str = "&g_plugin") -> str:
     """The call of `hook`'s cabi_post_ export (a statement), or "" if not exported."""
     post = EXPORT_POST_PREFIX + hook
     if post not in present:
         return ""
     if post not in exports:
         raise BindError(f"export {post!r} missing from the wasm2c header")
-    return f"    {exports[post].name}(&g_plugin{args});\n"
+    return f"    {exports[post].name}({self_expr}{args});\n"
 
 
-def _http_bindings(exports: dict[str, CDecl], present: frozenset[str]) -> list[str]:
+def _http_bindings(exports: dict[str, CDecl], present: frozenset[str],
+                   self_expr: str = "&g_plugin") -> list[str]:
     """lc_bind_wanted_phases, lc_bind_http_hook, lc_bind_post_http_hook (lc_rt.h)."""
     for name in (EXPORT_WANTED_PHASES, *HTTP_HOOKS.values()):
         if name not in exports:
             raise BindError(f"export {name!r} missing from the wasm2c header")
     out = [
         "uint32_t lc_bind_wanted_phases(void) {\n"
-        f"    uint32_t flags = {exports[EXPORT_WANTED_PHASES].name}(&g_plugin);\n"
-        + _post_call(exports, present, EXPORT_WANTED_PHASES, ", flags")
+        f"    uint32_t flags = {exports[EXPORT_WANTED_PHASES].name}({self_expr});\n"
+        + _post_call(exports, present, EXPORT_WANTED_PHASES, ", flags", self_expr)
         + "    return flags;\n}\n"
     ]
     hooks, posts = [], []
     for index, (_, hook) in enumerate(sorted((int(p), h) for p, h in HTTP_HOOKS.items())):
         decl = exports[hook]
         args = ", ".join("abcde"[: len(decl.params)])
-        hooks.append(f"    case {index}:\n        return {decl.name}(&g_plugin, {args});\n")
-        post = _post_call(exports, present, hook, ", r")
+        hooks.append(f"    case {index}:\n        return {decl.name}({self_expr}, {args});\n")
+        post = _post_call(exports, present, hook, ", r", self_expr)
         if post:
             posts.append(f"    case {index}:\n    {post}        return 1;\n")
     out.append(
@@ -238,28 +264,38 @@ def generate_bind(header: str, header_name: str, exports_present: frozenset[str]
             raise BindError(f"import {key[0]}::{key[1]} has no implementation")
         out.append(_forward(decl, impl, _instance_type(header, decl)))
 
-    def export(name: str) -> CDecl:
-        if name not in exports:
-            raise BindError(f"export {name!r} missing from the wasm2c header")
-        return exports[name]
-
     null_instances = ", ".join(["0"] * n_instances)
     out.append(
         "void lc_bind_instantiate(void) {\n"
         f"    wasm2c_{MODULE_NAME}_instantiate(&g_plugin{', ' + null_instances if null_instances else ''});\n"
         "}\n"
     )
+    out += contract_bindings(exports, exports_present, world, "&g_plugin")
+    return "\n".join(out)
+
+
+def contract_bindings(exports: dict[str, CDecl], exports_present: frozenset[str], world: str,
+                      self_expr: str) -> list[str]:
+    """lc_bind_memory .. lc_bind_post_on_data (lc_rt.h) over the C functions
+    `exports` names by contract export name, each called with `self_expr` first."""
+
+    def export(name: str) -> CDecl:
+        if name not in exports:
+            raise BindError(f"export {name!r} missing from the wasm2c header")
+        return exports[name]
+
+    out: list[str] = []
     memory = export(EXPORT_MEMORY).name
-    out.append(f"wasm_rt_memory_t *lc_bind_memory(void) {{\n    return {memory}(&g_plugin);\n}}\n")
+    out.append(f"wasm_rt_memory_t *lc_bind_memory(void) {{\n    return {memory}({self_expr});\n}}\n")
     out.append(
         "uint32_t lc_bind_realloc(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {\n"
-        f"    return {export(EXPORT_REALLOC).name}(&g_plugin, a, b, c, d);\n}}\n"
+        f"    return {export(EXPORT_REALLOC).name}({self_expr}, a, b, c, d);\n}}\n"
     )
     out.append(
         "void lc_bind_on_open(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {\n"
-        f"    {export(EXPORT_ON_OPEN).name}(&g_plugin, a, b, c, d);\n"
+        f"    {export(EXPORT_ON_OPEN).name}({self_expr}, a, b, c, d);\n"
         + (
-            f"    {export(EXPORT_POST_PREFIX + EXPORT_ON_OPEN).name}(&g_plugin);\n"
+            f"    {export(EXPORT_POST_PREFIX + EXPORT_ON_OPEN).name}({self_expr});\n"
             if EXPORT_POST_PREFIX + EXPORT_ON_OPEN in exports_present
             else ""
         )
@@ -268,7 +304,7 @@ def generate_bind(header: str, header_name: str, exports_present: frozenset[str]
     if world == TCP_WORLD:
         out.append(
             "uint32_t lc_bind_on_data(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {\n"
-            f"    return {export(EXPORT_ON_DATA).name}(&g_plugin, a, b, c, d);\n}}\n"
+            f"    return {export(EXPORT_ON_DATA).name}({self_expr}, a, b, c, d);\n}}\n"
         )
         out += _http_stubs()
     else:
@@ -276,12 +312,12 @@ def generate_bind(header: str, header_name: str, exports_present: frozenset[str]
             "uint32_t lc_bind_on_data(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {\n"
             "    (void)a; (void)b; (void)c; (void)d;\n" + _BAD_REQUEST + "}\n"
         )
-        out += _http_bindings(exports, exports_present)
+        out += _http_bindings(exports, exports_present, self_expr)
     out.append(
         "void lc_bind_on_close(void) {\n"
-        f"    {export(EXPORT_ON_CLOSE).name}(&g_plugin);\n"
+        f"    {export(EXPORT_ON_CLOSE).name}({self_expr});\n"
         + (
-            f"    {export(EXPORT_POST_PREFIX + EXPORT_ON_CLOSE).name}(&g_plugin);\n"
+            f"    {export(EXPORT_POST_PREFIX + EXPORT_ON_CLOSE).name}({self_expr});\n"
             if EXPORT_POST_PREFIX + EXPORT_ON_CLOSE in exports_present
             else ""
         )
@@ -289,13 +325,14 @@ def generate_bind(header: str, header_name: str, exports_present: frozenset[str]
     )
     if EXPORT_INITIALIZE in exports_present:
         init = export(EXPORT_INITIALIZE).name
-        out.append(f"int lc_bind_initialize(void) {{\n    {init}(&g_plugin);\n    return 1;\n}}\n")
+        out.append(f"int lc_bind_initialize(void) {{\n    {init}({self_expr});\n    return 1;\n}}\n")
     else:
         out.append("int lc_bind_initialize(void) {\n    return 0;\n}\n")
     post = EXPORT_POST_PREFIX + EXPORT_ON_DATA
     if post in exports_present:
         name = export(post).name
-        out.append(f"int lc_bind_post_on_data(uint32_t r) {{\n    {name}(&g_plugin, r);\n    return 1;\n}}\n")
+        out.append(f"int lc_bind_post_on_data(uint32_t r) {{\n    {name}({self_expr}, r);\n"
+                   "    return 1;\n}\n")
     else:
         out.append("int lc_bind_post_on_data(uint32_t r) {\n    (void)r;\n    return 0;\n}\n")
-    return "\n".join(out)
+    return out

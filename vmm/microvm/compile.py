@@ -4,6 +4,7 @@ Pipeline (each step cached on disk by a content hash of the wasm, the
 toolchain versions and the runtime/boot sources):
 
   plugin file --(unwrap a thin component)--> core module
+      (any other component: vmm/microvm/component_compile.py)
       --(contract check: exports, imports, signatures)-->
       wasm2c -n plugin --> plugin.c/.h
       bind.py --> bind.c (forwards wasm2c's import symbols to the runtime)
@@ -323,11 +324,15 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
         data = path.read_bytes()
     except OSError as e:
         raise CompileError(f"{path}: {e}") from e
-    core, contract = load_core(data, path.name, world)
     root = root or cache_dir()
     if not private_dir(root):
         # Images are code we run: never from (or into) a directory others can write.
         raise CompileError(f"AOT cache {root} is not a directory private to this user")
+    if _whole_component(data):
+        from vmm.microvm.component_compile import compile_component
+
+        return compile_component(data, path.name, target=target, root=root, world=world)
+    core, contract = load_core(data, path.name, world)
     key = hashlib.sha256(core + sources_digest(target).encode()).hexdigest()[:32]
     suffix = ".so" if target == "native" else ".elf"
     image = root / f"{key}{suffix}"
@@ -356,6 +361,15 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
             link([*objs, *runtime], out, target)
             publish(out.read_bytes(), image, 0o700 if target == "native" else 0o600)
     return CompiledPlugin(image, contract, False, time.perf_counter() - t0)
+
+
+def _whole_component(data: bytes) -> bool:
+    """A component that is more than a thin wrapper around one core module
+    (componentize-py output, say): compiled with its instantiation glue."""
+    try:
+        return classify(data) is BinaryKind.COMPONENT and unwrap_core(data, wasip2=True) is None
+    except WasmFormatError:
+        return False
 
 
 def _posts(contract: CoreContract | CoreHttpContract) -> str:

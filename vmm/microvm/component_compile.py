@@ -1,0 +1,172 @@
+"""AOT-compile a whole component (componentize-py output, say) for the micro-VM.
+
+  component --(component_parse)--> core modules + instantiation graph
+  each instantiated core module --wasm2c -n lcmod<N>--> C --zig cc--> object
+      (cached per module: CPython's ~11 MB module is compiled once per cache,
+       whichever plugin carries it)
+  graph + every module's wasm2c header --(component_glue)--> glue.c
+  glue + the runtime (with component.c and the WASI 0.2 sources) --> image
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from vmm.cachefiles import locked, publish, trusted
+from vmm.contract import CAPABILITY_OF_MODULE, HTTP_WORLD, TCP_WORLD
+from vmm.microvm import compile as aot
+from vmm.microvm.component_glue import GlueError, ModuleHeader, generate_glue, module_c_name, read_header
+from vmm.microvm.component_parse import ComponentFormatError, parse_component
+from vmm.wasm_module import CoreContract, CoreHttpContract, CoreModuleInfo
+
+__all__ = ["compile_component", "component_runtime_sources", "wasip2_declared"]
+
+MODULE_OBJECT_VERSION = 1
+"""Bump when _module_object changes how it builds (its cache key)."""
+
+JOBS_ENV = "LIGHTCELL_AOT_JOBS"
+"""How many modules compile at once (default 2)."""
+
+
+def component_runtime_sources(wasi: bool = True) -> tuple[Path, ...]:
+    """The runtime plus the component contexts and, for a component importing
+    WASI 0.2, every WASI 0.2 source (wasip2*.c)."""
+    extra = sorted(aot.RUNTIME_DIR.glob("wasip2*.c")) if wasi else []
+    return (*aot.RUNTIME_SOURCES, aot.RUNTIME_DIR / "component.c", *extra)
+
+
+def wasip2_declared() -> frozenset[str]:
+    """The lc_wasip2_* functions guest/runtime/wasip2.h declares (empty without it)."""
+    import re
+
+    header = aot.RUNTIME_DIR / "wasip2.h"
+    if not header.exists():
+        return frozenset()
+    return frozenset(re.findall(r"\b(lc_wasip2_\w+)\s*\(", header.read_text()))
+
+
+def _world_of(exports: dict[str, int], want: str | None) -> str:
+    found = HTTP_WORLD if "wanted-phases" in exports else TCP_WORLD
+    if want is not None and want != found:
+        raise aot.CompileError(f"the component implements {found}, not {want}")
+    return found
+
+
+def strip_custom(module: bytes) -> bytes:
+    """The core module without custom sections: wasm2c refuses some name
+    sections componentize-py leaves (naming data segments that were moved
+    out by its pre-initialisation), and names do not change the code."""
+    out = bytearray(module[:8])
+    pos = 8
+    while pos < len(module):
+        start = pos
+        sid = module[pos]
+        pos += 1
+        size = shift = 0
+        while True:
+            b = module[pos]
+            pos += 1
+            size |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        pos += size
+        if pos > len(module):
+            raise aot.CompileError("a core module's section runs past its end")
+        if sid != 0:
+            out += module[start:pos]
+    return bytes(out)
+
+
+def module_digest(target: aot.Target) -> str:
+    """What besides its wasm decides a module object: the toolchain, the flags
+    and the headers generated code includes (not the runtime's sources, so a
+    runtime change does not recompile CPython)."""
+    h = hashlib.sha256()
+    h.update(aot.toolchain_id().encode())
+    flags = (aot.WASM2C_FLAGS, aot._COMMON_FLAGS, aot._GENERATED_FLAGS, aot._TARGET_FLAGS[target])
+    h.update(repr(flags).encode())
+    h.update(f"{MODULE_OBJECT_VERSION}\0".encode())
+    h.update(aot._tree_digest([aot.LIBC_DIR, aot.WASM_RT_DIR / "wasm-rt.h"]).encode())
+    return h.hexdigest()
+
+
+def _module_object(module: bytes, index: int, target: aot.Target, root: Path) -> tuple[Path, str]:
+    """(object, wasm2c header text) of one core module, cached by content."""
+    key = hashlib.sha256(module + f"{index}\0{module_digest(target)}".encode()).hexdigest()[:32]
+    obj, header = root / f"mod-{key}.o", root / f"mod-{key}.h"
+    if trusted(obj) and trusted(header):
+        return obj, header.read_text()
+    with locked(root / f"mod-{key}.lock"):
+        if trusted(obj) and trusted(header):
+            return obj, header.read_text()
+        with tempfile.TemporaryDirectory(prefix="lc-aotmod-") as tmp:
+            work = Path(tmp)
+            wasm = work / f"m{index}.wasm"
+            wasm.write_bytes(strip_custom(module))
+            c_file, h_file = aot.compile_core_c(wasm, work, module_c_name(index))
+            out = work / "m.o"
+            aot.cc(c_file, out, target, generated=True)
+            publish(h_file.read_bytes(), header)
+            publish(out.read_bytes(), obj)
+    return obj, header.read_text()
+
+
+def _capabilities(imports: list[str]) -> frozenset[str]:
+    return frozenset(CAPABILITY_OF_MODULE[n] for n in imports if n in CAPABILITY_OF_MODULE)
+
+
+def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
+                      world: str | None) -> aot.CompiledPlugin:
+    t0 = time.perf_counter()
+    try:
+        comp = parse_component(data)
+        world = _world_of(comp.exports, world)
+    except ComponentFormatError as e:
+        raise aot.CompileError(f"{name}: {e}; {aot.WASMTIME_TIER_HINT}") from e
+    info = CoreModuleInfo((), (), None)
+    caps = _capabilities(comp.imports)
+    contract: CoreContract | CoreHttpContract
+    if world == TCP_WORLD:
+        contract = CoreContract(info, caps, False, frozenset(), TCP_WORLD)
+    else:
+        contract = CoreHttpContract(info, caps, False, frozenset(), None)
+    uses_wasi = any(n.startswith("wasi:") for n in comp.imports)
+    sources = component_runtime_sources(uses_wasi)
+    wasip2 = wasip2_declared() if uses_wasi else frozenset()
+    digest = aot.sources_digest(target) + aot._tree_digest(sources)
+    key = hashlib.sha256(data + digest.encode()).hexdigest()[:32]
+    suffix = ".so" if target == "native" else ".elf"
+    image = root / f"c-{key}{suffix}"
+    if trusted(image):
+        return aot.CompiledPlugin(image, contract, True, time.perf_counter() - t0)
+    used = sorted({m for kind, m, _ in comp.core_instances if kind == "instantiate" and m is not None})
+    jobs = max(1, int(os.environ.get(JOBS_ENV, "2")))
+    # biggest first: the long compiles overlap the short ones
+    order = sorted(used, key=lambda m: -len(comp.modules[m]))
+    with ThreadPoolExecutor(jobs) as pool:
+        built = dict(zip(order, pool.map(lambda m: _module_object(comp.modules[m], m, target, root), order),
+                         strict=True))
+    runtime = aot.runtime_objects(target, root, sources)
+    headers: dict[int, ModuleHeader] = {m: read_header(built[m][1], m) for m in used}
+    try:
+        glue = generate_glue(comp, headers, world, wasip2)
+    except (GlueError, ComponentFormatError) as e:
+        raise aot.CompileError(f"{name}: {e}; {aot.WASMTIME_TIER_HINT}") from e
+    with locked(root / f"c-{key}.lock"), tempfile.TemporaryDirectory(prefix="lc-aotc-") as tmp:
+        work = Path(tmp)
+        for m in used:
+            (work / f"{module_c_name(m)}.h").write_text(built[m][1])
+        glue_file = work / "glue.c"
+        glue_file.write_text(glue)
+        glue_obj = work / "glue.o"
+        aot.cc(glue_file, glue_obj, target, extra=[f"-I{work}"])
+        out = work / f"image{suffix}"
+        aot.link([glue_obj, *(built[m][0] for m in used), *runtime], out, target)
+        publish(out.read_bytes(), image, 0o700 if target == "native" else 0o600)
+    return aot.CompiledPlugin(image, contract, False, time.perf_counter() - t0)
