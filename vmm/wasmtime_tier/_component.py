@@ -362,6 +362,17 @@ class ComponentInstanceBase(WasmtimeInstanceBase):
         finally:
             self._ctx.startup_random = 0
 
+    def open(self, listener: str, config: str) -> None:
+        """Not timed for the InlineGate: no instance is made ahead on this path, so
+        on-open always comes in the entry that creates the instance, which never runs
+        inline (runs_inline); and componentize-py's first export call also sets up
+        its runtime (several ms), which would shut the gate for every Python plugin."""
+        if self._instantiated:  # an entry that may run inline: timed as usual
+            super().open(listener, config)
+            return
+        self._ensure_instance()
+        self._open_sync(listener, config)
+
     def _open_sync(self, listener: str, config: str) -> None:
         self._with_startup_random(lambda: self._call("on-open", self._on_open, listener, config))
 
