@@ -60,6 +60,7 @@ __all__ = [
     "check_world_contract",
     "classify",
     "core_modules",
+    "largest_code_section",
     "parse_core",
     "unwrap_core",
 ]
@@ -257,6 +258,20 @@ def core_modules(component: bytes) -> list[bytes]:
         elif sid == _COMPONENT_SECTION_COMPONENT:
             raise WasmFormatError("component nests components")
     return modules
+
+
+def largest_code_section(data: bytes) -> int:
+    """Bytes of the largest code section among the binary's core modules (the
+    module itself, or a component's top-level ones): what the micro-VM's
+    ahead-of-time compile grows with."""
+    core = classify(data) is BinaryKind.CORE
+    largest = 0
+    for sid, start, end in _Reader(data, 8).sections():
+        if core and sid == _SEC_CODE:
+            largest = max(largest, end - start)
+        elif not core and sid in (_COMPONENT_SECTION_CORE_MODULE, _COMPONENT_SECTION_COMPONENT):
+            largest = max(largest, largest_code_section(data[start:end]))  # nested: componentize-py's
+    return largest
 
 
 def unwrap_core(data: bytes, wasip2: bool = False) -> bytes | None:
