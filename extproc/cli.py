@@ -5,6 +5,7 @@
     lightcell check --envoy-config FILE
     lightcell demo [--once]            (extproc.demo)
     lightcell compile ...              (vmm.microvm.compile)
+    lightcell run COMPONENT.wasm ...   (vmm.microvm.run)
 
 Configuration problems print one clear message per problem and exit 1,
 without a traceback.
@@ -35,6 +36,7 @@ LOG = logging.getLogger("lightcell.cli")
 _DELEGATED = {
     "demo": ("extproc.demo", "run the demo: Envoy + Lightcell + example plugins on loopback"),
     "compile": ("vmm.microvm.compile", "compile a plugin for the micro-VM tier"),
+    "run": ("vmm.microvm.run", "run a wasi:cli/command component in a micro-VM (UDP: --udp-bind)"),
 }
 
 

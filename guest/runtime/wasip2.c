@@ -161,11 +161,13 @@ void lc_wasip2_cli_environment_initial_cwd(struct lc_canon *cx, uint32_t retptr)
 /* As proc_exit: the event ends with LC_STATUS_EXIT (ok 0, err 1). */
 void lc_wasip2_cli_exit_exit(struct lc_canon *cx, uint32_t status) {
     (void)cx;
+    lc_wasi_flush_output(); /* the unfinished line, as the wasmtime tier flushes */
     lc_fail(LC_STATUS_EXIT, status ? 1u : 0u);
 }
 
 void lc_wasip2_cli_exit_exit_with_code(struct lc_canon *cx, uint32_t status_code) {
     (void)cx;
+    lc_wasi_flush_output();
     lc_fail(LC_STATUS_EXIT, status_code & 0xffu);
 }
 
