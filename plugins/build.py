@@ -89,6 +89,8 @@ PLUGINS: dict[str, PluginSpec] = {
         PluginSpec("addheader", "c", "addheader.c", world="http-filter"),
         PluginSpec("jsonpatch", "js", "jsonpatch.js", world="http-filter"),
         PluginSpec("guard", "python", "app", world="http-filter"),
+        PluginSpec("blockpath", "python", "app", world="http-filter"),
+        PluginSpec("tagjson", "js", "tag.js", world="http-filter"),
         PluginSpec("udp-echo", "c-command", "udp_echo.c", world=COMMAND_WORLD),
     )
 }
