@@ -173,6 +173,11 @@ arguments (none for plugins), and waiting (the guest's wasi:io/poll)."""
 assert set(_CAPABILITY) | UNGATED == set(_HANDLERS) == set(HostFn)
 
 
+def host_fn_capability(fn: HostFn) -> str | None:
+    """The grant host call `fn` needs (None: UNGATED)."""
+    return None if fn in UNGATED else _CAPABILITY[fn]
+
+
 def dispatch(host: HostCapabilities | None, fn: int, a0: int, blob0: bytes, blob1: bytes) -> HostcallResult:
     """Run one host call. `host` is None outside a connection (boot, warm-up): all denied."""
     handler = _HANDLERS.get(fn)
