@@ -42,12 +42,19 @@ def test_cache_hit_is_fast_and_key_changes_with_content(compiler: Compiler, tmp_
     print(f"compile probe: {first.seconds:.2f} s cold, {again.seconds * 1000:.1f} ms cached")
 
 
-def test_componentize_py_component_is_refused_naming_the_wasmtime_tier(
+FOREIGN_COMPONENT = (Path(__file__).resolve().parent / "components" / "two_modules.wat").read_text().replace(
+    "lightcell:filter/kv@0.1.0", "example:other/kv@1.0.0")
+"""A whole component (two core modules) importing what no tier implements."""
+
+
+def test_component_the_guest_cannot_link_is_refused_naming_the_wasmtime_tier(
     compiler: Compiler, tmp_path: Path
 ) -> None:
+    # componentize-py components compile whole (tests/test_component_*.py); one
+    # importing an interface the guest lacks is refused, naming the import.
     with pytest.raises(aot.CompileError) as err:
-        aot.compile_plugin(compiler.example("counter"), target="native", root=tmp_path)
-    assert "wasmtime tier" in str(err.value) and "WASI 0.2" in str(err.value)
+        aot.compile_plugin(compiler.wasm_of_wat("foreign", FOREIGN_COMPONENT), target="native", root=tmp_path)
+    assert "wasmtime tier" in str(err.value) and "example:other/kv@1.0.0::increment" in str(err.value)
     assert isinstance(err.value, PluginLoadError)
 
 
@@ -115,7 +122,7 @@ def test_cli(compiler: Compiler, tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = tmp_path / "rewrite.elf"
     assert aot.main([str(compiler.example("rewrite")), "-o", str(out)]) == 0
     assert out.exists() and "capabilities: none" in capsys.readouterr().out
-    assert aot.main([str(compiler.example("counter"))]) == 1
+    assert aot.main([str(compiler.wasm_of_wat("foreign", FOREIGN_COMPONENT))]) == 1
     assert "wasmtime tier" in capsys.readouterr().err
 
 

