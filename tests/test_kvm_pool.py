@@ -131,3 +131,26 @@ def test_watchdog_on_pooled_vm(pool: VmPool) -> None:
         pool.give_back(p).result()
     finally:
         dog.close()
+
+
+def _settle(pool: VmPool) -> None:
+    for t in pool.threads.threads:  # background restores and refills queued so far
+        t.submit(lambda: None, priority=1).result()
+
+
+def test_a_burst_grows_the_pool_so_the_next_one_reuses_vms(pool: VmPool) -> None:
+    """Eight connections at once against a pool of three: the first burst makes VMs; after
+    it the pool keeps them ready, so an equal burst creates none (and no VM is destroyed)."""
+    _settle(pool)
+    leases = [pool.take() for _ in range(8)]
+    assert pool.target > 3
+    for p in leases:
+        pool.give_back(p).result()
+    _settle(pool)
+    created, live = pool.created, pool.live
+    again = [pool.take() for _ in range(8)]
+    assert pool.created == created  # all eight came ready from the pool
+    for p in again:
+        pool.give_back(p).result()
+    _settle(pool)
+    assert pool.live == live <= pool.max_idle

@@ -27,6 +27,11 @@ from vmm.microvm.worker import BACKGROUND, ThreadSet, VcpuThread
 
 LOG = logging.getLogger("lightcell.microvm.pool")
 
+MAX_IDLE_DEFAULT = 32
+"""Idle VMs a pool may keep (at least; 4x its initial target otherwise). Each
+costs ~0.6 MiB, and every live VM adds to the process's MMU-notifier cost
+(README, "Scaling out"): beyond this a burst's VMs are destroyed on return."""
+
 
 @dataclass(eq=False)
 class PooledVm:
@@ -57,7 +62,8 @@ class VmPool:
         self.template = template
         self.threads = threads
         self.target = target
-        self.max_idle = max_idle if max_idle is not None else max(target * 2, 8)
+        """VMs kept ready; grows (up to max_idle) each time a lease finds none ready."""
+        self.max_idle = max_idle if max_idle is not None else max(target * 4, MAX_IDLE_DEFAULT)
         self._ready: collections.deque[PooledVm] = collections.deque()
         self._lock = threading.Lock()
         self._pending = 0
@@ -144,15 +150,25 @@ class VmPool:
         """A ready VM if the pool has one (never blocks)."""
         with self._lock:
             p = self._ready.popleft() if self._ready else None
+            if p is None:
+                self._grow()
         if p is not None:
             p.leased = True
             self.refill()
         return p
 
+    def _grow(self) -> None:
+        """Under _lock: demand outran the pool; keep more ready from now on (a burst
+        of N concurrent connections otherwise makes, and later destroys, VMs for
+        all but `target` of them, each time)."""
+        self.target = min(max(self.target * 2, 1), self.max_idle)
+
     def take(self) -> PooledVm:
         """A ready VM: from the pool, else made now on the caller's behalf (slow path)."""
         with self._lock:
             p = self._ready.popleft() if self._ready else None
+            if p is None:
+                self._grow()
         if p is None:
             thread = self.threads.pick()
             p = thread.run(lambda: self._fresh(thread))
