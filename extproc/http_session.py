@@ -64,6 +64,9 @@ LOG = logging.getLogger("lightcell.http_session")
 FAULT_DETAILS = "lightcell_plugin_fault"
 
 
+_CONTINUE = HttpDecision(DecisionKind.CONTINUE)
+
+
 class StreamReset(StreamAbort):
     """Failure mode reset: the stream must end with a non-OK status (ABORTED)."""
 
@@ -102,6 +105,7 @@ class HttpSession:
         self.listener = listener
         self._egress = egress
         self._metrics = metrics
+        metrics.inc("http_requests_total", listener=listener.policy.name)
         options = listener.policy.http
         self._close_status = options.close_status
         # Envoy 1.40 states the body modes in the first message (protocol_config); until then,
@@ -144,6 +148,10 @@ class HttpSession:
         silent = self._stream.observability_mode
         if self._state is _State.BYPASS:
             return None if silent else self._unchanged(event)
+        if self._sandbox is None and not self.listener.factory.phases & _PHASES[(event.side, event.kind)]:
+            # A phase the plugin does not want, before any it wants: no sandbox yet (on-open and
+            # on-close run only for requests the plugin sees).
+            return None if silent else self._reply(event, _CONTINUE)
         try:
             sandbox = await self._ensure_sandbox()
             decision = await _run_hook(sandbox, event, incoming.attributes)
@@ -170,7 +178,6 @@ class HttpSession:
             raise RuntimeError("session sandbox already released")  # only a bug brings us here
         self._started = True
         policy = self.listener.policy
-        self._metrics.inc("http_requests_total", listener=policy.name)
         host = self.listener.host_for(self._egress, self._metrics)
         sandbox = await self.listener.factory.new_sandbox(host)
         self._sandbox = sandbox
@@ -229,11 +236,11 @@ class HttpSession:
         config = self._stream.protocol_config
         if config is None and len(self.listener.policy.http.modes) != 1:
             return None  # the body modes in force are unknown: an override could switch one off
-        if self._sandbox is None or (config and config.send_body_without_waiting_for_header_response):
+        if config and config.send_body_without_waiting_for_header_response:
             return None
         return override_for(
             self.listener.policy.http,
-            self._sandbox.phases,
+            self.listener.factory.phases,
             self._stream.body_mode(hp.Side.REQUEST),
             self._stream.body_mode(hp.Side.RESPONSE),
         )

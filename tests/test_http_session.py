@@ -498,3 +498,32 @@ async def test_pieces_output_is_refused_as_soon_as_it_passes_the_cap() -> None:
     with pytest.raises(PluginFault) as fault:
         await _body_decision(hook, event)
     assert fault.value.kind is FaultKind.ABI and len(seen) == 2  # the third piece never ran
+
+
+async def test_a_request_the_plugin_never_sees_gets_no_sandbox(
+    load: Load, built_plugins: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redact wants only bodies: a bodiless request never leases a sandbox, so neither on-open
+    nor on-close runs for it (nor a VM restore in the micro-VM tier); the first body does."""
+    listener = await load(built_plugins["redact"], "pattern=secret")
+    made: list[object] = []
+    real = listener.factory.new_sandbox
+
+    async def counted(host: object) -> object:
+        made.append(host)
+        return await real(host)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(listener.factory, "new_sandbox", counted)
+    metrics = Metrics()
+    bodiless = HttpSession(listener, metrics=metrics)
+    r = await reply(bodiless, req_headers(eos=True))
+    assert r.request_headers.response.status == pb.CommonResponse.CONTINUE
+    await reply(bodiless, resp_headers())
+    await bodiless.aclose()
+    assert made == [] and metrics.get("http_requests_total", listener="web") == 1
+    with_body = HttpSession(listener, metrics=metrics)
+    await reply(with_body, req_headers())
+    assert made == []
+    r = await reply(with_body, req_body(b"a secret", eos=True))
+    assert len(made) == 1 and r.request_body.response.body_mutation.body == b"a ******"
+    await with_body.aclose()
