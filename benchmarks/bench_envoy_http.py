@@ -198,6 +198,7 @@ def bootstrap(row: Row, upstream_port: int, sock: Path, addheader: Path, wasm: P
 class Running:
     row: Row
     envoy: EnvoyProcess
+    sidecar_pid: int | None = None
     sidecar_log: Path | None = None
     stoppers: list[Callable[[], Any]] = field(default_factory=list)
 
@@ -236,6 +237,7 @@ async def start_row(row: Row, workdir: Path, upstream_port: int, addheader: Path
             running.sidecar_log = bare.log_path
             proc = bare.proc
             assert proc is not None
+            running.sidecar_pid = proc.pid
             if not await wait_for_unix_socket(sock, 30, lambda: proc.returncode is None):
                 raise RuntimeError(f"bare servicer never listened on {sock}")
         elif row.sidecar is not None:
@@ -243,6 +245,7 @@ async def start_row(row: Row, workdir: Path, upstream_port: int, addheader: Path
             await lightcell.start()
             running.stoppers.append(lightcell.stop)
             running.sidecar_log = lightcell.log_path
+            running.sidecar_pid = lightcell.pid
             tier = lightcell.tiers().get(LISTENER)
             if tier != row.sidecar:
                 raise RuntimeError(f"row {row.number}: Lightcell loaded tier {tier}, not {row.sidecar}")
@@ -375,14 +378,25 @@ class Options:
     json_path: Path | None
 
 
-METRICS = ("p50_us", "p99_us", "seq_rps", "rps")
+METRICS = ("p50_us", "p99_us", "seq_rps", "rps", "cpu_us")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` (its threads included), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 Samples = dict[str, dict[str, list[float]]]
 
 
 def measure(run: Running, opts: Options, samples: Samples, errors: list[str]) -> None:
     m = samples[run.row.key]
     try:
+        cpu0 = cpu_seconds(run.sidecar_pid) if run.sidecar_pid else 0.0
         lat = sorted(latency(run, opts.requests))
+        if run.sidecar_pid:  # the sidecar's CPU per request, robust to a busy machine
+            m["cpu_us"].append((cpu_seconds(run.sidecar_pid) - cpu0) / (len(lat) + WARMUP) * 1e6)
         m["p50_us"].append(pct(lat, 50) * 1e6)
         m["p99_us"].append(pct(lat, 99) * 1e6)
         m["seq_rps"].append(len(lat) / sum(lat))
@@ -396,14 +410,14 @@ def render(opts: Options, samples: Samples, skipped: dict[str, str]) -> str:
     med = {k: {n: statistics.median(v) for n, v in m.items() if v} for k, m in samples.items()}
     lines = [
         "| configuration | p50 µs | p99 µs | requests/s, 1 connection "
-        f"| requests/s, {opts.connections} connections |",
-        "|---|---|---|---|---|",
+        f"| requests/s, {opts.connections} connections | sidecar CPU µs per request |",
+        "|---|---|---|---|---|---|",
     ]
     for row in opts.rows:
         m = med.get(row.key, {})
         label = f"{row.number}. {row.label}" + (" (NOT TIMED)" if row.key in skipped else "")
-        lines.append(f"| {label} | {fmt(m.get('p50_us'))} | {fmt(m.get('p99_us'))} "
-                     f"| {fmt(m.get('seq_rps'))} | {fmt(m.get('rps'))} |")  # fmt: skip
+        cells = [fmt(m.get(k)) for k in METRICS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     numbers = {row.number: row for row in opts.rows}
     for base_number, base_name in (
         (BARE_ROW, "the bare grpc.aio row (3)"),
@@ -416,8 +430,8 @@ def render(opts: Options, samples: Samples, skipped: dict[str, str]) -> str:
             "",
             f"Ratio to {base_name}, same run (latency: lower is better; requests/s: higher):",
             "",
-            "| configuration | p50 | p99 | req/s, 1 conn | req/s, many |",
-            "|---|---|---|---|---|",
+            "| configuration | p50 | p99 | req/s, 1 conn | req/s, many | sidecar CPU |",
+            "|---|---|---|---|---|---|",
         ]
         for row in opts.rows:
             m = med.get(row.key, {})
