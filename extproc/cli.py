@@ -2,6 +2,7 @@
 
     lightcell serve --envoy-config FILE [--socket PATH] [--port N] [--grace S]
                     [--max-connections N] [--log-level LEVEL] [--workers N]
+                    [--log-format text|json] [--metrics-address HOST:PORT [--metrics-public]]
     lightcell check --envoy-config FILE
     lightcell demo [--once]            (extproc.demo)
     lightcell compile ...              (vmm.microvm.compile)
@@ -19,6 +20,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -26,6 +28,7 @@ from extproc.config import ConfigError, LightcellConfig, load_config
 
 if TYPE_CHECKING:
     from extproc.listener import ListenerPolicy, TierChoice
+    from extproc.metrics_http import MetricsAddress, MetricsServer
     from extproc.server import DefaultSocket
 
 __all__ = ["main"]
@@ -90,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         "one endpoint per worker socket in Envoy's lightcell cluster. Limits like --max-connections "
         "apply per worker. Nothing is restarted: if a worker dies, all stop",
     )  # fmt: skip
+    _observability_args(serve)
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate a configuration and report each listener's plugin")
@@ -99,6 +103,25 @@ def _parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in _DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _observability_args(serve: argparse.ArgumentParser) -> None:
+    from extproc.logsetup import FORMATS
+
+    serve.add_argument(
+        "--log-format", default="text", choices=FORMATS,
+        help="text lines, or one JSON object per line with listener, plugin, tier, sandbox and "
+        "fault fields where known (default: %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--metrics-address", metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off); HOST must be "
+        "loopback unless --metrics-public. With --workers the supervisor serves every worker's sum",
+    )  # fmt: skip
+    serve.add_argument(
+        "--metrics-public", action="store_true",
+        help="allow a non-loopback --metrics-address (it names listeners, plugins and capabilities)",
+    )
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -114,11 +137,19 @@ def _fail(message: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from extproc.logsetup import configure
+    from extproc.metrics_http import parse_address
     from extproc.server import DEFAULT_SOCKET, serve
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(args.log_level, args.log_format)
+    metrics: MetricsAddress | None = None
+    if args.metrics_address is not None:
+        try:
+            metrics = parse_address(args.metrics_address, args.metrics_public)
+        except ConfigError as e:
+            return _fail(str(e))
+    elif args.metrics_public:
+        return _fail("--metrics-public needs --metrics-address")
     if args.no_socket and args.port is None:
         return _fail("--no-socket needs --port")
     if args.max_connections < 1:
@@ -129,9 +160,11 @@ def _serve(args: argparse.Namespace) -> int:
         None if args.no_socket else DEFAULT_SOCKET if args.socket is None else args.socket
     )
     if args.workers > 1:
-        return _serve_workers(args, socket_path)
+        return _serve_workers(args, socket_path, metrics)
+    endpoint = None
     try:
         config = load_config(args.envoy_config)
+        endpoint = _metrics_server(metrics)
         run = serve(
             config,
             socket_path=socket_path,
@@ -144,11 +177,28 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     return 0
 
 
-def _serve_workers(args: argparse.Namespace, socket_path: Path | DefaultSocket | None) -> int:
+def _metrics_server(address: MetricsAddress | None) -> MetricsServer | None:
+    from extproc.metrics_http import MetricsServer
+
+    if address is None:
+        return None
+    try:
+        return MetricsServer(address)
+    except OSError as e:
+        raise ConfigError(f"--metrics-address {address.host}:{address.port}: {e.strerror or e}") from e
+
+
+def _serve_workers(
+    args: argparse.Namespace, socket_path: Path | DefaultSocket | None, metrics: MetricsAddress | None
+) -> int:
     from extproc import workers
+    from extproc.metrics_http import Multiprocess
     from extproc.server import DefaultSocket
     from extproc.socket_path import prepare_default_socket
 
@@ -166,8 +216,18 @@ def _serve_workers(args: argparse.Namespace, socket_path: Path | DefaultSocket |
             args.envoy_config, socket_path=sock, port=port, grace=args.grace,
             max_connections=args.max_connections, log_level=args.log_level,
         )  # fmt: skip
+        argv += ["--log-format", args.log_format]
         plan.append(workers.Worker(i, argv, sock, port))
-    return workers.run_workers(plan)
+    if metrics is None:
+        return workers.run_workers(plan)
+    try:
+        summed = Multiprocess(metrics)
+    except OSError as e:
+        return _fail(f"--metrics-address {args.metrics_address}: {e.strerror or e}")
+    try:
+        return workers.run_workers([replace(w, env=summed.env()) for w in plan])
+    finally:
+        summed.close()
 
 
 def _check(args: argparse.Namespace) -> int:

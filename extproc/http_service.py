@@ -76,9 +76,11 @@ class HttpProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 request_iterator, context, session.handle, session.aclose,
                 name=target.name, metrics=self._metrics, labels=_HTTP,
             )  # fmt: skip
-            async with contextlib.aclosing(replies):
-                async for reply in replies:
-                    yield reply
+            active = {"listener": target.name, "tier": target.tier.tier.value}
+            with self._metrics.active("http_requests_active", **active):
+                async with contextlib.aclosing(replies):
+                    async for reply in replies:
+                        yield reply
 
     async def _policy_of(self, context: Context) -> HttpListener:
         found: dict[str, str] = {}

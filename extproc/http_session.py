@@ -105,7 +105,7 @@ class HttpSession:
         self.listener = listener
         self._egress = egress
         self._metrics = metrics
-        metrics.inc("http_requests_total", listener=listener.policy.name)
+        metrics.inc("http_requests_total", listener=listener.policy.name, tier=listener.tier.tier.value)
         options = listener.policy.http
         self._close_status = options.close_status
         # Envoy 1.40 states the body modes in the first message (protocol_config); until then,

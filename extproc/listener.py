@@ -122,6 +122,8 @@ class _Served:
             "plugin fault %slistener=%s plugin=%s sandbox=%s fault=%s failure_mode=%s: %s",
             "" if protocol is None else f"protocol={protocol} ", policy.name, policy.plugin, sandbox,
             fault.kind.value, consequence, fault.message,
+            extra={"listener": policy.name, "plugin": policy.plugin, "tier": self.tier.tier.value,
+                   "sandbox": sandbox, "fault": fault.kind.value, "protocol": protocol or "tcp"},
         )  # fmt: skip
         metrics.inc(
             "plugin_faults_total", 1,

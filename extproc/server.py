@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from extproc.config import ConfigError, LightcellConfig
 from extproc.listener import HttpListener, Listener
 from extproc.socket_path import prepare_default_socket
 from vmm.egress import UdpEgress
+from vmm.metrics import METRICS
 
 __all__ = ["DEFAULT_GRACE_S", "DEFAULT_SOCKET", "DefaultSocket", "LightcellServer", "serve"]
 
@@ -98,6 +100,7 @@ class LightcellServer:
         """
         if socket_path is None and port is None:
             raise ConfigError("nothing to listen on: give a Unix socket path or a TCP port")
+        started = time.perf_counter()
         if max_connections < 1:
             raise ConfigError(f"max connections must be at least 1, not {max_connections}")
         if isinstance(socket_path, DefaultSocket):
@@ -141,6 +144,8 @@ class LightcellServer:
             raise
         for service in _SERVICES:
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        METRICS.observe("startup_seconds", time.perf_counter() - started)
+        METRICS.set("workers_serving", 1)
         where = [str(socket_path)] if socket_path is not None else []
         if bound_port is not None:
             where.append(f"127.0.0.1:{bound_port}")
@@ -169,6 +174,7 @@ class LightcellServer:
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        METRICS.set("workers_serving", 0)
         LOG.info("stopped")
 
     async def wait_for_termination(self) -> None:

@@ -102,7 +102,7 @@ class Session:
         attributes = tcp_protocol.attributes_of(request)  # only the first message has them
         self._started = True
         policy = self.listener.policy
-        self._metrics.inc("connections_total", listener=policy.name)
+        self._metrics.inc("connections_total", listener=policy.name, tier=self.listener.tier.tier.value)
         host = self.listener.host_for(self._egress, self._metrics)
         host.attributes = attributes
         sandbox = await self.listener.factory.new_sandbox(host)

@@ -90,7 +90,8 @@ async def refuse(
     labels: Mapping[str, str],
 ) -> NoReturn:
     """Log and count a refused stream (streams_refused_total{reason}), then abort it."""
-    LOG.warning("stream refused: %s (peer %s)", why, context.peer())
+    extra = {"reason": reason, "protocol": labels.get("protocol", "tcp")}
+    LOG.warning("stream refused: %s (peer %s)", why, context.peer(), extra=extra)
     metrics.inc("streams_refused_total", 1, reason=reason, **labels)
     await context.abort(code, details)
     raise AssertionError("abort() returns only by raising")  # pragma: no cover
@@ -126,7 +127,7 @@ async def serve_requests(
     except grpc.aio.AbortError:
         raise
     except Exception as e:
-        LOG.exception("internal error policy=%s", name)
+        LOG.exception("internal error policy=%s", name, extra={"listener": name, **labels})
         metrics.inc("internal_errors_total", 1, listener=name, **labels)
         await context.abort(grpc.StatusCode.INTERNAL, f"lightcell internal error: {type(e).__name__}")
     finally:

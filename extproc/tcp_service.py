@@ -91,9 +91,11 @@ class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignor
                 request_iterator, context, session.handle, session.aclose,
                 name=listener.name, metrics=self._metrics, labels={},
             )  # fmt: skip
-            async with contextlib.aclosing(replies):
-                async for reply in replies:
-                    yield reply
+            active = {"listener": listener.name, "tier": listener.tier.tier.value}
+            with self._metrics.active("connections_active", **active):
+                async with contextlib.aclosing(replies):
+                    async for reply in replies:
+                        yield reply
 
     async def _listener_of(self, context: grpc.aio.ServicerContext[object, object]) -> Listener:
         name = next(

@@ -37,7 +37,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -63,6 +63,8 @@ class Worker:
     argv: Sequence[str]
     socket_path: Path | None
     port: int | None
+    env: Mapping[str, str] | None = None
+    """The worker's environment (None: ours); `--metrics-address` adds PROMETHEUS_MULTIPROC_DIR."""
 
 
 def worker_command(
@@ -160,7 +162,8 @@ def _spawn(worker: Worker) -> subprocess.Popen[bytes]:
     # Own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it
     # once (a second SIGINT would cut a worker's graceful drain short).
     return subprocess.Popen(
-        list(worker.argv), stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent
+        list(worker.argv), stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        env=None if worker.env is None else dict(worker.env),
     )
 
 

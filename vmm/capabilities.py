@@ -97,6 +97,7 @@ class HostCapabilities:
         LOG.warning(
             "denied capability listener=%s plugin=%s capability=%s",
             self.listener, self.plugin, capability,
+            extra={"listener": self.listener, "plugin": self.plugin, "capability": capability},
         )
         self.metrics.inc(
             "capability_denied_total",
@@ -115,7 +116,8 @@ class HostCapabilities:
         if not self._log_allowed():
             return
         text = message[:MAX_LOG_MESSAGE].translate(_ESCAPE_CONTROLS)
-        PLUGIN_LOG.log(lvl, "[%s/%s] %s", self.listener, self.plugin, text)
+        where = {"listener": self.listener, "plugin": self.plugin}
+        PLUGIN_LOG.log(lvl, "[%s/%s] %s", self.listener, self.plugin, text, extra=where)
 
     def _log_allowed(self) -> bool:
         """Token bucket: LOG_BURST_LINES, refilled at LOG_LINES_PER_SECOND."""

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
 from vmm.contract import HTTP_HOOKS, DataEvent, DecisionKind, HttpPhase, Verdict
 from vmm.http_abi import Header, HttpDecision
+from vmm.metrics import METRICS
 from vmm.sandbox import FaultKind, PluginFault
 
 __all__ = ["BaseInstance", "HttpInstance", "HttpRunner", "Instance", "Offload", "Runner", "RunnerBase"]
@@ -138,8 +140,10 @@ class RunnerBase(Generic[InstanceT]):
     """The async edge over one instance of any world (see the module docstring):
     open, close, and `call` for a world's hooks."""
 
-    def __init__(self, instance: InstanceT) -> None:
+    def __init__(self, instance: InstanceT, tier: str = "unknown") -> None:
         self._instance = instance
+        self.tier = tier
+        """The tier's name, a label of the hook latency histogram."""
         self._pending_open: tuple[str, str] | None = None
         self._opened = False
         self._fault: PluginFault | None = None
@@ -213,6 +217,7 @@ class RunnerBase(Generic[InstanceT]):
     async def _run(self, hook: str, steps: list[Step], size: int = 0) -> Any:
         self._check_usable()
         self._busy = True
+        started = time.perf_counter()
         try:
             if self._instance.runs_inline(size):
                 try:
@@ -233,6 +238,7 @@ class RunnerBase(Generic[InstanceT]):
             raise
         finally:
             self._busy = False
+            METRICS.observe("hook_seconds", time.perf_counter() - started, hook=hook, tier=self.tier)
 
 
 class Runner(RunnerBase[Instance]):
@@ -254,8 +260,8 @@ class HttpRunner(RunnerBase[HttpInstance]):
     sandbox still raises) without an entry into the instance, so a deferred
     on-open waits for the next wanted hook (or close)."""
 
-    def __init__(self, instance: HttpInstance) -> None:
-        super().__init__(instance)
+    def __init__(self, instance: HttpInstance, tier: str = "unknown") -> None:
+        super().__init__(instance, tier)
         self._phases = instance.wanted_phases()
 
     @property

@@ -84,7 +84,7 @@ class MicroVmHttpFactory:
         lease = self.pool.try_take()
         if lease is None:  # pool empty: make one on a vCPU thread without blocking the loop
             lease = await asyncio.to_thread(self.pool.take)
-        return HttpRunner(self._instance(lease, host))
+        return HttpRunner(self._instance(lease, host), "microvm")
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -166,7 +166,8 @@ def load_http_sync(spec: SandboxSpec, shared: _Shared, pool_size: int) -> MicroV
     warm = rehearse_http(spec.listener, spec.plugin_config, lambda: found[0] if found else HttpPhase(0),
                          run, opened)
     pool = VmPool(shared.system, template, shared.threads, target=pool_size, warm=warm,
-                  open_ahead=(spec.listener, spec.plugin_config), run=run, probe=probe)
+                  open_ahead=(spec.listener, spec.plugin_config), run=run, probe=probe,
+                  listener=spec.listener)
     try:
         pool.start()
     except (VmFault, PluginLoadError) as e:

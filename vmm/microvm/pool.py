@@ -14,11 +14,13 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from vmm.kvm import System
+from vmm.metrics import METRICS
 from vmm.microvm import abi
 from vmm.microvm.machine import Template
 from vmm.microvm.snapshot import Snapshot, warm_up
@@ -47,8 +49,11 @@ class VmPool:
                  warm: Callable[[MicroVm], None] = warm_up,
                  open_ahead: tuple[str, str] | None = None,
                  run: Callable[[MicroVm, Callable[[], object]], object] = lambda _vm, fn: fn(),
-                 probe: Callable[[MicroVm], None] | None = None) -> None:
+                 probe: Callable[[MicroVm], None] | None = None, listener: str = "") -> None:
         self.system = system
+        self.listener = listener
+        """Label of the pool's gauges (microvm_pool_idle/live), moved by deltas so that
+        two pools of one listener (a reload) add up."""
         self._probe = probe
         """Run once in the booted VM, which is then restored to its booted state
         (e.g. reading wanted-phases: nothing it does reaches a connection)."""
@@ -80,6 +85,7 @@ class VmPool:
         first = thread.run(lambda: self._boot_first(thread))
         with self._lock:
             self._ready.append(first)
+        self._gauge("idle", 1)
         self.refill()
 
     def _boot_first(self, thread: VcpuThread) -> PooledVm:
@@ -127,7 +133,11 @@ class VmPool:
         with self._lock:
             self._live.add(p)
             self.created += 1
+        self._gauge("live", 1)
         return p
+
+    def _gauge(self, which: str, delta: int) -> None:
+        METRICS.add(f"microvm_pool_{which}", delta, listener=self.listener)
 
     def _fresh(self, thread: VcpuThread) -> PooledVm:
         """A new VM from the snapshot, warmed then restored (runs on `thread`)."""
@@ -135,6 +145,7 @@ class VmPool:
         assert snap is not None
         if self._closed:
             raise RuntimeError("pool is closed")
+        started = time.perf_counter()
         vm = MicroVm(self.system, self.template)
         try:
             snap.restore(vm)
@@ -143,6 +154,7 @@ class VmPool:
         except BaseException:
             vm.close()
             raise
+        METRICS.observe("sandbox_create_seconds", time.perf_counter() - started, tier="microvm")
         return self._track(PooledVm(vm, thread))
 
     # -- lease ----------------------------------------------------------------
@@ -153,6 +165,7 @@ class VmPool:
             if p is None:
                 self._grow()
         if p is not None:
+            self._gauge("idle", -1)
             p.leased = True
             self.refill()
         return p
@@ -172,6 +185,8 @@ class VmPool:
         if p is None:
             thread = self.threads.pick()
             p = thread.run(lambda: self._fresh(thread))
+        else:
+            self._gauge("idle", -1)
         p.leased = True
         self.refill()
         return p
@@ -203,7 +218,8 @@ class VmPool:
                 self._destroy(p)
                 return
             try:
-                snap.restore(p.vm)
+                with METRICS.timed("sandbox_restore_seconds", tier="microvm"):
+                    snap.restore(p.vm)
             except Exception:
                 LOG.exception("restore failed; destroying %s", p.vm.identity)
                 self._destroy(p)
@@ -214,7 +230,9 @@ class VmPool:
                     keep = False
                 else:
                     self._ready.append(p)
-            if not keep:
+            if keep:
+                self._gauge("idle", 1)
+            else:
                 self._destroy(p)
 
         return p.thread.submit(restore, BACKGROUND)
@@ -247,10 +265,15 @@ class VmPool:
                 self._ready.append(p)
         if closed:
             self._destroy(p)
+        else:
+            self._gauge("idle", 1)
 
     def _destroy(self, p: PooledVm) -> None:
         with self._lock:
+            tracked = p in self._live
             self._live.discard(p)
+        if tracked:
+            self._gauge("live", -1)
         p.vm.close()
 
     @property
@@ -270,7 +293,10 @@ class VmPool:
         barrier below queues behind it, so no VM outlives the template.
         """
         with self._lock:
-            self._closed = True
+            was_closed, self._closed = self._closed, True
+            idle = len(self._ready)
+        if not was_closed:  # what stays in _ready is destroyed below
+            self._gauge("idle", -idle)
         for t in self.threads.threads:
             t.submit(lambda: None, BACKGROUND).result()
         with self._lock:

@@ -119,7 +119,7 @@ class MicroVmFactory:
         if lease is None:  # pool empty: make one on a vCPU thread without blocking the loop
             lease = await asyncio.to_thread(self.pool.take)
         budget = self.spec.limits.event_cpu_ms / 1000
-        return Runner(MicroVmInstance(self.pool, lease, host, self.shared.watchdog, budget))
+        return Runner(MicroVmInstance(self.pool, lease, host, self.shared.watchdog, budget), "microvm")
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -163,7 +163,7 @@ def _load_sync(spec: SandboxSpec, shared: _Shared, pool_size: int) -> MicroVmFac
 
     pool = VmPool(shared.system, template, shared.threads, target=pool_size,
                   warm=rehearse(spec.listener, spec.plugin_config, deadline, opened=opened),
-                  open_ahead=(spec.listener, spec.plugin_config), run=deadline)
+                  open_ahead=(spec.listener, spec.plugin_config), run=deadline, listener=spec.listener)
     try:
         pool.start()
     except VmFault as e:

@@ -94,7 +94,7 @@ class WasmtimeFactory:
         # None ready: the Store and instance are created by the sandbox's first
         # hook call, on a worker thread, under the CPU budget.
         instance = warm or self._program.new_sandbox(host, self.spec.limits, self.inline_gate)
-        return Runner(instance)
+        return Runner(instance, "wasmtime")
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -242,7 +242,7 @@ class HttpFactory:
         return warm or self._program.new_instance(host, self.spec.limits, self.inline_gate)
 
     async def new_sandbox(self, host: HostCapabilities) -> HttpRunner:
-        return HttpRunner(self.new_instance(host))
+        return HttpRunner(self.new_instance(host), "wasmtime")
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from vmm.capabilities import HostCapabilities
 from vmm.kvstore import KvStore
-from vmm.metrics import Metrics
+from vmm.metrics import METRICS, Metrics
 from vmm.policy import Grants, SandboxSpec
 from vmm.wasmtime_tier._engine import EXECUTOR
 
@@ -85,6 +86,7 @@ class WarmInstances(Generic[InstanceT]):
         """A ready instance bound to `host`, or None (then the caller makes one)."""
         instance = self._ready.popleft() if self._ready else None
         if instance is not None:
+            self._gauge(-1)
             instance.bind(host)
         self._refill()
         return instance
@@ -96,6 +98,10 @@ class WarmInstances(Generic[InstanceT]):
         self._idle.wait(timeout_s)
         while self._ready:
             self._ready.popleft().release()
+            self._gauge(-1)
+
+    def _gauge(self, delta: int) -> None:
+        METRICS.add("wasmtime_warm_instances", delta, listener=self._listener)
 
     def _refill(self) -> None:
         with self._lock:
@@ -109,6 +115,7 @@ class WarmInstances(Generic[InstanceT]):
         """On a worker: make instances until WARM_INSTANCES are ready."""
         try:
             while self._on and len(self._ready) < WARM_INSTANCES:
+                started = time.perf_counter()
                 instance = self._make(self._unbound)
                 try:
                     instance.prepare()
@@ -117,10 +124,12 @@ class WarmInstances(Generic[InstanceT]):
                     self._on = False
                     LOG.debug("listener %s: instances are made per connection: %s", self._listener, e)
                     return
+                METRICS.observe("sandbox_create_seconds", time.perf_counter() - started, tier="wasmtime")
                 if not self._on:
                     instance.release()
                     return
                 self._ready.append(instance)
+                self._gauge(1)
         finally:
             with self._lock:
                 self._filling = False

@@ -1,0 +1,103 @@
+"""`lightcell serve --metrics-address HOST:PORT`: the Prometheus endpoint (GET /metrics).
+
+Off by default. The address must be loopback (127.0.0.0/8, ::1, localhost) unless
+the operator adds `--metrics-public`: the counters name listeners, plugins and
+capabilities, which is reconnaissance for whoever can reach the port.
+
+One process (`--workers 1`) serves its own collectors (vmm.metrics.EXPORTED)
+from a thread. With `--workers N` the supervisor makes a private directory
+(mode 0700, fresh at start, removed at exit) and hands it to the workers as
+PROMETHEUS_MULTIPROC_DIR; their collectors write per-process files there and
+the supervisor's endpoint sums them (gauges such as active connections and
+pool depth are `livesum`: they add up the workers' current values).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+from extproc.config import ConfigError
+
+__all__ = ["MULTIPROC_ENV", "MetricsAddress", "MetricsServer", "parse_address"]
+
+LOG = logging.getLogger("lightcell.metrics")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True)
+class MetricsAddress:
+    host: str
+    port: int
+
+
+def parse_address(text: str, public: bool = False) -> MetricsAddress:
+    """HOST:PORT ([V6]:PORT); a non-loopback host only when `public`. Raises ConfigError."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"--metrics-address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host != "localhost":
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            why = "HOST must be an IP address or localhost"
+            raise ConfigError(f"--metrics-address {text!r}: {why}") from None
+        if not ip.is_loopback and not public:
+            raise ConfigError(
+                f"--metrics-address {text!r} is not a loopback address: metrics name listeners, plugins "
+                "and capabilities; add --metrics-public to serve them there anyway"
+            )
+    return MetricsAddress(host, int(port_text))
+
+
+class MetricsServer:
+    """The /metrics endpoint on a daemon thread; `registry` None: this process's collectors."""
+
+    def __init__(self, address: MetricsAddress, registry: CollectorRegistry | None = None) -> None:
+        from vmm.metrics import EXPORTED
+
+        self._server: WSGIServer
+        self._server, _ = start_http_server(
+            address.port, address.host, registry if registry is not None else EXPORTED.registry
+        )
+        self.port = int(self._server.server_address[1])
+        LOG.info("metrics on http://%s:%d/metrics", _url_host(address.host), self.port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class Multiprocess:
+    """The supervisor's side of `--workers N`: the private directory, the summing endpoint."""
+
+    def __init__(self, address: MetricsAddress) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="lightcell-metrics-"))  # 0700, empty, $TMPDIR
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+        try:
+            self.server = MetricsServer(address, registry)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def env(self) -> dict[str, str]:
+        """The workers' environment."""
+        return {**os.environ, MULTIPROC_ENV: str(self.directory)}
+
+    def close(self) -> None:
+        self.server.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
