@@ -319,6 +319,13 @@ def _report_policy(
     print(f"  grants        {', '.join(sorted(granted)) or 'none'}", file=out)
     if spec.grants.egress_allow:
         print(f"  egress_allow  {', '.join(sorted(map(str, spec.grants.egress_allow)))}", file=out)
+    if "egress" in granted:
+        e = spec.limits.egress
+        print(
+            f"  egress_limits {e.datagrams_per_second} datagrams/s, {e.bytes_per_second} bytes/s, "
+            f"{e.max_queued} queued, per {unit}",
+            file=out,
+        )
     if missing:
         print(
             f"  missing       {', '.join(missing)}: imported but not granted; allowed, "

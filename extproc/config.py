@@ -53,8 +53,9 @@ from extproc.http_policy import (
 )
 from extproc.listener import FailureMode, ListenerPolicy, Protocol
 from extproc.tcp_protocol import METADATA_NAMESPACE
+from vmm.egress import MAX_PENDING
 from vmm.microvm.layout import MAX_MEMORY_BYTES
-from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec, Tier
+from vmm.policy import CAPABILITIES, EgressLimits, EgressTarget, Grants, Limits, SandboxSpec, Tier
 
 __all__ = [
     "EXT_PROC_PER_ROUTE_TYPE",
@@ -84,11 +85,19 @@ EXT_PROC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext
 _FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 
-_POLICY_KEYS = frozenset({"plugin", "config", "tier", "failure_mode", "grants", "egress_allow", "limits"})
+_POLICY_KEYS = frozenset(
+    {"plugin", "config", "tier", "failure_mode", "grants", "egress_allow", "egress_limits", "limits"}
+)
 _HTTP_POLICY_KEYS = frozenset({"close_status", "max_header_bytes"})
 _HTTP_BOUNDS = {"close_status": (200, 599), "max_header_bytes": (1024, 8 * 1024 * 1024)}
 _E = TypeVar("_E", Tier, FailureMode)
 _LIMIT_BOUNDS = {"memory_mb": (1, 4096), "event_cpu_ms": (1, 60_000)}
+_EGRESS_LIMIT_BOUNDS = {
+    "datagrams_per_second": (1, 100_000),
+    # At least one datagram of the largest size a second, or such a datagram could never go.
+    "bytes_per_second": (Limits().max_datagram_bytes, 1 << 30),
+    "max_queued": (1, MAX_PENDING),
+}
 
 
 class ConfigError(Exception):
@@ -793,6 +802,7 @@ def _parse_policy(
     capabilities = _grants(ctx, raw.get("grants", []))
     egress = _egress_allow(ctx, raw.get("egress_allow", []), capabilities)
     limits = _limits(ctx, raw.get("limits", {}))
+    limits = dataclasses.replace(limits, egress=_egress_limits(ctx, raw.get("egress_limits"), capabilities))
     if tier is Tier.MICROVM and limits.memory_bytes > MAX_MEMORY_BYTES:
         raise ctx.policy_error(
             "limits.memory_mb",
@@ -916,3 +926,28 @@ def _limits(ctx: _Context, value: Any) -> Limits:
         memory_bytes=checked["memory_mb"] * 1024 * 1024 if "memory_mb" in checked else defaults.memory_bytes,
         event_cpu_ms=checked.get("event_cpu_ms", defaults.event_cpu_ms),
     )
+
+
+def _egress_limits(ctx: _Context, value: Any, capabilities: frozenset[str]) -> EgressLimits:
+    """`egress_limits`: per connection (HTTP: per request); each key optional (EgressLimits)."""
+    if value is None:
+        return EgressLimits()
+    if not isinstance(value, dict):
+        raise ctx.policy_error("egress_limits", f"expected a mapping, got {value!r}")
+    if "egress" not in capabilities:
+        raise ctx.policy_error("egress_limits", "set, but grants does not include egress")
+    unknown = sorted(set(value) - set(_EGRESS_LIMIT_BOUNDS))
+    if unknown:
+        known = ", ".join(sorted(_EGRESS_LIMIT_BOUNDS))
+        raise ctx.policy_error("egress_limits", f"unknown key {unknown[0]!r} (known: {known})")
+    checked: dict[str, int] = {}
+    for key, (low, high) in _EGRESS_LIMIT_BOUNDS.items():
+        item = value.get(key)
+        if item is None and key not in value:
+            continue
+        if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
+            raise ctx.policy_error(
+                f"egress_limits.{key}", f"expected a whole number from {low} to {high}, got {item!r}"
+            )
+        checked[key] = item
+    return EgressLimits(**checked)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from vmm.contract import LogLevel, SendError
+from vmm.egress_meter import EgressMeter
 from vmm.kvstore import KvFull, KvStore
 from vmm.metrics import METRICS, Metrics
 from vmm.policy import EgressTarget, Grants, Limits
@@ -66,6 +68,14 @@ class DatagramSender(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedQueue(Protocol):
+    """A sender whose queue is shared by every connection (vmm.egress.UdpEgress): each
+    connection sends through its own share of it."""
+
+    def share(self, max_queued: int) -> DatagramSender: ...
+
+
 @dataclass
 class HostCapabilities:
     """The capabilities one connection's sandbox may call."""
@@ -85,8 +95,14 @@ class HostCapabilities:
     """The first capability refused on this connection, if any."""
     log_dropped: int = 0
     """Log lines dropped by the per-connection rate limit."""
+    egress_dropped: int = 0
+    """Datagrams refused over the connection's egress limits or queue share."""
+    clock: Callable[[], float] = time.monotonic
+    """The egress rate limit's clock (tests pass a still one)."""
     _log_tokens: float = field(default=LOG_BURST_LINES, init=False, repr=False)
     _log_stamp: float | None = field(default=None, init=False, repr=False)
+    _egress_meter: EgressMeter | None = field(default=None, init=False, repr=False)
+    _egress_sender: DatagramSender | None = field(default=None, init=False, repr=False)
 
     def check(self, capability: str) -> None:
         """The grant check: once per host call, before the call's arguments."""
@@ -200,7 +216,28 @@ class HostCapabilities:
             return SendError.DENIED
         if len(payload) > self.limits.max_datagram_bytes:
             return SendError.TOO_LARGE
-        if self.egress is None or not self.egress.send(target, payload):
+        if self.egress is None:
             return SendError.UNREACHABLE
+        if self._egress_meter is None:
+            self._egress_meter = EgressMeter(self.limits.egress, self.clock)
+            share = self.egress.share if isinstance(self.egress, SharedQueue) else None
+            self._egress_sender = self.egress if share is None else share(self.limits.egress.max_queued)
+        if not self._egress_meter.allow(len(payload)):
+            return self._egress_drop("rate", "over its egress_limits")
+        assert self._egress_sender is not None
+        if not self._egress_sender.send(target, payload):
+            return self._egress_drop("queue", "its share of the egress queue (or the queue) is full")
         self.metrics.inc("egress_datagrams_total", listener=self.listener, plugin=self.plugin)
         return None
+
+    def _egress_drop(self, reason: str, why: str) -> SendError:
+        """Refused by a limit: `unreachable` to the plugin, like a lost datagram; logged once a
+        connection (a plugin in a loop must not flood the log), always counted."""
+        if self.egress_dropped == 0:
+            LOG.warning(
+                "egress dropped listener=%s plugin=%s: %s (further drops only counted)",
+                self.listener, self.plugin, why,
+            )
+        self.egress_dropped += 1
+        self.metrics.inc("egress_dropped_total", listener=self.listener, plugin=self.plugin, reason=reason)
+        return SendError.UNREACHABLE

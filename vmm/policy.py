@@ -39,6 +39,20 @@ class Grants:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressLimits:
+    """Per connection (or HTTP request): how fast its plugin may send datagrams, and how many
+    of them may wait in the process's one egress queue at once (its share of it)."""
+
+    datagrams_per_second: int = 100
+    bytes_per_second: int = 128 * 1024
+    """Token buckets holding one second's worth: a connection may burst that much, then
+    sends at this rate."""
+    max_queued: int = 64
+    """Of the shared queue's 1,024 places (vmm.egress.MAX_PENDING): one connection cannot
+    fill it for the others."""
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     memory_bytes: int = 16 * 1024 * 1024
     """Cap on the plugin's linear memory (and the micro-VM's wasm heap)."""
@@ -47,6 +61,7 @@ class Limits:
     running it, with a wall-clock cap of 20x (at least 2 s); the same in every tier
     (vmm/microvm/watchdog.py, vmm/wasmtime_tier/_budget.py)."""
     max_datagram_bytes: int = 1400
+    egress: EgressLimits = field(default_factory=EgressLimits)
     kv_max_value_bytes: int = 64 * 1024
     kv_max_keys: int = 10_000
 
