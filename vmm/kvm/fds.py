@@ -8,14 +8,35 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import os
 from typing import Any
 
 from vmm.kvm import ioctls as io
+from vmm.kvm.cpuid import minimal_table
 from vmm.kvm.errors import KvmError
 from vmm.kvm.exits import Exit, Interrupted, RunArea
 from vmm.kvm.memory import PROT_READ, PROT_WRITE, mmap_fd, munmap
-from vmm.kvm.structs import KvmFpu, KvmRegs, KvmSregs, KvmUserspaceMemoryRegion
+from vmm.kvm.structs import (
+    KvmCpuidEntry2,
+    KvmFpu,
+    KvmMsrFilter,
+    KvmRegs,
+    KvmSregs,
+    KvmUserspaceMemoryRegion,
+)
+
+_SUPPORTED_CPUID_MAX = 256
+
+
+def _cpuid2(n: int) -> ctypes.Structure:
+    """A struct kvm_cpuid2 with room for n entries."""
+
+    class KvmCpuid2(ctypes.Structure):
+        _fields_ = [("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32),
+                    ("entries", KvmCpuidEntry2 * n)]
+
+    return KvmCpuid2(nent=n)
 
 __all__ = ["System", "Vcpu", "Vm"]
 
@@ -67,6 +88,21 @@ class System(_Fd):
     def create_vm(self) -> Vm:
         return Vm(_ioctl(self.fd, io.KVM_CREATE_VM, 0), self.vcpu_mmap_size)
 
+    @functools.cached_property
+    def guest_cpuid(self) -> list[tuple[int, int, int, int, int]]:
+        """The CPUID table every micro-VM gets (vmm/kvm/cpuid.py), computed once."""
+        return [(x.function, x.eax, x.ebx, x.ecx, x.edx) for x in minimal_table(self.supported_cpuid())]
+
+    @functools.cached_property
+    def msr_filter(self) -> bool:
+        """Whether KVM_X86_SET_MSR_FILTER is available (KVM_CAP_X86_MSR_FILTER)."""
+        return self.check_extension(io.KVM_CAP_X86_MSR_FILTER) > 0
+
+    def supported_cpuid(self) -> list[KvmCpuidEntry2]:
+        buf: Any = _cpuid2(_SUPPORTED_CPUID_MAX)
+        _ioctl(self.fd, io.KVM_GET_SUPPORTED_CPUID, buf)
+        return [copy_struct(buf.entries[i]) for i in range(buf.nent)]
+
 
 class Vm(_Fd):
     def __init__(self, fd: int, vcpu_mmap_size: int) -> None:
@@ -78,6 +114,17 @@ class Vm(_Fd):
         region = KvmUserspaceMemoryRegion(slot, io.KVM_MEM_READONLY if readonly else 0,
                                           guest_phys, size, host_addr)
         _ioctl(self.fd, io.KVM_SET_USER_MEMORY_REGION, region)
+
+    def deny_msrs(self) -> None:
+        """Every guest RDMSR/WRMSR the filter can cover raises #GP in the guest."""
+        # KVM refuses a deny-by-default filter without ranges: one range that allows nothing.
+        nothing = (ctypes.c_uint8 * 8)()
+        f = KvmMsrFilter(flags=io.KVM_MSR_FILTER_DEFAULT_DENY)
+        f.ranges[0].flags = io.KVM_MSR_FILTER_READ | io.KVM_MSR_FILTER_WRITE
+        f.ranges[0].nmsrs = 64
+        f.ranges[0].base = 0
+        f.ranges[0].bitmap = ctypes.cast(nothing, ctypes.c_void_p)
+        _ioctl(self.fd, io.KVM_X86_SET_MSR_FILTER, f)
 
     def create_vcpu(self, index: int = 0) -> Vcpu:
         return Vcpu(_ioctl(self.fd, io.KVM_CREATE_VCPU, index), self._vcpu_mmap_size)
@@ -128,6 +175,14 @@ class Vcpu(_Fd):
 
     def set_sregs(self, sregs: KvmSregs) -> None:
         _ioctl(self.fd, io.KVM_SET_SREGS, sregs)
+
+    def set_cpuid(self, leaves: list[tuple[int, int, int, int, int]]) -> None:
+        """The vCPU's whole CPUID table: (function, eax, ebx, ecx, edx), index 0 each.
+        Must come before the first KVM_RUN (KVM refuses a different table after)."""
+        buf: Any = _cpuid2(len(leaves))
+        for i, (function, eax, ebx, ecx, edx) in enumerate(leaves):
+            buf.entries[i] = KvmCpuidEntry2(function=function, eax=eax, ebx=ebx, ecx=ecx, edx=edx)
+        _ioctl(self.fd, io.KVM_SET_CPUID2, buf)
 
     def get_fpu(self) -> KvmFpu:
         fpu = KvmFpu()

@@ -9,8 +9,12 @@ from __future__ import annotations
 import ctypes
 
 __all__ = [
+    "KvmCpuid2Header",
+    "KvmCpuidEntry2",
     "KvmDtable",
     "KvmFpu",
+    "KvmMsrFilter",
+    "KvmMsrFilterRange",
     "KvmRegs",
     "KvmRunHeader",
     "KvmRunIo",
@@ -122,6 +126,29 @@ class KvmRunIo(ctypes.Structure):
 
 RUN_EXIT_UNION_OFFSET = 32
 
+
+class KvmCpuidEntry2(ctypes.Structure):
+    _fields_ = [
+        ("function", u32), ("index", u32), ("flags", u32),
+        ("eax", u32), ("ebx", u32), ("ecx", u32), ("edx", u32),
+        ("padding", u32 * 3),
+    ]  # fmt: skip
+
+
+class KvmCpuid2Header(ctypes.Structure):
+    """struct kvm_cpuid2 without its flexible array (the ioctl number encodes this size)."""
+
+    _fields_ = [("nent", u32), ("padding", u32)]
+
+
+class KvmMsrFilterRange(ctypes.Structure):
+    _fields_ = [("flags", u32), ("nmsrs", u32), ("base", u32), ("bitmap", ctypes.c_void_p)]
+
+
+class KvmMsrFilter(ctypes.Structure):
+    _fields_ = [("flags", u32), ("ranges", KvmMsrFilterRange * 16)]
+
+
 assert ctypes.sizeof(KvmRegs) == 144
 assert ctypes.sizeof(KvmSegment) == 24
 assert ctypes.sizeof(KvmDtable) == 16
@@ -132,3 +159,7 @@ assert ctypes.sizeof(KvmRunHeader) == RUN_EXIT_UNION_OFFSET
 assert KvmRunHeader.immediate_exit.offset == 1
 assert KvmRunIo.port.offset + RUN_EXIT_UNION_OFFSET == 34
 assert KvmRunIo.data_offset.offset + RUN_EXIT_UNION_OFFSET == 40
+assert ctypes.sizeof(KvmCpuidEntry2) == 40
+assert ctypes.sizeof(KvmCpuid2Header) == 8
+assert ctypes.sizeof(KvmMsrFilterRange) == 24
+assert ctypes.sizeof(KvmMsrFilter) == 392

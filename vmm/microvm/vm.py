@@ -96,11 +96,16 @@ class MicroVm:
         layout = template.layout
         self.vm = system.create_vm()
         try:
+            if system.msr_filter:  # guest RDMSR/WRMSR: #GP (on PVM ring 3 faults natively anyway)
+                self.vm.deny_msrs()
             self.mem = GuestMemory(layout.rw_size, f"lightcell-vm-{self.serial}")
             self.vm.set_memory_region(0, 0, template.ro_size, template.ro.addr, readonly=True)
             self.vm.set_memory_region(1, abi.LC_RW_BASE, layout.rw_size, self.mem.addr)
             self.vcpu = self.vm.create_vcpu(0)
+            self.vcpu.set_cpuid(system.guest_cpuid)  # the minimal table (vmm/kvm/cpuid.py)
         except BaseException:
+            if hasattr(self, "vcpu"):
+                self.vcpu.close()
             self.vm.close()
             if hasattr(self, "mem"):
                 self.mem.close()

@@ -1,0 +1,52 @@
+/*
+ * A guest for tests/test_kvm_cpuid.py: it reports what the CPU tells ring 3.
+ * A DATA request whose payload is u32 leaf, u32 subleaf is answered with the
+ * four CPUID registers (eax, ebx, ecx, edx); a payload of "T" with the time
+ * stamp counter (rdtsc). Every other request is answered OK with nothing.
+ */
+#include <stdint.h>
+
+#include "lc_guest.h"
+#include "lightcell_abi.h"
+
+void lc_runtime_init(void) {}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_response *out,
+                       uint32_t out_cap)
+{
+    out->status = LC_STATUS_OK;
+    out->detail = 0;
+    out->reserved = 0;
+    out->len = 0;
+    if (req->op != LC_OP_DATA || req->len > in_cap - sizeof *req || out_cap < sizeof *out + 16)
+        return;
+    const uint8_t *src = (const uint8_t *)(req + 1);
+    uint8_t *dst = (uint8_t *)(out + 1);
+    if (req->len == 1 && src[0] == 'T') {
+        uint32_t lo, hi;
+        __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+        put32(dst, lo);
+        put32(dst + 4, hi);
+        out->len = 8;
+        return;
+    }
+    if (req->len != 8)
+        return;
+    uint32_t leaf = (uint32_t)src[0] | (uint32_t)src[1] << 8 | (uint32_t)src[2] << 16 | (uint32_t)src[3] << 24;
+    uint32_t sub = (uint32_t)src[4] | (uint32_t)src[5] << 8 | (uint32_t)src[6] << 16 | (uint32_t)src[7] << 24;
+    uint32_t a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(leaf), "c"(sub));
+    put32(dst, a);
+    put32(dst + 4, b);
+    put32(dst + 8, c);
+    put32(dst + 12, d);
+    out->len = 16;
+}
