@@ -1,0 +1,45 @@
+"""guest/runtime/wasip2.h is what vmm/microvm/wasip2_gen.py generates from the
+vendored WIT, and its flat signatures are the ones real components import:
+every WASI 0.2 import of every core module inside componentize-py's counter
+(nested components included) has exactly the declared core signature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmm.microvm import wasip2_gen
+from vmm.wasm_module import _Reader, parse_core
+
+
+def _all_modules(component: bytes) -> list[bytes]:
+    out = []
+    for sid, start, end in _Reader(component, 8).sections():
+        if sid == 1:  # core module
+            out.append(component[start:end])
+        elif sid == 4:  # nested component
+            out += _all_modules(component[start:end])
+    return out
+
+
+def test_the_header_is_generated_and_fresh() -> None:
+    assert wasip2_gen.main(["--check"]) == 0
+
+
+def test_names_follow_the_legacy_core_names() -> None:
+    name = wasip2_gen.c_name("wasi:io/streams", "[method]output-stream.blocking-write-and-flush")
+    assert name == "lc_wasip2_io_streams_method_output_stream_blocking_write_and_flush"
+    assert wasip2_gen.unversioned("wasi:io/streams@0.2.9") == "wasi:io/streams"
+    assert wasip2_gen.unversioned("lightcell:filter/log@0.1.0") is None
+    assert wasip2_gen.core_signature("wasi:io/poll@0.2.3", "poll") == (("i32", "i32", "i32"), ())
+
+
+def test_componentize_py_imports_match_the_declarations(built_plugins: dict[str, Path]) -> None:
+    checked = 0
+    for module in _all_modules(built_plugins["counter"].read_bytes()):
+        for imp in parse_core(module).imports:
+            if wasip2_gen.unversioned(imp.module) is None:
+                continue
+            want = wasip2_gen.core_signature(imp.module, imp.name)
+            assert imp.sig is not None and want == (imp.sig.params, imp.sig.results), (imp.module, imp.name)
+            checked += 1
+    assert checked > 100  # componentize-py imports most of WASI 0.2
