@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from extproc.tcp_protocol import ProtocolError
 from vmm.metrics import Metrics
@@ -126,6 +127,9 @@ async def serve_requests(
         raise
     except grpc.aio.AbortError:
         raise
+    except DecodeError as e:  # grpc could not parse a request (found by tests/test_fuzz_servicers.py)
+        LOG.error("undecodable request policy=%s: %s", name, e)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable request: {e}")
     except Exception as e:
         LOG.exception("internal error policy=%s", name, extra={"listener": name, **labels})
         metrics.inc("internal_errors_total", 1, listener=name, **labels)
