@@ -86,6 +86,7 @@ class Multiprocess:
 
     def __init__(self, address: MetricsAddress) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="lightcell-metrics-"))  # 0700, empty, $TMPDIR
+        LOG.info("metrics: workers write to %s (removed at exit)", self.directory)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
         try:

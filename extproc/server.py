@@ -146,6 +146,7 @@ class LightcellServer:
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         METRICS.observe("startup_seconds", time.perf_counter() - started)
         METRICS.set("workers_serving", 1)
+        METRICS.inc("serve_starts_total")
         where = [str(socket_path)] if socket_path is not None else []
         if bound_port is not None:
             where.append(f"127.0.0.1:{bound_port}")

@@ -23,7 +23,7 @@ from collections import Counter as _Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = ["EXPORTED", "METRICS", "PREFIX", "Metrics"]
 
@@ -46,6 +46,10 @@ class _Spec:
     buckets: tuple[float, ...] = ()
 
 
+disable_created_metrics()  # no *_created series: half the samples, nothing a dashboard uses
+
+# A label a call site leaves out: the network service's streams carry no protocol label.
+DEFAULTS = {"protocol": "tcp"}
 _TIER = ("listener", "tier")
 SCHEMA: dict[str, _Spec] = {
     # Streams: one TCP connection or one HTTP request each.
@@ -89,6 +93,7 @@ SCHEMA: dict[str, _Spec] = {
     # Unlabelled, so each process opens its multiprocess files at import (before any
     # system-call filter), and so a scrape shows how many workers serve.
     "workers_serving": _Spec("gauge", "server processes serving", ()),
+    "serve_starts_total": _Spec("counter", "server processes started serving", ()),
     "startup_seconds": _Spec("histogram", "loading every plugin at start", (), (*SANDBOX_BUCKETS, 10, 60)),
 }
 
@@ -133,7 +138,7 @@ class _Exporter:
             self._warn(name, f"label {extra} not declared: not exported")
         if not names:
             return metric
-        return metric.labels(*(str(labels.get(n, "")) for n in names))
+        return metric.labels(*(str(labels.get(n, DEFAULTS.get(n, ""))) for n in names))
 
     def _warn(self, name: str, why: str) -> None:
         if (name, why) not in self._warned:
