@@ -155,6 +155,14 @@ async def test_guest_traps_on_a_bad_handle_and_an_empty_poll(factories: dict[str
             assert outcomes[-1][0] == "fault", (tier, chunk)
             if tier == "microvm":
                 assert outcomes[-1][1] is FaultKind.ABI  # LC_ABI_BAD_HANDLE / LC_ABI_WASI_UNUSABLE
+    host = LogHost(LISTENER, "probe", Grants(LOG), LIMITS, KvStore(10, 1024), None, Metrics())
+    sandbox = await factories["microvm"].new_sandbox(host)
+    try:
+        await sandbox.open(LISTENER, "")
+        with pytest.raises(PluginFault, match="resource handle of the wrong type"):
+            await sandbox.on_data(DataEvent(Direction.READ, b"h", False))
+    finally:
+        await sandbox.close()
 
 
 async def test_guest_network_needs_only_egress(factories: dict[str, SandboxFactory]) -> None:

@@ -43,3 +43,15 @@ def test_componentize_py_imports_match_the_declarations(built_plugins: dict[str,
             assert imp.sig is not None and want == (imp.sig.params, imp.sig.results), (imp.module, imp.name)
             checked += 1
     assert checked > 100  # componentize-py imports most of WASI 0.2
+
+
+def test_every_abi_detail_has_words() -> None:
+    """vmm/microvm/abi.ABI_DETAILS words every LC_STATUS_ABI detail the guest can report."""
+    import re
+
+    from vmm.microvm.abi import ABI_DETAILS
+
+    runtime = Path(wasip2_gen.ROOT) / "guest" / "runtime"
+    enum = re.findall(r"LC_ABI_\w+ = (\d+)", (runtime / "lc_rt.h").read_text())
+    defines = re.findall(r"#define LC_ABI_\w+ (\d+)u", (runtime / "wasip2_rt.h").read_text())
+    assert {int(v) for v in enum + defines} == set(ABI_DETAILS)

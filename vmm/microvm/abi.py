@@ -100,6 +100,25 @@ class HostFn(enum.IntEnum):
     POLL = 18
 
 
+ABI_DETAILS = {
+    1: "a pointer and length outside linear memory",
+    2: "an unknown verdict tag",
+    3: "a malformed request from the host",
+    4: "output over the maximum",
+    5: "an enum argument out of range",
+    6: "arguments the host refused",
+    7: "an import called from cabi_realloc or a post-return function",
+    8: "a return area not aligned as the ABI requires",
+    # WASI 0.2 (guest/runtime/wasip2_rt.h)
+    9: "a resource handle of the wrong type, dropped, or never made",
+    10: "a WASI call with nothing to act on (an empty poll list)",
+    11: "a list result but no cabi_realloc to allocate it",
+    12: "the resource handle table is full",
+}
+"""LC_STATUS_ABI details (guest/runtime/lc_rt.h enum lc_abi_detail, wasip2_rt.h),
+worded for fault messages."""
+
+
 class HostcallStatus(enum.IntEnum):
     OK = 0
     DENIED = 1

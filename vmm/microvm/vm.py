@@ -234,7 +234,9 @@ class MicroVm:
         except GuestRangeError as e:
             raise VmFault(FaultReason.BAD_LENGTH, f"response: {e}") from None
         if status != abi.Status.OK:
-            raise VmFault(FaultReason.GUEST_STATUS, f"{abi.Status(status).name} detail={detail}",
+            why = abi.ABI_DETAILS.get(detail, "") if status == abi.Status.ABI else ""
+            raise VmFault(FaultReason.GUEST_STATUS,
+                          f"{abi.Status(status).name} detail={detail}{f' ({why})' if why else ''}",
                           status=status, detail=detail)
         if op == abi.Op.DATA and detail > 3:
             raise VmFault(FaultReason.BAD_RESPONSE, f"unknown verdict {detail}")
