@@ -165,6 +165,18 @@ async def test_guest_traps_on_a_bad_handle_and_an_empty_poll(factories: dict[str
         await sandbox.close()
 
 
+async def test_a_denial_is_worded_alike(factories: dict[str, SandboxFactory]) -> None:
+    for factory in factories.values():
+        host = LogHost(LISTENER, "probe", Grants(frozenset()), LIMITS, KvStore(10, 1024), None, Metrics())
+        sandbox = await factory.new_sandbox(host)
+        try:
+            await sandbox.open(LISTENER, "")
+            with pytest.raises(PluginFault, match="capability 'clock' not granted"):
+                await sandbox.on_data(DataEvent(Direction.READ, b"c", False))
+        finally:
+            await sandbox.close()
+
+
 async def test_guest_network_needs_only_egress(factories: dict[str, SandboxFactory]) -> None:
     """With `egress` the guest hands out a network (its UDP follows the allow list);
     the wasmtime tier never grants wasi:sockets (a documented difference)."""

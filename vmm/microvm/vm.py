@@ -20,7 +20,7 @@ from typing import TypeVar
 from vmm.capabilities import HostCapabilities
 from vmm.kvm import GuestMemory, Interrupted, IoIn, IoOut, KvmError, System, copy_struct
 from vmm.microvm import abi
-from vmm.microvm.hostcalls import UnknownHostFn, dispatch
+from vmm.microvm.hostcalls import UnknownHostFn, dispatch, host_fn_capability
 from vmm.microvm.layout import GuestRangeError, checked_range
 from vmm.microvm.machine import Template
 
@@ -235,6 +235,9 @@ class MicroVm:
             raise VmFault(FaultReason.BAD_LENGTH, f"response: {e}") from None
         if status != abi.Status.OK:
             why = abi.ABI_DETAILS.get(detail, "") if status == abi.Status.ABI else ""
+            if status == abi.Status.DENIED and detail in abi.HostFn._value2member_map_:
+                # worded as the wasmtime tier words a denial (CapabilityDenied)
+                why = f"capability {host_fn_capability(abi.HostFn(detail))!r} not granted"
             raise VmFault(FaultReason.GUEST_STATUS,
                           f"{abi.Status(status).name} detail={detail}{f' ({why})' if why else ''}",
                           status=status, detail=detail)
