@@ -55,3 +55,14 @@ def test_every_abi_detail_has_words() -> None:
     enum = re.findall(r"LC_ABI_\w+ = (\d+)", (runtime / "lc_rt.h").read_text())
     defines = re.findall(r"#define LC_ABI_\w+ (\d+)u", (runtime / "wasip2_rt.h").read_text())
     assert {int(v) for v in enum + defines} == set(ABI_DETAILS)
+
+
+def test_the_guest_allows_the_wasmtime_tiers_start_up_random() -> None:
+    import re
+
+    from vmm.wasmtime_tier._component import STARTUP_RANDOM_BYTES
+
+    source = (Path(wasip2_gen.ROOT) / "guest" / "runtime" / "wasip2.c").read_text()
+    m = re.search(r"#define LC_WASIP2_STARTUP_RANDOM_BYTES \((\d+)u \* (\d+)u\)", source)
+    assert m is not None
+    assert int(m.group(1)) * int(m.group(2)) == STARTUP_RANDOM_BYTES
