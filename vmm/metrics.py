@@ -46,7 +46,7 @@ class _Spec:
     buckets: tuple[float, ...] = ()
 
 
-disable_created_metrics()  # no *_created series: half the samples, nothing a dashboard uses
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: nothing uses them
 
 # A label a call site leaves out: the network service's streams carry no protocol label.
 DEFAULTS = {"protocol": "tcp"}
@@ -107,6 +107,9 @@ class _Exporter:
         self._lock = threading.Lock()
         self._metrics: dict[str, tuple[Counter | Gauge | Histogram, tuple[str, ...]]] = {}
         self._warned: set[tuple[str, str]] = set()
+        # (name, labels as given) -> child: skips prometheus-client's labels() on the hot path
+        # (a hook's latency is observed on every call). Bounded like the label values.
+        self._children: dict[tuple[object, ...], Counter | Gauge | Histogram | None] = {}
         for name, spec in SCHEMA.items():
             self._make(name, spec)
 
@@ -124,6 +127,16 @@ class _Exporter:
         return self._metrics[name]
 
     def child(self, name: str, kind: str, labels: dict[str, str]) -> Counter | Gauge | Histogram | None:
+        key = (name, *labels.items())
+        try:
+            return self._children[key]
+        except KeyError:
+            pass
+        child = self._child(name, kind, labels)
+        self._children[key] = child
+        return child
+
+    def _child(self, name: str, kind: str, labels: dict[str, str]) -> Counter | Gauge | Histogram | None:
         found = self._metrics.get(name)
         if found is None:
             if kind != "counter":
