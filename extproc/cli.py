@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -94,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         "apply per worker. Nothing is restarted: if a worker dies, all stop",
     )  # fmt: skip
     _observability_args(serve)
+    serve.add_argument(
+        "--no-seccomp", action="store_true",
+        help="do not confine the serving process (for debugging; also $LIGHTCELL_NO_SECCOMP=1). By "
+        "default, once loaded and bound, each serving process sets no-new-privileges and a seccomp "
+        "filter that allows only the system calls serving needs (x86_64 Linux)",
+    )  # fmt: skip
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate a configuration and report each listener's plugin")
@@ -171,6 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             grace=args.grace,
             max_connections=args.max_connections,
+            seccomp=_seccomp_wanted(args),
         )
         asyncio.run(run)
     except ConfigError as e:
@@ -215,6 +223,7 @@ def _serve_workers(
         argv = workers.worker_command(
             args.envoy_config, socket_path=sock, port=port, grace=args.grace,
             max_connections=args.max_connections, log_level=args.log_level,
+            seccomp=_seccomp_wanted(args),
         )  # fmt: skip
         argv += ["--log-format", args.log_format]
         plan.append(workers.Worker(i, argv, sock, port))
@@ -228,6 +237,12 @@ def _serve_workers(
         return workers.run_workers([replace(w, env=summed.env()) for w in plan])
     finally:
         summed.close()
+
+
+def _seccomp_wanted(args: argparse.Namespace) -> bool:
+    from vmm.confine import DISABLE_ENV
+
+    return not args.no_seccomp and os.environ.get(DISABLE_ENV, "") in ("", "0")
 
 
 def _check(args: argparse.Namespace) -> int:

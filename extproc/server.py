@@ -35,6 +35,7 @@ from extproc import http_service, plugins, stream_edge, tcp_service
 from extproc.config import ConfigError, LightcellConfig
 from extproc.listener import HttpListener, Listener
 from extproc.socket_path import prepare_default_socket
+from vmm import confine
 from vmm.egress import UdpEgress
 from vmm.metrics import METRICS
 
@@ -81,6 +82,8 @@ class LightcellServer:
         self.port = port
         """The bound loopback TCP port (the real one when 0 was asked for), or None."""
         self._stopped = False
+        self.socket_dir_fd: int | None = None
+        """Set once confined: the socket's directory, the one place unlinkat is allowed."""
 
     @classmethod
     async def start(
@@ -174,7 +177,13 @@ class LightcellServer:
         await plugins.close_http(self.http)
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
+                if self.socket_dir_fd is None:
+                    self.socket_path.unlink()
+                else:  # confined: only unlinkat in this directory is allowed
+                    os.unlink(self.socket_path.name, dir_fd=self.socket_dir_fd)
+        if self.socket_dir_fd is not None:
+            os.close(self.socket_dir_fd)
+            self.socket_dir_fd = None
         METRICS.set("workers_serving", 0)
         LOG.info("stopped")
 
@@ -228,6 +237,17 @@ def _remove_stale_socket(path: Path) -> None:
     raise ConfigError(f"{path}: another server is listening on this socket")
 
 
+def _confine(server: LightcellServer) -> None:
+    """From here on only the system calls serving needs (vmm/confine.py). The socket's
+    directory stays open so that stop() can still remove the socket (unlinkat in it)."""
+    if not confine.supported():
+        LOG.warning("seccomp: not supported on this platform (x86_64 Linux only): not confined")
+        return
+    if server.socket_path is not None:
+        server.socket_dir_fd = os.open(server.socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    LOG.info("%s", confine.confine(unlink_dir_fd=server.socket_dir_fd))
+
+
 def _warn_ungranted_imports(listeners: list[Listener | HttpListener]) -> None:
     for listener in listeners:
         missing = sorted(listener.factory.imports - listener.policy.spec.grants.capabilities)
@@ -245,8 +265,11 @@ async def serve(
     port: int | None = None,
     grace: float = DEFAULT_GRACE_S,
     max_connections: int = stream_edge.DEFAULT_MAX_CONNECTIONS,
+    seccomp: bool = True,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully. Raises ConfigError before serving."""
+    """Serve until SIGTERM or SIGINT, then drain gracefully. Raises ConfigError before serving.
+
+    `seccomp`: once loaded and bound, confine this process (vmm/confine.py)."""
     server = await LightcellServer.start(
         config, socket_path=socket_path, port=port, max_connections=max_connections
     )
@@ -254,6 +277,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if seccomp:
+        _confine(server)
+    else:
+        LOG.warning("seccomp: off (--no-seccomp or $%s): this process is not confined", confine.DISABLE_ENV)
     try:
         await stop.wait()
         LOG.info("shutting down (grace %.1fs)", grace)

@@ -75,6 +75,7 @@ def worker_command(
     grace: float,
     max_connections: int,
     log_level: str,
+    seccomp: bool = True,
 ) -> list[str]:
     """A single-process `lightcell serve` command line (this Python, this package)."""
     argv = [sys.executable, "-m", "extproc.cli", "serve", "--envoy-config", str(envoy_config)]
@@ -82,6 +83,8 @@ def worker_command(
     if port is not None:
         argv += ["--port", str(port)]
     argv += ["--grace", str(grace), "--max-connections", str(max_connections), "--log-level", log_level]
+    if not seccomp:
+        argv.append("--no-seccomp")
     return argv
 
 
