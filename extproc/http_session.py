@@ -198,9 +198,9 @@ class HttpSession:
                 )
                 reply = self._stream.respond(event, answer)
                 self._state = _State.ANSWERED
-                self._metrics.inc(
-                    "plugin_immediate_total", listener=self.listener.name, status=str(decision.status)
-                )
+                # The class, not the code: the plugin picks the code, and must not pick the series.
+                status = f"{decision.status // 100}xx"
+                self._metrics.inc("plugin_immediate_total", listener=self.listener.name, status=status)
                 return reply
             ops = _header_ops(decision.headers) if decision.kind is DecisionKind.MODIFY else []
             if ops and isinstance(event, hp.BodyEvent) and not self._stream.headers_held(event.side):

@@ -69,7 +69,9 @@ SCHEMA: dict[str, _Spec] = {
         "counter", "calls to a capability the policy does not grant", ("listener", "plugin", "capability")
     ),
     "plugin_verdict_close_total": _Spec("counter", "connections a plugin closed", ("listener", "reset")),
-    "plugin_immediate_total": _Spec("counter", "HTTP requests a plugin answered", ("listener", "status")),
+    "plugin_immediate_total": _Spec(
+        "counter", "HTTP requests a plugin answered, by status class (2xx-5xx)", ("listener", "status")
+    ),
     "log_dropped_total": _Spec("counter", "plugin log lines over the rate limit", ("listener", "plugin")),
     "egress_datagrams_total": _Spec("counter", "egress datagrams queued to send", ("listener", "plugin")),
     "egress_refused_total": _Spec("counter", "egress datagrams refused", ("listener", "plugin")),
