@@ -46,7 +46,7 @@ SYSCALLS = {
     "rt_sigreturn": 15, "ioctl": 16, "pread64": 17, "readv": 19, "writev": 20, "sched_yield": 24,
     "mremap": 25, "madvise": 28, "dup": 32, "nanosleep": 35, "getpid": 39, "socket": 41,
     "connect": 42, "accept": 43, "sendto": 44, "recvfrom": 45, "sendmsg": 46, "recvmsg": 47,
-    "shutdown": 48, "bind": 49, "listen": 50, "getsockname": 51, "getpeername": 52,
+    "shutdown": 48, "bind": 49, "listen": 50, "getsockname": 51, "getpeername": 52, "socketpair": 53,
     "setsockopt": 54, "getsockopt": 55, "clone": 56, "fork": 57, "vfork": 58, "execve": 59,
     "exit": 60, "wait4": 61, "kill": 62, "uname": 63, "fcntl": 72, "ftruncate": 77,
     "rename": 82, "mkdir": 83, "rmdir": 84, "creat": 85, "link": 86, "unlink": 87, "symlink": 88,
@@ -82,7 +82,7 @@ _ALLOWED = (
     "sigaltstack", "pread64", "readv", "writev", "sched_yield", "dup", "dup3", "nanosleep",
     "clock_nanosleep", "clock_gettime", "clock_getres", "getpid", "gettid", "getuid",
     "getrusage", "sched_getaffinity", "connect", "accept", "accept4", "sendto", "recvfrom",
-    "sendmsg", "recvmsg", "shutdown", "bind", "listen", "getsockname", "getpeername",
+    "sendmsg", "recvmsg", "shutdown", "bind", "listen", "getsockname", "getpeername", "socketpair",
     "setsockopt", "getsockopt", "fcntl", "ftruncate", "fallocate", "memfd_create", "futex",
     "set_robust_list", "rseq", "set_tid_address", "exit", "exit_group", "restart_syscall",
     "epoll_wait", "epoll_pwait", "epoll_ctl", "epoll_create1", "eventfd2", "pipe2", "getrandom",
@@ -105,7 +105,12 @@ AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 PROT_EXEC = 4
 CLONE_THREAD = 0x10000
 FIONBIO, FIOCLEX = 0x5421, 0x5451
-_PREIMPORT = ("encodings.idna", "encodings.ascii", "json", "traceback", "linecache", "tokenize")
+# Imported lazily by code that runs while serving (asyncio's default executor, hostname
+# encoding, tracebacks in logs, a connection's attributes).
+_PREIMPORT = (
+    "concurrent.futures.thread", "encodings.idna", "encodings.ascii", "json", "traceback", "linecache",
+    "tokenize", "extproc.http_protocol",
+)  # fmt: skip
 
 
 def supported() -> bool:
