@@ -101,7 +101,7 @@ enum lc_hostfn {
                                records no denial */
     LC_HOST_ARGUMENTS = 14, /* -> value count; payload: each argument NUL-terminated */
     LC_HOST_UDP_BIND = 15,  /* blob0 address -> value socket id (1..) or 1<<32 | error-code */
-    LC_HOST_UDP_RECV = 16,  /* a0 socket id -> value 1 + payload address, data / 0 none;
+    LC_HOST_UDP_RECV = 16,  /* a0 socket id -> value 1 (2: more queued) + payload address, data / 0 none;
                                socket 0: the egress grant check only */
     LC_HOST_UDP_SEND = 17,  /* a0 socket id (0 unbound: the egress allow list), blob0 address,
                                blob1 data -> value 0 ok / 1 + error-code */

@@ -389,10 +389,11 @@ static int ready(struct lc_handle *e, uint64_t *now, int *have_now, uint64_t *de
     }
 }
 
-/* Wait (host call, at most 1 s per call) for a socket or the deadline. */
-static void wait_some(const uint32_t *ids, uint32_t nids, uint64_t deadline, uint64_t now) {
+/* Wait (host call, at most 1 s per call) for a socket or the deadline;
+ * nonzero when a socket became readable. */
+static uint64_t wait_some(const uint32_t *ids, uint32_t nids, uint64_t deadline, uint64_t now) {
     uint64_t timeout = deadline == UINT64_MAX ? UINT64_MAX : deadline - now;
-    (void)lc_rt_host(LC_HOST_POLL, timeout, ids, 4u * nids, 0, 0, 0, 0, 0);
+    return lc_rt_host(LC_HOST_POLL, timeout, ids, 4u * nids, 0, 0, 0, 0, 0);
 }
 
 static uint32_t g_poll_ids[POLL_MAX];
@@ -411,12 +412,16 @@ static uint32_t poll_handles(const uint32_t *hs, uint32_t n) {
     for (;;) {
         uint64_t now = 0, deadline = UINT64_MAX;
         int have_now = 0;
-        uint32_t count = 0, nids = 0;
+        uint32_t count = 0, nids = 0, udp_at = 0;
         for (uint32_t i = 0; i < n; i++) {
             struct lc_handle *e = lc_h_get(hs[i], LC_RES_POLLABLE);
             uint32_t before = nids;
-            if (ready(e, &now, &have_now, &deadline, g_poll_ids, &nids) ||
-                (nids > before && udp_ready_now(g_poll_ids + before, 1))) {
+            int now_ready = ready(e, &now, &have_now, &deadline, g_poll_ids, &nids);
+            if (nids > before) {
+                udp_at = i;
+                now_ready = udp_ready_now(g_poll_ids + before, 1);
+            }
+            if (now_ready) {
                 g_poll_ready[count++] = i;
             }
         }
@@ -426,7 +431,10 @@ static uint32_t poll_handles(const uint32_t *hs, uint32_t n) {
         if (!have_now && deadline != UINT64_MAX) {
             now = lc_wasip2_mono_now();
         }
-        wait_some(g_poll_ids, nids, deadline, now);
+        if (wait_some(g_poll_ids, nids, deadline, now) && nids == 1) {
+            g_poll_ready[0] = udp_at; /* the one socket waited on is readable: no re-poll */
+            return 1;
+        }
     }
 }
 

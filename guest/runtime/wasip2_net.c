@@ -299,7 +299,7 @@ void lc_wasip2_sockets_udp_method_incoming_datagram_stream_receive(struct lc_can
         if (r == 0) {
             break;
         }
-        if (r != 1 || got < ADDR_BYTES) {
+        if (r > 2 || got < ADDR_BYTES) {
             lc_fail(LC_STATUS_ABI, LC_ABI_HOST_MISUSE);
         }
         uint32_t octets = lc_rt_ld32(lc_rt_scratch);
@@ -312,6 +312,9 @@ void lc_wasip2_sockets_udp_method_incoming_datagram_stream_receive(struct lc_can
         g_rx_addr[n] = octets;
         g_rx_port[n] = port;
         n++;
+        if (r == 1) {
+            break; /* nothing more queued: spare the host call that would say so */
+        }
     }
     uint32_t array = lc_cx_alloc(cx, 40u * n, 4);
     for (uint32_t i = 0; i < n; i++) {

@@ -86,6 +86,11 @@ class UdpSockets:
             sock.peers.popitem(last=False)
         return ip, port, data
 
+    def pending(self, sock_id: int) -> bool:
+        sock = self._get(sock_id)
+        with self._ready:
+            return bool(sock.queue)
+
     def send(self, sock_id: int, ip: str, port: int, data: bytes) -> ErrorCode | None:
         sock = self._get(sock_id)
         if EgressTarget(ip, port) not in self._allow and (ip, port) not in sock.peers:

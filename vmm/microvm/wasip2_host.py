@@ -64,6 +64,7 @@ class UdpService(Protocol):
 
     def bind(self, ip: str, port: int) -> int | ErrorCode: ...
     def recv(self, sock: int) -> tuple[str, int, bytes] | None: ...
+    def pending(self, sock: int) -> bool: ...
     def send(self, sock: int, ip: str, port: int, data: bytes) -> ErrorCode | None: ...
     def wait(self, socks: list[int], timeout_s: float) -> bool: ...
 
@@ -124,7 +125,7 @@ def udp_recv(h: HostCapabilities, a0: int, _b0: bytes, _b1: bytes) -> Result:
     if got is None:
         return _OK, 0, b""
     ip, port, data = got
-    return _OK, 1, _pack(ip, port) + data
+    return _OK, 2 if udp.pending(a0) else 1, _pack(ip, port) + data
 
 
 _SEND_ERRORS = {
