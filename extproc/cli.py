@@ -1,7 +1,7 @@
 """The `lightcell` command.
 
     lightcell serve --envoy-config FILE [--socket PATH] [--port N] [--grace S]
-                    [--max-connections N] [--log-level LEVEL] [--workers N]
+                    [--max-connections N] [--log-level LEVEL] [--workers N] [--watch]
                     [--log-format text|json] [--metrics-address HOST:PORT [--metrics-public]]
     lightcell check --envoy-config FILE
     lightcell demo [--once]            (extproc.demo)
@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         "default, once loaded and bound, each serving process sets no-new-privileges and a seccomp "
         "filter that allows only the system calls serving needs (x86_64 Linux)",
     )  # fmt: skip
+    serve.add_argument(
+        "--watch", action="store_true",
+        help="re-read the Envoy config when the file changes (checked every second), as on SIGHUP: "
+        "new and changed policies serve new connections and requests, open ones keep their plugin; "
+        "a file check refuses is logged and changes nothing",
+    )  # fmt: skip
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate a configuration and report each listener's plugin")
@@ -178,6 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             grace=args.grace,
             max_connections=args.max_connections,
+            watch_config=args.watch,
             seccomp=_seccomp_wanted(args),
         )
         asyncio.run(run)
@@ -226,6 +233,8 @@ def _serve_workers(
             seccomp=_seccomp_wanted(args),
         )  # fmt: skip
         argv += ["--log-format", args.log_format]
+        if args.watch:
+            argv.append("--watch")  # each worker watches the file and reloads itself
         plan.append(workers.Worker(i, argv, sock, port))
     if metrics is None:
         return workers.run_workers(plan)

@@ -28,6 +28,7 @@ from extproc import http_protocol
 from extproc.config import LISTENER_METADATA_KEY, ROUTE_METADATA_KEY, route_key
 from extproc.http_session import HttpSession
 from extproc.listener import HttpListener
+from extproc.reload import as_table
 from extproc.stream_edge import StreamSlots, refuse, serve_requests
 from vmm.capabilities import DatagramSender
 from vmm.metrics import METRICS, Metrics
@@ -54,8 +55,8 @@ class HttpProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         metrics: Metrics = METRICS,
         slots: StreamSlots | None = None,
     ) -> None:
-        self._listeners = listeners
-        self._routes = routes
+        self._listeners = as_table(listeners)  # what a reload swaps
+        self._routes = as_table(routes)
         self._egress = egress
         self._metrics = metrics
         self._slots = slots if slots is not None else StreamSlots()
@@ -71,16 +72,20 @@ class HttpProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     ) -> AsyncIterator[http_protocol.ProcessingResponse]:
         async with self._slots.admitted(context, self._metrics, "streams", _HTTP):
             target = await self._policy_of(context)
-            session = HttpSession(target, self._egress, self._metrics)
-            replies = serve_requests(
-                request_iterator, context, session.handle, session.aclose,
-                name=target.name, metrics=self._metrics, labels=_HTTP,
-            )  # fmt: skip
-            active = {"listener": target.name, "tier": target.tier.tier.value}
-            with self._metrics.active("http_requests_active", **active):
-                async with contextlib.aclosing(replies):
-                    async for reply in replies:
-                        yield reply
+            # The request keeps this plugin until its sandbox is released, whatever a reload does.
+            # Route policies are named "<listener>/<route>"; an HTTP listener's name has no '/'.
+            table = self._routes if "/" in target.name else self._listeners
+            with table.lease(target) as lease:
+                session = HttpSession(target, self._egress, self._metrics)
+                replies = serve_requests(
+                    request_iterator, context, session.handle, lease.after(session.aclose),
+                    name=target.name, metrics=self._metrics, labels=_HTTP,
+                )  # fmt: skip
+                active = {"listener": target.name, "tier": target.tier.tier.value}
+                with self._metrics.active("http_requests_active", **active):
+                    async with contextlib.aclosing(replies):
+                        async for reply in replies:
+                            yield reply
 
     async def _policy_of(self, context: Context) -> HttpListener:
         found: dict[str, str] = {}

@@ -34,6 +34,7 @@ from grpc_health.v1._async import HealthServicer
 from extproc import http_service, plugins, stream_edge, tcp_service
 from extproc.config import ConfigError, LightcellConfig
 from extproc.listener import HttpListener, Listener
+from extproc.reload import PolicyTable, Reloader, ReloadResult, ReloadTrigger, Served, watch
 from extproc.socket_path import prepare_default_socket
 from vmm import confine
 from vmm.egress import UdpEgress
@@ -66,17 +67,19 @@ class LightcellServer:
         self,
         server: grpc.aio.Server,
         health: HealthServicer,
-        listeners: Mapping[str, Listener],
+        served: Served,
         egress: UdpEgress,
         socket_path: Path | None,
         port: int | None,
-        http: plugins.HttpLoaded | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self._server = server
         self.health = health
-        self.listeners = listeners
-        self.http = http if http is not None else plugins.HttpLoaded()
-        """The HTTP listener and route policies served (loaded http-filter plugins)."""
+        self.served = served
+        """What is served now: the tables the services read, which a reload swaps."""
+        self.reloader = (
+            None if config_path is None else Reloader(config_path, served, _warn_ungranted_imports)
+        )
         self._egress = egress
         self.socket_path = socket_path
         self.port = port
@@ -121,15 +124,16 @@ class LightcellServer:
                 await plugins.close_all(listeners.values())
                 raise
         _warn_ungranted_imports([*listeners.values(), *http.all()])
+        served = Served(PolicyTable(listeners), PolicyTable(http.listeners), PolicyTable(http.routes))
         egress = UdpEgress()
         server = grpc.aio.server(options=tcp_service.grpc_options())
         health = HealthServicer()
         try:
             await egress.start()
             slots = stream_edge.StreamSlots(max_connections)
-            processor = tcp_service.NetworkProcessor(listeners, egress, slots=slots)
+            processor = tcp_service.NetworkProcessor(served.tcp, egress, slots=slots)
             tcp_service.add_to_server(processor, server)
-            http_processor = http_service.HttpProcessor(http.listeners, http.routes, egress, slots=slots)
+            http_processor = http_service.HttpProcessor(served.http, served.routes, egress, slots=slots)
             http_service.add_to_server(http_processor, server)
             health_pb2_grpc.add_HealthServicer_to_server(health, server)
             for service in _SERVICES:
@@ -161,20 +165,38 @@ class LightcellServer:
                 "serving %d HTTP listener(s) [%s] and %d route policy(ies) [%s]",
                 len(http.listeners), ", ".join(http.listeners), len(http.routes), ", ".join(http.routes),
             )  # fmt: skip
-        return cls(server, health, listeners, egress, socket_path, bound_port, http)
+        return cls(server, health, served, egress, socket_path, bound_port, config.path)
+
+    @property
+    def listeners(self) -> Mapping[str, Listener]:
+        """The TCP listeners served now."""
+        return self.served.tcp
+
+    @property
+    def http(self) -> plugins.HttpLoaded:
+        """The HTTP listener and route policies served now (loaded http-filter plugins)."""
+        return self.served.loaded_http()
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the config file (SIGHUP, `serve --watch`): extproc/reload.py. A refused file
+        leaves everything as it was."""
+        if self.reloader is None:
+            return ReloadResult(False, "no configuration file to re-read")
+        return await self.reloader.reload()
 
     async def stop(self, grace: float | None = DEFAULT_GRACE_S) -> None:
         """Stop accepting streams, give open ones `grace` seconds, then release everything."""
         if self._stopped:
             return
         self._stopped = True
+        if self.reloader is not None:
+            await self.reloader.close()  # waits for a reload under way: its plugins get closed too
         await self.health.enter_graceful_shutdown()
         # Streams still open after the grace are cancelled: Envoy sees a
         # non-OK status and (failure_mode_allow: false) closes the connection.
         await self._server.stop(grace)
         await self._egress.aclose()
-        await plugins.close_all(self.listeners.values())
-        await plugins.close_http(self.http)
+        await self.served.aclose()
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 if self.socket_dir_fd is None:
@@ -265,11 +287,16 @@ async def serve(
     port: int | None = None,
     grace: float = DEFAULT_GRACE_S,
     max_connections: int = stream_edge.DEFAULT_MAX_CONNECTIONS,
+    watch_config: bool = False,
     seccomp: bool = True,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully. Raises ConfigError before serving.
 
     `seccomp`: once loaded and bound, confine this process (vmm/confine.py)."""
+    # SIGHUP (and with `watch_config`, a change of the file) reloads the policies. Handled from
+    # the start: a SIGHUP while plugins load must not kill the process (its default action).
+    trigger = ReloadTrigger()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, trigger.request)
     server = await LightcellServer.start(
         config, socket_path=socket_path, port=port, max_connections=max_connections
     )
@@ -277,6 +304,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    background = [asyncio.create_task(trigger.run(server.reload), name="lightcell-reload")]
+    if watch_config:
+        background.append(asyncio.create_task(watch(config.path, trigger.request), name="lightcell-watch"))
     if seccomp:
         _confine(server)
     else:
@@ -285,6 +315,9 @@ async def serve(
         await stop.wait()
         LOG.info("shutting down (grace %.1fs)", grace)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await server.stop(grace)

@@ -22,6 +22,7 @@ from envoy.service.network_ext_proc.v3 import network_external_processor_pb2_grp
 from extproc import tcp_protocol
 from extproc.config import LISTENER_METADATA_KEY
 from extproc.listener import Listener
+from extproc.reload import as_table
 from extproc.session import Session
 from extproc.stream_edge import DEFAULT_MAX_CONNECTIONS, StreamSlots, refuse, serve_requests
 from vmm.capabilities import MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, DatagramSender
@@ -69,7 +70,7 @@ class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignor
         slots: StreamSlots | None = None,
     ) -> None:
         self._slots = slots if slots is not None else StreamSlots(max_connections)
-        self._listeners = listeners
+        self._listeners = as_table(listeners)  # what a reload swaps
         self._egress = egress
         self._metrics = metrics
 
@@ -86,16 +87,18 @@ class NetworkProcessor(pb_grpc.NetworkExternalProcessorServicer):  # type: ignor
     ) -> AsyncIterator[tcp_protocol.ProcessingResponse]:
         async with self._slots.admitted(context, self._metrics, "connections", {}):
             listener = await self._listener_of(context)
-            session = Session(listener, self._egress, self._metrics)
-            replies = serve_requests(
-                request_iterator, context, session.handle, session.aclose,
-                name=listener.name, metrics=self._metrics, labels={},
-            )  # fmt: skip
-            active = {"listener": listener.name, "tier": listener.tier.tier.value}
-            with self._metrics.active("connections_active", **active):
-                async with contextlib.aclosing(replies):
-                    async for reply in replies:
-                        yield reply
+            # The connection keeps this plugin until its sandbox is released, whatever a reload does.
+            with self._listeners.lease(listener) as lease:
+                session = Session(listener, self._egress, self._metrics)
+                replies = serve_requests(
+                    request_iterator, context, session.handle, lease.after(session.aclose),
+                    name=listener.name, metrics=self._metrics, labels={},
+                )  # fmt: skip
+                active = {"listener": listener.name, "tier": listener.tier.tier.value}
+                with self._metrics.active("connections_active", **active):
+                    async with contextlib.aclosing(replies):
+                        async for reply in replies:
+                            yield reply
 
     async def _listener_of(self, context: grpc.aio.ServicerContext[object, object]) -> Listener:
         name = next(

@@ -21,6 +21,8 @@ configuration is reported once, by that worker, and nothing else starts),
 then the others. If any worker fails to start, the started ones are stopped
 and the supervisor exits non-zero. SIGTERM/SIGINT are forwarded to every
 worker, which drain gracefully (`--grace`); the supervisor waits for all.
+SIGHUP is forwarded to every worker once all serve (earlier ones wait for
+that): each re-reads the configuration itself (extproc/reload.py).
 It restarts nothing: if a worker dies, the others are stopped and the
 supervisor exits non-zero, so the orchestrator (systemd, Kubernetes,
 compose) restarts the whole set.
@@ -121,7 +123,13 @@ def run_workers(
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         signalled.append(signum)
 
+    hups: list[int] = []
+
+    def on_hup(signum: int, _frame: FrameType | None) -> None:
+        hups.append(signum)
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         # Worker 0 alone first: a bad configuration fails it, reported once.
@@ -143,6 +151,9 @@ def run_workers(
                 time.sleep(POLL_S)
         LOG.info("%d workers serving (pids %s)", len(procs), ", ".join(str(p.pid) for p in procs))
         while not signalled:
+            if hups:
+                hups.clear()
+                _forward(procs, signal.SIGHUP)
             for w, p in zip(workers, procs, strict=True):
                 if p.poll() is not None:
                     LOG.error("worker %d exited with %s; stopping the others (nothing is restarted)",
@@ -158,6 +169,14 @@ def run_workers(
                 proc.wait()
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def _forward(procs: Sequence[subprocess.Popen[bytes]], signum: int) -> None:
+    LOG.info("forwarding %s to %d worker(s)", signal.Signals(signum).name, len(procs))
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
 
 
 def _spawn(worker: Worker) -> subprocess.Popen[bytes]:
