@@ -29,14 +29,19 @@ from vmm.kvm.structs import (
 _SUPPORTED_CPUID_MAX = 256
 
 
-def _cpuid2(n: int) -> ctypes.Structure:
-    """A struct kvm_cpuid2 with room for n entries."""
+@functools.lru_cache(maxsize=8)
+def _cpuid2_type(n: int) -> type[ctypes.Structure]:
+    """struct kvm_cpuid2 with room for n entries (made once per n: ctypes classes are slow to make)."""
 
     class KvmCpuid2(ctypes.Structure):
         _fields_ = [("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32),
                     ("entries", KvmCpuidEntry2 * n)]
 
-    return KvmCpuid2(nent=n)
+    return KvmCpuid2
+
+
+def _cpuid2(n: int) -> ctypes.Structure:
+    return _cpuid2_type(n)(nent=n)
 
 __all__ = ["System", "Vcpu", "Vm"]
 
