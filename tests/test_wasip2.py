@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _host_fakes import Sent
 
 from plugins.build import compile_c
 from vmm import wasmtime_tier
@@ -25,7 +26,7 @@ from vmm.kvstore import KvStore
 from vmm.metrics import Metrics
 from vmm.microvm import tier as microvm_tier
 from vmm.microvm.wasip2_gen import write_wit_dir
-from vmm.policy import CAPABILITIES, Grants, Limits, SandboxSpec
+from vmm.policy import CAPABILITIES, EgressTarget, Grants, Limits, SandboxSpec
 from vmm.sandbox import FaultKind, PluginFault, SandboxFactory
 
 pytestmark = pytest.mark.kvm
@@ -175,6 +176,23 @@ async def test_a_denial_is_worded_alike(factories: dict[str, SandboxFactory]) ->
                 await sandbox.on_data(DataEvent(Direction.READ, b"c", False))
         finally:
             await sandbox.close()
+
+
+async def test_guest_udp_follows_the_egress_allow_list(factories: dict[str, SandboxFactory]) -> None:
+    """An unbound wasi:sockets UDP socket in a plugin sends as egress.send-datagram does:
+    allow-listed destinations only (else access-denied, 1), through the listener's sender."""
+    sent = Sent()
+    allow = frozenset({EgressTarget("127.0.0.1", 9125)})
+    host = LogHost(LISTENER, "probe", Grants(frozenset({"egress"}), allow), LIMITS, KvStore(10, 1024), sent,
+                   Metrics())
+    sandbox = await factories["microvm"].new_sandbox(host)
+    try:
+        await sandbox.open(LISTENER, "")
+        verdicts = [await sandbox.on_data(DataEvent(Direction.READ, c, False)) for c in (b"g", b"G")]
+    finally:
+        await sandbox.close()
+    assert [v.data for v in verdicts] == [b"g=ok", b"g=err1"]
+    assert sent.datagrams == [(EgressTarget("127.0.0.1", 9125), b"dgram")]
 
 
 async def test_guest_network_needs_only_egress(factories: dict[str, SandboxFactory]) -> None:

@@ -21,6 +21,8 @@
  *   n  instance-network (needs `egress`) ..... "n=ok"
  *   p  poll on [] (an empty list: the connection faults)
  *   t  terminal-stdout ....................... "t=<option tag>"
+ *   g/G  an unbound UDP socket sends "dgram" to 127.0.0.1:9125 (g) or :9999 (G)
+ *      (needs `egress`; the allow list decides) .. "g=ok" / "g=err<error-code>"
  * anything else passes.
  */
 #include "lightcell.h"
@@ -53,8 +55,19 @@ WASI("cli/exit", "exit") extern void wasi_exit(int32_t status);
 WASI("sockets/instance-network", "instance-network") extern int32_t wasi_instance_network(void);
 WASI("sockets/network", "[resource-drop]network") extern void wasi_drop_network(int32_t self);
 WASI("cli/terminal-stdout", "get-terminal-stdout") extern void wasi_terminal_stdout(int32_t ret);
+WASI("sockets/udp-create-socket", "create-udp-socket") extern void wasi_create_udp(int32_t family, int32_t ret);
+WASI("sockets/udp", "[method]udp-socket.stream")
+extern void wasi_udp_stream(int32_t self, int32_t some, int32_t tag, int32_t port, int32_t a, int32_t b, int32_t c,
+                            int32_t d, int32_t x0, int32_t x1, int32_t x2, int32_t x3, int32_t x4, int32_t x5,
+                            int32_t ret);
+WASI("sockets/udp", "[method]outgoing-datagram-stream.send")
+extern void wasi_udp_send(int32_t self, int32_t ptr, int32_t len, int32_t ret);
+WASI("sockets/udp", "[resource-drop]udp-socket") extern void wasi_drop_udp(int32_t self);
+WASI("sockets/udp", "[resource-drop]incoming-datagram-stream") extern void wasi_drop_in(int32_t self);
+WASI("sockets/udp", "[resource-drop]outgoing-datagram-stream") extern void wasi_drop_out(int32_t self);
 
 static uint32_t area[16] __attribute__((aligned(8)));
+static uint8_t dgram[44] __attribute__((aligned(4)));
 static int seed_zero = -1;
 static uint8_t out[64];
 
@@ -162,6 +175,30 @@ lc_verdict lc_on_data(lc_direction dir, lc_bytes data, bool eos) {
     case 'p':
         wasi_poll(PTR(area), 0, PTR(area + 4));
         return lc_pass();
+    case 'g':
+    case 'G': {
+        uint32_t port = data.ptr[0] == 'g' ? 9125 : 9999;
+        wasi_create_udp(0, PTR(area));
+        int32_t sock = (int32_t)area[1];
+        wasi_udp_stream(sock, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTR(area));
+        int32_t in = (int32_t)area[1], outs = (int32_t)area[2];
+        static const char payload[] = "dgram";
+        uint32_t *d = (uint32_t *)dgram;
+        d[0] = (uint32_t)(uintptr_t)payload;
+        d[1] = 5;
+        dgram[8] = 1;  /* some */
+        dgram[12] = 0; /* ipv4 */
+        dgram[16] = (uint8_t)port;
+        dgram[17] = (uint8_t)(port >> 8);
+        dgram[18] = 127, dgram[19] = 0, dgram[20] = 0, dgram[21] = 1;
+        wasi_udp_send(outs, PTR(dgram), 1, PTR(area));
+        uint8_t *a = (uint8_t *)area;
+        uint32_t tag = a[0], err = a[8];
+        wasi_drop_in(in);
+        wasi_drop_out(outs);
+        wasi_drop_udp(sock);
+        return tag ? text("g=err", err, 1) : text("g=ok", 0, 0);
+    }
     case 's':
         return text("s=", (uint32_t)seed_zero, 1);
     case 't':
