@@ -13,6 +13,9 @@ import asyncio
 import contextlib
 import io
 import logging
+import signal
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +28,16 @@ from envoy.service.network_ext_proc.v3 import network_external_processor_pb2_grp
 
 from extproc import cli
 from extproc.config import load_config
-from extproc.harness import ListenerSpec, render_bootstrap, write_config
+from extproc.harness import (
+    ListenerSpec,
+    lightcell_command,
+    render_bootstrap,
+    wait_for_unix_socket,
+    write_config,
+)
 from extproc.reload import PolicyTable, ReloadTrigger
 from extproc.server import LightcellServer
+from extproc.workers import worker_socket
 from vmm.capabilities import HostCapabilities
 from vmm.kvstore import KvStore
 from vmm.policy import Grants, Limits
@@ -270,3 +280,41 @@ async def test_requests_during_a_reload_fold_into_one_more() -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def test_workers_each_reload_on_the_supervisors_sighup(
+    built_plugins: dict[str, Path], tmp_path: Path
+) -> None:
+    rw, path = built_plugins["rewrite"], tmp_path / "envoy.yaml"
+    write(path, rw, "wasmtime", {"edge": "read=upper"})
+    base, log_path = tmp_path / "lc.sock", tmp_path / "supervisor.log"
+    sockets = [worker_socket(base, i) for i in range(2)]
+    argv = [*lightcell_command(), "serve", "--envoy-config", str(path), "--socket", str(base)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*argv, "--workers", "2", "--no-seccomp"], stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        for sock in sockets:
+            ready = await wait_for_unix_socket(sock, 120, lambda: proc.poll() is None)
+            assert ready, log_path.read_text()
+
+        async def through(sock: Path, data: bytes) -> bytes:
+            async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
+                stream = open_stream(ch, "edge")
+                got = await send(stream, data)
+                assert await finish(stream) is grpc.StatusCode.OK
+                return got
+
+        assert [await through(s, b"Hi") for s in sockets] == [b"HI", b"HI"]
+        write(path, rw, "wasmtime", {"edge": "read=lower"})
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + IO_TIMEOUT
+        while log_path.read_text().count("reload applied") < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
+            await asyncio.sleep(0.05)
+        assert [await through(s, b"Hi") for s in sockets] == [b"hi", b"hi"]
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 60)
