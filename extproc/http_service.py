@@ -28,7 +28,7 @@ from extproc import http_protocol
 from extproc.config import LISTENER_METADATA_KEY, ROUTE_METADATA_KEY, route_key
 from extproc.http_session import HttpSession
 from extproc.listener import HttpListener
-from extproc.reload import as_table
+from extproc.policy_table import as_table
 from extproc.stream_edge import StreamSlots, refuse, serve_requests
 from vmm.capabilities import DatagramSender
 from vmm.metrics import METRICS, Metrics

@@ -34,7 +34,8 @@ from grpc_health.v1._async import HealthServicer
 from extproc import http_service, plugins, stream_edge, tcp_service
 from extproc.config import ConfigError, LightcellConfig
 from extproc.listener import HttpListener, Listener
-from extproc.reload import PolicyTable, Reloader, ReloadResult, ReloadTrigger, Served, watch
+from extproc.policy_table import PolicyTable
+from extproc.reload import Reloader, ReloadResult, ReloadTrigger, Served, watch
 from extproc.socket_path import prepare_default_socket
 from vmm import confine
 from vmm.egress import UdpEgress

@@ -22,7 +22,7 @@ from envoy.service.network_ext_proc.v3 import network_external_processor_pb2_grp
 from extproc import tcp_protocol
 from extproc.config import LISTENER_METADATA_KEY
 from extproc.listener import Listener
-from extproc.reload import as_table
+from extproc.policy_table import as_table
 from extproc.session import Session
 from extproc.stream_edge import DEFAULT_MAX_CONNECTIONS, StreamSlots, refuse, serve_requests
 from vmm.capabilities import MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, DatagramSender

@@ -35,7 +35,8 @@ from extproc.harness import (
     wait_for_unix_socket,
     write_config,
 )
-from extproc.reload import PolicyTable, ReloadTrigger
+from extproc.policy_table import PolicyTable
+from extproc.reload import ReloadTrigger
 from extproc.server import LightcellServer
 from extproc.workers import worker_socket
 from vmm.capabilities import HostCapabilities
