@@ -113,6 +113,10 @@ def n(name: str) -> int:
         ("tgkill", (1, 1, 9), bpf.KILL_PROCESS),
         ("prctl", (15,), bpf.ALLOW),  # PR_SET_NAME
         ("prctl", (38,), EPERM),
+        ("bind", (), EPERM),  # no new listening sockets once serving
+        ("listen", (), EPERM),
+        ("newfstatat", (3, 0, 0, 0x1000), bpf.ALLOW),  # fstat(fd): AT_EMPTY_PATH
+        ("newfstatat", (-100 & (2**64 - 1), 0, 0, 0), EPERM),  # stat(path)
         ("unlinkat", (7, 0, 0), bpf.ALLOW),
         ("unlinkat", (8, 0, 0), EPERM),
         ("unlinkat", (7, 0, 0x200), EPERM),  # AT_REMOVEDIR

@@ -13,6 +13,8 @@ every thread of it, may make only the system calls serving needs:
   flags a filter can see; socket only AF_UNIX/AF_INET/AF_INET6; mmap/mprotect never
   with PROT_EXEC (code is mapped at load); tgkill only inside this process (the
   watchdog's pthread_kill);
+- no listening socket can be made (bind, listen: EPERM), no file looked up by name
+  (stat: EPERM; fstat is allowed);
 - no file can be opened (open/openat/openat2 answer EPERM), nor created, renamed or
   removed (but the server's own socket, by unlinkat in its directory's fd): the files
   serving needs are open already (/dev/kvm, sockets, memfds).
@@ -77,16 +79,15 @@ SYSCALLS = {
 # Serving: memory, threads and their synchronisation, time, the event loop and sockets,
 # KVM memory (memfds for new VMs' RAM, hole punching and SEEK_DATA on restore), signals.
 _ALLOWED = (
-    "read", "write", "close", "fstat", "newfstatat", "statx", "poll", "ppoll", "lseek",
-    "munmap", "mremap", "madvise", "brk", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn",
-    "sigaltstack", "pread64", "readv", "writev", "sched_yield", "dup", "dup3", "nanosleep",
-    "clock_nanosleep", "clock_gettime", "clock_getres", "getpid", "gettid", "getuid",
-    "getrusage", "sched_getaffinity", "connect", "accept", "accept4", "sendto", "recvfrom",
-    "sendmsg", "recvmsg", "shutdown", "bind", "listen", "getsockname", "getpeername", "socketpair",
-    "setsockopt", "getsockopt", "fcntl", "ftruncate", "fallocate", "memfd_create", "futex",
-    "set_robust_list", "rseq", "set_tid_address", "exit", "exit_group", "restart_syscall",
-    "epoll_wait", "epoll_pwait", "epoll_ctl", "epoll_create1", "eventfd2", "pipe2", "getrandom",
-    "membarrier", "uname", "prlimit64", "sysinfo", "sched_getparam", "sched_getscheduler",
+    "read", "write", "close", "fstat", "poll", "ppoll", "lseek", "munmap", "mremap", "madvise",
+    "brk", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "writev",
+    "sched_yield", "dup", "dup3", "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres",
+    "getpid", "gettid", "sched_getaffinity", "connect", "accept4", "sendto", "recvfrom", "sendmsg",
+    "recvmsg", "shutdown", "getsockname", "getpeername", "socketpair", "setsockopt", "getsockopt",
+    "fcntl", "ftruncate", "fallocate", "memfd_create", "futex", "set_robust_list", "rseq",
+    "set_tid_address", "exit", "exit_group", "restart_syscall", "epoll_wait", "epoll_pwait",
+    "epoll_ctl", "epoll_create1", "eventfd2", "pipe2", "getrandom", "sched_getparam",
+    "sched_getscheduler",
 )  # fmt: skip
 
 _HOT = ("futex", "epoll_wait", "clock_gettime", "write", "recvfrom", "read", "getpid", "recvmsg",
@@ -106,6 +107,7 @@ KILLED = (
 
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 PROT_EXEC = 4
+AT_EMPTY_PATH = 0x1000
 CLONE_THREAD = 0x10000
 FIONBIO, FIOCLEX = 0x5421, 0x5451
 # Imported lazily by code that runs while serving (asyncio's default executor, hostname
@@ -142,6 +144,8 @@ def rules() -> list[bpf.Rule]:
         bpf.Rule(SYSCALLS["clone3"], bpf.errno_action(errno.ENOSYS), name="clone3"),
         bpf.Rule(SYSCALLS["socket"], name="socket", otherwise=eperm, conditions=bpf.AllowIfAll(
             equal=[(0, frozenset({AF_UNIX, AF_INET, AF_INET6}))])),
+        bpf.Rule(SYSCALLS["newfstatat"], name="newfstatat", otherwise=eperm,  # fstat(fd), not stat(path)
+                 conditions=bpf.AllowIfAll(has_bits=[(3, AT_EMPTY_PATH)])),
         bpf.Rule(SYSCALLS["tgkill"], name="tgkill", conditions=bpf.AllowIfAll(
             equal=[(0, frozenset({os.getpid()}))])),
         bpf.Rule(SYSCALLS["prctl"], name="prctl", otherwise=eperm, conditions=bpf.AllowIfAll(
