@@ -169,6 +169,11 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail("--max-connections must be at least 1")
     if args.workers < 1:
         return _fail("--workers must be at least 1")
+    if args.watch and _seccomp_wanted(args):
+        return _fail(
+            "--watch needs --no-seccomp: a confined (seccomp) process cannot load plugins any more, "
+            "so it could never apply a changed file"
+        )
     socket_path: Path | DefaultSocket | None = (
         None if args.no_socket else DEFAULT_SOCKET if args.socket is None else args.socket
     )

@@ -319,3 +319,11 @@ async def test_workers_each_reload_on_the_supervisors_sighup(
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 60)
+
+
+def test_watch_without_no_seccomp_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIGHTCELL_NO_SECCOMP", raising=False)
+    assert cli.main(["serve", "--envoy-config", str(tmp_path / "any.yaml"), "--watch"]) == 1
+    assert "--watch needs --no-seccomp" in capsys.readouterr().err
