@@ -159,7 +159,10 @@ _CHILD = textwrap.dedent(
     from _kvm_helpers import make_test_template
     from vmm.microvm.vm import MicroVm
 
+    import socket
     system, template = System(), make_test_template(1 << 20)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
     go, done, seen = threading.Event(), threading.Event(), []
 
     def old_thread():  # started before the filter: TSYNC must confine it too
@@ -185,6 +188,15 @@ _CHILD = textwrap.dedent(
         print("create: created", flush=True)
     except PermissionError:
         print("create: EPERM", flush=True)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # egress makes these at run time
+    udp.connect(sink.getsockname())
+    udp.send(b"datagram")
+    print("udp:", sink.recv(100).decode(), flush=True)
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)
+        print("netlink: made", flush=True)
+    except PermissionError:
+        print("netlink: EPERM", flush=True)
     new = threading.Thread(target=lambda: print("new thread: ran", flush=True)); new.start(); new.join()
     vm = MicroVm(system, template)  # KVM_CREATE_VM, memfd, vCPU, CPUID, MSR filter: at run time
     vm.boot()
@@ -214,6 +226,8 @@ def test_confined_child_is_refused_files_and_killed_on_exec_or_fork(forbidden: s
     assert "main open: EPERM" in out
     assert "create: EPERM" in out
     assert "new thread: ran" in out
+    assert "udp: datagram" in out
+    assert "netlink: EPERM" in out
     assert "vm: STILL HERE" in out, proc.stderr
     assert f"survived {forbidden}" not in out
     assert proc.returncode == -signal.SIGSYS, (proc.returncode, proc.stderr)

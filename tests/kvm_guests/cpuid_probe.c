@@ -2,7 +2,8 @@
  * A guest for tests/test_kvm_cpuid.py: it reports what the CPU tells ring 3.
  * A DATA request whose payload is u32 leaf, u32 subleaf is answered with the
  * four CPUID registers (eax, ebx, ecx, edx); a payload of "T" with the time
- * stamp counter (rdtsc). Every other request is answered OK with nothing.
+ * stamp counter (rdtsc); of "V" with "avx" after running one AVX instruction
+ * (vpxor: #UD where AVX is really off). Every other request is answered OK with nothing.
  */
 #include <stdint.h>
 
@@ -36,6 +37,14 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
         put32(dst, lo);
         put32(dst + 4, hi);
         out->len = 8;
+        return;
+    }
+    if (req->len == 1 && src[0] == 'V') {
+        __asm__ volatile(".byte 0xc5, 0xf9, 0xef, 0xc0" ::: "xmm0"); /* vpxor %xmm0, %xmm0, %xmm0 */
+        dst[0] = 'a';
+        dst[1] = 'v';
+        dst[2] = 'x';
+        out->len = 3;
         return;
     }
     if (req->len != 8)
