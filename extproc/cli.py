@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         "--watch", action="store_true",
         help="re-read the Envoy config when the file changes (checked every second), as on SIGHUP: "
         "new and changed policies serve new connections and requests, open ones keep their plugin; "
-        "a file check refuses is logged and changes nothing",
+        "a file check refuses is logged and changes nothing. Needs --no-seccomp (a confined process "
+        "cannot load plugins)",
     )  # fmt: skip
     serve.set_defaults(func=_serve)
 
