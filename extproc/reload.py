@@ -77,6 +77,8 @@ class Served:
 
 @dataclass(frozen=True)
 class ReloadResult:
+    """What one reload did (also logged: one line per change, then a summary)."""
+
     applied: bool
     error: str | None = None
     """Why the new file was refused (check's messages), when it was."""
@@ -121,7 +123,7 @@ class Reloader:
                 result = await self._reload()
             except ConfigError as e:
                 result = ReloadResult(False, str(e))
-            except Exception as e:  # e.g. a confined process may not open the file: refuse, keep serving
+            except Exception as e:  # a loader's unexpected error: refuse, keep serving what runs
                 LOG.exception("reload failed")
                 result = ReloadResult(False, f"{self.path}: {type(e).__name__}: {e}")
         return self._refused(result) if not result.applied else self._applied(result)
