@@ -3,7 +3,10 @@
  * A DATA request whose payload is u32 leaf, u32 subleaf is answered with the
  * four CPUID registers (eax, ebx, ecx, edx); a payload of "T" with the time
  * stamp counter (rdtsc); of "V" with "avx" after running one AVX instruction
- * (vpxor: #UD where AVX is really off). Every other request is answered OK with nothing.
+ * (vpxor: #UD where AVX is really off); "W" sets ymm0's upper half to all ones and "R"
+ * returns it (does vector state outlive a restore?); "F" divides 1 by 3 (inexact: #XM
+ * unless MXCSR masks it). Every other request is answered OK
+ * with nothing.
  */
 #include <stdint.h>
 
@@ -45,6 +48,22 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
         dst[1] = 'v';
         dst[2] = 'x';
         out->len = 3;
+        return;
+    }
+    if (req->len == 1 && src[0] == 'F') { /* an inexact division: #XM if MXCSR unmasks it */
+        volatile double three = 3.0, third = 1.0 / three;
+        dst[0] = third > 0.3 ? 'f' : '?';
+        out->len = 1;
+        return;
+    }
+    if (req->len == 1 && src[0] == 'W') { /* ymm0's upper half: all ones */
+        __asm__ volatile(".byte 0xc5, 0xfd, 0x76, 0xc0" ::: "xmm0"); /* vpcmpeqd %ymm0, %ymm0, %ymm0 */
+        return;
+    }
+    if (req->len == 1 && src[0] == 'R') { /* ymm0's upper half, 16 bytes */
+        __asm__ volatile(".byte 0xc4, 0xe3, 0x7d, 0x19, 0x07, 0x01" /* vextractf128 $1, %ymm0, (%rdi) */
+                         : : "D"(dst) : "memory");
+        out->len = 16;
         return;
     }
     if (req->len != 8)

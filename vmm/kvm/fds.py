@@ -10,6 +10,7 @@ import ctypes
 import fcntl
 import functools
 import os
+import struct
 from typing import Any
 
 from vmm.kvm import ioctls as io
@@ -24,6 +25,7 @@ from vmm.kvm.structs import (
     KvmRegs,
     KvmSregs,
     KvmUserspaceMemoryRegion,
+    KvmXsave,
 )
 
 _SUPPORTED_CPUID_MAX = 256
@@ -86,12 +88,16 @@ class System(_Fd):
             self.close()
             raise KvmError("KVM_GET_API_VERSION", 0, f"API version {version}, want 12")
         self.vcpu_mmap_size = _ioctl(self.fd, io.KVM_GET_VCPU_MMAP_SIZE)
+        # KVM_SET_XSAVE reads as many bytes as KVM_CAP_XSAVE2 says (at least struct kvm_xsave).
+        self.xsave_size = 0
+        if self.check_extension(io.KVM_CAP_XSAVE) > 0:
+            self.xsave_size = max(self.check_extension(io.KVM_CAP_XSAVE2), ctypes.sizeof(KvmXsave))
 
     def check_extension(self, cap: int) -> int:
         return _ioctl(self.fd, io.KVM_CHECK_EXTENSION, cap)
 
     def create_vm(self) -> Vm:
-        return Vm(_ioctl(self.fd, io.KVM_CREATE_VM, 0), self.vcpu_mmap_size)
+        return Vm(_ioctl(self.fd, io.KVM_CREATE_VM, 0), self.vcpu_mmap_size, self.xsave_size)
 
     @functools.cached_property
     def guest_cpuid(self) -> list[tuple[int, int, int, int, int]]:
@@ -110,9 +116,10 @@ class System(_Fd):
 
 
 class Vm(_Fd):
-    def __init__(self, fd: int, vcpu_mmap_size: int) -> None:
+    def __init__(self, fd: int, vcpu_mmap_size: int, xsave_size: int = 0) -> None:
         super().__init__(fd)
         self._vcpu_mmap_size = vcpu_mmap_size
+        self._xsave_size = xsave_size
 
     def set_memory_region(self, slot: int, guest_phys: int, size: int, host_addr: int,
                           readonly: bool = False) -> None:
@@ -132,12 +139,13 @@ class Vm(_Fd):
         _ioctl(self.fd, io.KVM_X86_SET_MSR_FILTER, f)
 
     def create_vcpu(self, index: int = 0) -> Vcpu:
-        return Vcpu(_ioctl(self.fd, io.KVM_CREATE_VCPU, index), self._vcpu_mmap_size)
+        return Vcpu(_ioctl(self.fd, io.KVM_CREATE_VCPU, index), self._vcpu_mmap_size, self._xsave_size)
 
 
 class Vcpu(_Fd):
-    def __init__(self, fd: int, mmap_size: int) -> None:
+    def __init__(self, fd: int, mmap_size: int, xsave_size: int = 0) -> None:
         super().__init__(fd)
+        self._xsave_size = xsave_size
         try:
             self._run_addr = mmap_fd(fd, mmap_size, PROT_READ | PROT_WRITE)
         except BaseException:
@@ -190,17 +198,61 @@ class Vcpu(_Fd):
         _ioctl(self.fd, io.KVM_SET_CPUID2, buf)
 
     def get_fpu(self) -> KvmFpu:
+        """x87/SSE state. Read from the XSAVE image where there is one: KVM_GET_FPU reports
+        MXCSR as 0 here, and a snapshot holding that unmasked every SIMD FP exception (an
+        inexact division then faulted #XM in a restored guest)."""
         fpu = KvmFpu()
-        _ioctl(self.fd, io.KVM_GET_FPU, fpu)
+        if not self._xsave_size:
+            _ioctl(self.fd, io.KVM_GET_FPU, fpu)
+            return fpu
+        buf = ctypes.create_string_buffer(self._xsave_size)
+        _ioctl(self.fd, io.KVM_GET_XSAVE, buf)
+        fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, fpu.last_ip, fpu.last_dp, fpu.mxcsr, _ = (
+            struct.unpack_from(_LEGACY_HEAD, buf, 0))
+        ctypes.memmove(ctypes.addressof(fpu.fpr), ctypes.addressof(buf) + 32, 128)
+        ctypes.memmove(ctypes.addressof(fpu.xmm), ctypes.addressof(buf) + 160, 256)
         return fpu
 
     def set_fpu(self, fpu: KvmFpu) -> None:
-        _ioctl(self.fd, io.KVM_SET_FPU, fpu)
+        """x87/SSE state from `fpu`; every later XSAVE component (AVX, AVX-512, ...) back to
+        its initial state. KVM_SET_FPU alone leaves those: under PVM the guest's ring 3 runs
+        AVX natively whatever its CPUID says, so upper register halves outlived a restore."""
+        if not self._xsave_size:
+            _ioctl(self.fd, io.KVM_SET_FPU, fpu)
+            return
+        _ioctl(self.fd, io.KVM_SET_XSAVE, _xsave_image(fpu, self._xsave_size, self._mxcsr_mask()))
+
+    def _mxcsr_mask(self) -> int:
+        global _MXCSR_MASK
+        if _MXCSR_MASK is None:  # a property of the CPU: read once from a vCPU
+            buf = ctypes.create_string_buffer(self._xsave_size)
+            _ioctl(self.fd, io.KVM_GET_XSAVE, buf)
+            _MXCSR_MASK = struct.unpack_from("<I", buf, 28)[0] or _DEFAULT_MXCSR_MASK
+        return _MXCSR_MASK
 
     def close(self) -> None:
         if self._fd >= 0:
             munmap(self._run_addr, self._run_size)
         super().close()
+
+
+_MXCSR_MASK: int | None = None
+_DEFAULT_MXCSR_MASK = 0xFFBF  # what FXSAVE stores when the CPU leaves the field 0
+_XSTATE_X87_SSE = 0b11  # XSTATE_BV: only x87 and SSE are taken from the image
+# FXSAVE area: fcw, fsw, abridged ftw, -, fop, fip, fdp, mxcsr, mxcsr_mask; ST0-7 at 32, XMM at 160
+_LEGACY_HEAD = "<HHBxHQQII"
+
+
+def _xsave_image(fpu: KvmFpu, size: int, mxcsr_mask: int) -> ctypes.Array[ctypes.c_char]:
+    """The (standard-format) XSAVE image of `fpu`: the FXSAVE legacy area as KVM_SET_FPU fills
+    it, XSTATE_BV = x87|SSE, everything else zero, so all other components load as init."""
+    buf = ctypes.create_string_buffer(size)
+    struct.pack_into(_LEGACY_HEAD, buf, 0, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode,
+                     fpu.last_ip, fpu.last_dp, fpu.mxcsr, mxcsr_mask)  # fmt: skip
+    ctypes.memmove(ctypes.addressof(buf) + 32, ctypes.addressof(fpu.fpr), 128)  # ST0-7, 16 B each
+    ctypes.memmove(ctypes.addressof(buf) + 160, ctypes.addressof(fpu.xmm), 256)  # XMM0-15
+    struct.pack_into("<Q", buf, 512, _XSTATE_X87_SSE)
+    return buf
 
 
 def copy_struct(s: ctypes.Structure) -> Any:

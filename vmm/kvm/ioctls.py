@@ -16,6 +16,7 @@ from vmm.kvm.structs import (
     KvmRegs,
     KvmSregs,
     KvmUserspaceMemoryRegion,
+    KvmXsave,
 )
 
 KVMIO = 0xAE
@@ -61,6 +62,8 @@ KVM_SET_SREGS = _iow(0x84, KvmSregs)
 KVM_GET_FPU = _ior(0x8C, KvmFpu)
 KVM_SET_FPU = _iow(0x8D, KvmFpu)
 KVM_SET_CPUID2 = _iow(0x90, KvmCpuid2Header)
+KVM_GET_XSAVE = _ior(0xA4, KvmXsave)
+KVM_SET_XSAVE = _iow(0xA5, KvmXsave)
 
 NAMES = {v: k for k, v in globals().items() if k.startswith("KVM_") and isinstance(v, int)}
 
@@ -68,7 +71,9 @@ NAMES = {v: k for k, v in globals().items() if k.startswith("KVM_") and isinstan
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_XSAVE = 55
 KVM_CAP_X86_MSR_FILTER = 189
+KVM_CAP_XSAVE2 = 208
 
 KVM_API_VERSION = 12
 KVM_MEM_READONLY = 1 << 1
@@ -83,3 +88,5 @@ assert KVM_RUN == 0xAE80
 assert KVM_SET_CPUID2 == 0x4008AE90
 assert KVM_GET_SUPPORTED_CPUID == 0xC008AE05
 assert KVM_X86_SET_MSR_FILTER == 0x4188AEC6
+assert KVM_GET_XSAVE == 0x9000AEA4
+assert KVM_SET_XSAVE == 0x5000AEA5

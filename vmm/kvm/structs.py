@@ -21,6 +21,7 @@ __all__ = [
     "KvmSegment",
     "KvmSregs",
     "KvmUserspaceMemoryRegion",
+    "KvmXsave",
 ]
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
@@ -141,6 +142,12 @@ class KvmCpuid2Header(ctypes.Structure):
     _fields_ = [("nent", u32), ("padding", u32)]
 
 
+class KvmXsave(ctypes.Structure):
+    """struct kvm_xsave: the XSAVE image (legacy FXSAVE area, header at 512, extended state)."""
+
+    _fields_ = [("region", u32 * 1024)]
+
+
 class KvmMsrFilterRange(ctypes.Structure):
     _fields_ = [("flags", u32), ("nmsrs", u32), ("base", u32), ("bitmap", ctypes.c_void_p)]
 
@@ -163,3 +170,4 @@ assert ctypes.sizeof(KvmCpuidEntry2) == 40
 assert ctypes.sizeof(KvmCpuid2Header) == 8
 assert ctypes.sizeof(KvmMsrFilterRange) == 24
 assert ctypes.sizeof(KvmMsrFilter) == 392
+assert ctypes.sizeof(KvmXsave) == 4096
