@@ -131,7 +131,7 @@ def _check_config(path: Path, text: str) -> None:
 @example(BAD_POLICY)
 @example({"static_resources": {"listeners": "not a list"}})
 @given(mutated_config())
-@_fuzz_settings.examples(40)
+@_fuzz_settings.examples(25)
 def test_config_mutations(confdir: Path, doc: Any) -> None:
     _check_config(confdir / "envoy.yaml", yaml.safe_dump(doc))
 
