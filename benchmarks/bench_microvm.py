@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_microvm.py [--n 300] [--vms 1000]
     .venv/bin/python benchmarks/bench_microvm.py --http [--n 300]
+    .venv/bin/python benchmarks/bench_microvm.py --component counter [--n 300]
 
 
 Steps: cold boot to ready; a VM taken from the warm pool; a new connection's
@@ -9,6 +10,11 @@ first 1 KiB event (new_sandbox + open + on_data, through the async tier); one
 event round trip at 1 KiB and 64 KiB (tier, and on the vCPU thread without
 the asyncio hop); one host call; one bare exit; restore (off the hot path);
 interrupting a looping guest; memory per live VM and the live-VM count.
+
+--component NAME (e.g. counter, a componentize-py component, CPython inside):
+the same connection steps for that component with the kv grant (write
+direction, which counter rewrites), the pages a connection dirties against
+the snapshot, and the snapshot's resident bytes (each live VM holds them).
 
 --http: an HTTP request with one request-headers hook (the addheader
 example, a typical header set), through HttpRunner, in a fresh sandbox per
@@ -130,6 +136,66 @@ async def tier_steps(n: int) -> None:
     await f.aclose()
 
 
+def dirtied(vm: MicroVm, snap: Snapshot) -> tuple[int, int]:
+    """(pages that differ from the snapshot, pages touched beyond it)."""
+    changed = 0
+    for off, length, src in snap.content:
+        live = vm.mem.view[off : off + length]
+        saved = memoryview(snap.blob).cast("B")[src : src + length]
+        changed += sum(1 for p in range(0, length, 4096) if live[p : p + 4096] != saved[p : p + 4096])
+    covered = snap.covered
+    extra = 0
+    for lo, hi in vm.mem.data_ranges(0, vm.mem.size):
+        extra += sum(1 for p in range(lo, hi, 4096) if not any(a <= p < b for a, b in covered))
+    return changed, extra
+
+
+async def component_steps(name: str, n: int) -> None:
+    from vmm.policy import Grants, Limits
+
+    path = plugin_build.build(name)
+    spec = SandboxSpec("bench", str(path), Grants(frozenset({"kv"})), Limits(event_cpu_ms=5000), "")
+    t0 = time.perf_counter()
+    f = await tier.load(spec, pool_size=4)
+    print(f"{name}: load (compile cached, boot, snapshot, pool of 4): {(time.perf_counter() - t0) * 1e3:.1f} ms")
+    one_k = b"x" * 1024
+    first, rt1 = [], []
+    for _ in range(n):
+        await asyncio.sleep(0.01)  # let the background restore/refill finish
+        t0 = time.perf_counter()
+        s = await f.new_sandbox(host("kv"))
+        await s.open("bench", "")
+        await s.on_data(DataEvent(Direction.WRITE, one_k, False))
+        t1 = time.perf_counter()
+        await s.on_data(DataEvent(Direction.WRITE, one_k, False))
+        t2 = time.perf_counter()
+        await s.close()
+        first.append((t1 - t0) * 1e6)
+        rt1.append((t2 - t1) * 1e6)
+    report(f"{name}: new connection, first 1 KiB event answered", first)
+    report(f"{name}: 1 KiB event round trip", rt1)
+    snap = f.pool.snapshot
+    assert snap is not None
+    lease = f.pool.take()
+    vm = lease.vm
+
+    def one_connection() -> tuple[int, int]:
+        snap.restore(vm)
+        vm.call(abi.Op.OPEN, 5, 0, b"bench")
+        vm.call(abi.Op.DATA, 1, 0, one_k)
+        vm.call(abi.Op.DATA, 1, 0, one_k)
+        vm.call(abi.Op.CLOSE)
+        return dirtied(vm, snap)
+
+    changed, extra = lease.thread.run(one_connection)
+    print(f"{name}: one connection (open, 2 x 1 KiB, close) dirties {changed} snapshot pages "
+          f"({changed * 4} KiB) and touches {extra} pages beyond it; snapshot resident "
+          f"{snap.resident_bytes / 2**20:.1f} MiB per VM", flush=True)
+    report(f"{name}: restore (off the hot path)", lease.thread.run(lambda: timed(lambda: snap.restore(vm), 50)))
+    f.pool.give_back(lease).result()
+    await f.aclose()
+
+
 def raw_steps(n: int, vms: int) -> None:
     system = System()
     template = make_test_template()
@@ -240,8 +306,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--http", action="store_true", help="the HTTP request-headers figures only")
+    parser.add_argument("--component", metavar="NAME", help="an example component's figures only (counter)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    if args.component:
+        asyncio.run(component_steps(args.component, args.n))
+        return
     if args.http:
         asyncio.run(http_steps(args.n))
         return
