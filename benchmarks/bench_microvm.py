@@ -157,7 +157,8 @@ async def component_steps(name: str, n: int) -> None:
     spec = SandboxSpec("bench", str(path), Grants(frozenset({"kv"})), Limits(event_cpu_ms=5000), "")
     t0 = time.perf_counter()
     f = await tier.load(spec, pool_size=4)
-    print(f"{name}: load (compile cached, boot, snapshot, pool of 4): {(time.perf_counter() - t0) * 1e3:.1f} ms")
+    ms = (time.perf_counter() - t0) * 1e3
+    print(f"{name}: load (compile or cache, boot, snapshot, pool of 4): {ms:.1f} ms")
     one_k = b"x" * 1024
     first, rt1 = [], []
     for _ in range(n):
@@ -191,7 +192,8 @@ async def component_steps(name: str, n: int) -> None:
     print(f"{name}: one connection (open, 2 x 1 KiB, close) dirties {changed} snapshot pages "
           f"({changed * 4} KiB) and touches {extra} pages beyond it; snapshot resident "
           f"{snap.resident_bytes / 2**20:.1f} MiB per VM", flush=True)
-    report(f"{name}: restore (off the hot path)", lease.thread.run(lambda: timed(lambda: snap.restore(vm), 50)))
+    restores = lease.thread.run(lambda: timed(lambda: snap.restore(vm), 50))
+    report(f"{name}: restore (off the hot path)", restores)
     f.pool.give_back(lease).result()
     await f.aclose()
 
