@@ -146,6 +146,7 @@ class Vcpu(_Fd):
     def __init__(self, fd: int, mmap_size: int, xsave_size: int = 0) -> None:
         super().__init__(fd)
         self._xsave_size = xsave_size
+        self._xsave_buf: ctypes.Array[ctypes.c_char] | None = None
         try:
             self._run_addr = mmap_fd(fd, mmap_size, PROT_READ | PROT_WRITE)
         except BaseException:
@@ -220,7 +221,10 @@ class Vcpu(_Fd):
         if not self._xsave_size:
             _ioctl(self.fd, io.KVM_SET_FPU, fpu)
             return
-        _ioctl(self.fd, io.KVM_SET_XSAVE, _xsave_image(fpu, self._xsave_size, self._mxcsr_mask()))
+        if self._xsave_buf is None:
+            self._xsave_buf = ctypes.create_string_buffer(self._xsave_size)
+        _xsave_image(fpu, self._xsave_buf, self._mxcsr_mask())
+        _ioctl(self.fd, io.KVM_SET_XSAVE, self._xsave_buf)
 
     def _mxcsr_mask(self) -> int:
         global _MXCSR_MASK
@@ -243,16 +247,15 @@ _XSTATE_X87_SSE = 0b11  # XSTATE_BV: only x87 and SSE are taken from the image
 _LEGACY_HEAD = "<HHBxHQQII"
 
 
-def _xsave_image(fpu: KvmFpu, size: int, mxcsr_mask: int) -> ctypes.Array[ctypes.c_char]:
-    """The (standard-format) XSAVE image of `fpu`: the FXSAVE legacy area as KVM_SET_FPU fills
-    it, XSTATE_BV = x87|SSE, everything else zero, so all other components load as init."""
-    buf = ctypes.create_string_buffer(size)
+def _xsave_image(fpu: KvmFpu, buf: ctypes.Array[ctypes.c_char], mxcsr_mask: int) -> None:
+    """Write into `buf` (zero past the legacy area and header, and kept so) the standard-format
+    XSAVE image of `fpu`: the FXSAVE legacy area as KVM_SET_FPU fills it, XSTATE_BV = x87|SSE,
+    so every other component loads in its initial state."""
     struct.pack_into(_LEGACY_HEAD, buf, 0, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode,
                      fpu.last_ip, fpu.last_dp, fpu.mxcsr, mxcsr_mask)  # fmt: skip
     ctypes.memmove(ctypes.addressof(buf) + 32, ctypes.addressof(fpu.fpr), 128)  # ST0-7, 16 B each
     ctypes.memmove(ctypes.addressof(buf) + 160, ctypes.addressof(fpu.xmm), 256)  # XMM0-15
     struct.pack_into("<Q", buf, 512, _XSTATE_X87_SSE)
-    return buf
 
 
 def copy_struct(s: ctypes.Structure) -> Any:
