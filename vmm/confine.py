@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import importlib
-import logging
 import os
 import sys
 
@@ -35,8 +34,6 @@ from vmm import seccomp_bpf as bpf
 from vmm.kvm import ioctls
 
 __all__ = ["DISABLE_ENV", "KILLED", "SYSCALLS", "confine", "prepare", "rules", "supported"]
-
-LOG = logging.getLogger("lightcell.confine")
 
 DISABLE_ENV = "LIGHTCELL_NO_SECCOMP"
 """Set (to anything but "" or "0") to skip confinement, like `serve --no-seccomp`."""
