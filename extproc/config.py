@@ -857,7 +857,7 @@ def _grants(ctx: _Context, value: Any) -> frozenset[str]:
     if not isinstance(value, list):
         raise ctx.policy_error("grants", f"expected a list of capabilities, got {value!r}")
     for i, item in enumerate(value):
-        if item not in CAPABILITIES:
+        if not isinstance(item, str) or item not in CAPABILITIES:  # a list item: unhashable
             raise ctx.policy_error(
                 f"grants[{i}]",
                 f"unknown capability {item!r} (known: {', '.join(sorted(CAPABILITIES))})",

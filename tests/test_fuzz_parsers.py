@@ -119,6 +119,13 @@ BAD_POLICY = {"static_resources": {"listeners": [
     {"name": "x", "metadata": {"filter_metadata": {"lightcell": 1}}}]}}
 
 
+def _with_policy(**changes: Any) -> Any:
+    """compose.yaml with its first listener's lightcell policy changed."""
+    doc = copy.deepcopy(DOCS[CONFIGS.index(ROOT / "envoy-config" / "compose.yaml")])
+    doc["static_resources"]["listeners"][0]["metadata"]["filter_metadata"]["lightcell"].update(changes)
+    return doc
+
+
 def _check_config(path: Path, text: str) -> None:
     path.write_text(text)
     try:
@@ -129,6 +136,7 @@ def _check_config(path: Path, text: str) -> None:
 
 
 @example(BAD_POLICY)
+@example(_with_policy(grants=[["log"]]))  # found by this test: a TypeError (unhashable), not a ConfigError
 @example({"static_resources": {"listeners": "not a list"}})
 @given(mutated_config())
 @_fuzz_settings.examples(25)
