@@ -113,6 +113,8 @@ def test_boundaries_reach_every_outcome(harness: HostcallHarness) -> None:
     assert outcomes[-1] == "DENIED"
     assert harness.sent.datagrams[-1] == (ALLOWED, b"data")
     assert harness.udp.sent == []  # the one send on socket 1 had a 5-byte address: MISUSE
+    harness.run(Record(0, ROOM, 0, 0, b"x", ALL))  # BAD_HOSTCALL after its blobs were recorded
+    assert len(harness.seen) <= 1  # the harness keeps no blobs across records (the long run)
 
 
 def test_oracle_catches_a_grant_bypass(harness: HostcallHarness, monkeypatch: pytest.MonkeyPatch) -> None:
