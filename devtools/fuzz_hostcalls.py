@@ -30,7 +30,7 @@ from vmm.microvm.hostcalls import (
     host_fn_capability,
 )
 from vmm.microvm.vm import FaultReason, MicroVm, VmFault
-from vmm.microvm.wasip2_host import ErrorCode
+from vmm.microvm.wasip2_host import ErrorCode, UdpService
 from vmm.policy import EgressTarget, Grants, Limits
 
 ROOM = abi.LC_OUT_SIZE - abi.HOSTCALL.size
@@ -88,6 +88,9 @@ class FakeUdp:
     def recv(self, sock: int) -> tuple[str, int, bytes] | None:
         return (ALLOWED.host, ALLOWED.port, b"echo") if sock == 1 else None
 
+    def pending(self, sock: int) -> bool:
+        return sock == 1  # one more datagram always queued: the guest keeps reading
+
     def send(self, sock: int, ip: str, port: int, data: bytes) -> ErrorCode | None:
         if sock != 1 or (ip, port) != (ALLOWED.host, ALLOWED.port):
             return ErrorCode.ACCESS_DENIED
@@ -136,6 +139,7 @@ class HostcallHarness:
         self.kv = KvStore(KV_KEYS, KV_VALUE_BYTES)
         self.sent = Sent()
         self.udp = FakeUdp()
+        _conforms: UdpService = self.udp  # mypy checks FakeUdp against the protocol it stands in for
         self.metrics = Metrics()
         self.seen: list[tuple[int, bytes, bytes]] = []
         self._dirty = 0  # bytes of OUT after BASE the last record wrote
