@@ -80,6 +80,7 @@ BOUNDARIES = [
     Record(abi.HostFn.UDP_SEND, 5, 4, 1, b"\x7f\x00\x00\x01\x23data", ALL, udp=True),
     Record(abi.HostFn.UDP_BIND, 6, 0, 0, b"\x7f\x00\x00\x01\x23\xa5", ALL, udp=True),
     Record(abi.HostFn.UDP_RECV, 0, 0, 7, b"", ALL),  # no UDP service: MISUSE
+    Record(abi.HostFn.UDP_RECV, 0, 0, 1, b"", ALL, udp=True),  # a datagram, more queued
     Record(abi.HostFn.POLL, 3, 0, 10**9, b"\x01\x00\x00", ALL, udp=True),
     Record(abi.HostFn.POLL, 4, 0, _U64 - 1, b"\x00\x00\x00\x00", ALL, udp=True),
     Record(abi.HostFn.GRANTED, 0, 0, 99, b"", 0),
