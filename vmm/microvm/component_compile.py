@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from vmm.wasm_module import CoreContract, CoreHttpContract, CoreModuleInfo
 
 __all__ = ["compile_component", "component_runtime_sources", "wasip2_declared"]
 
-MODULE_OBJECT_VERSION = 1
+MODULE_OBJECT_VERSION = 2
 """Bump when _module_object changes how it builds (its cache key)."""
 
 JOBS_ENV = "LIGHTCELL_AOT_JOBS"
@@ -39,7 +41,8 @@ def component_runtime_sources(wasi: bool = True) -> tuple[Path, ...]:
     """The runtime plus the component contexts and, for a component importing
     WASI 0.2, every WASI 0.2 source (wasip2*.c)."""
     extra = sorted(aot.RUNTIME_DIR.glob("wasip2*.c")) if wasi else []
-    return (*aot.RUNTIME_SOURCES, aot.RUNTIME_DIR / "component.c", *extra)
+    base = aot.RUNTIME_SOURCES
+    return (*base, aot.RUNTIME_DIR / "component.c", *(p for p in extra if p not in base))
 
 
 def wasip2_declared() -> frozenset[str]:
@@ -113,6 +116,31 @@ def _wasm2c(wasm: Path, work: Path, name: str, pieces: int) -> tuple[list[Path],
     return files, c_file.with_suffix(".h")
 
 
+HUGE_FUNCTION_LINES = 60_000
+"""Generated functions longer than this (straight-line start code such as a
+shared library's __wasm_apply_data_relocs: 167,000 lines in CPython's) are
+compiled without optimisation: clang's -O2 takes many minutes on one such
+function, and it runs once, at boot, before the snapshot."""
+
+_DEFINITION = re.compile(rb"^(?:static )?[a-z0-9_]+\*? w2c_\w+\(.*\{$", re.M)
+
+
+def _unoptimise_huge_functions(c_file: Path) -> int:
+    """Mark every huge function definition in `c_file` optnone; returns how many."""
+    text = c_file.read_bytes()
+    starts = [m.start() for m in _DEFINITION.finditer(text)] + [len(text)]
+    huge = [a for a, b in itertools.pairwise(starts) if text.count(b"\n", a, b) > HUGE_FUNCTION_LINES]
+    if not huge:
+        return 0
+    out, last = bytearray(), 0
+    for at in huge:
+        out += text[last:at] + b"__attribute__((optnone, noinline)) "
+        last = at
+    out += text[last:]
+    c_file.write_bytes(bytes(out))
+    return len(huge)
+
+
 def _module_object(module: bytes, index: int, target: aot.Target, root: Path,
                    pool: ThreadPoolExecutor) -> tuple[Path, str]:
     """(object, wasm2c header text) of one core module, cached by content."""
@@ -129,6 +157,8 @@ def _module_object(module: bytes, index: int, target: aot.Target, root: Path,
             wasm.write_bytes(strip_custom(module))
             pieces = max(1, min(64, len(module) // SPLIT_BYTES))
             c_files, h_file = _wasm2c(wasm, work, module_c_name(index), pieces)
+            for c in c_files:
+                _unoptimise_huge_functions(c)
             objs = [c.with_suffix(".o") for c in c_files]
             jobs = zip(c_files, objs, strict=True)
             list(pool.map(lambda co: aot.cc(co[0], co[1], target, generated=True), jobs))
@@ -164,7 +194,8 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
     uses_wasi = any(n.startswith("wasi:") for n in comp.imports)
     sources = component_runtime_sources(uses_wasi)
     wasip2 = wasip2_declared() if uses_wasi else frozenset()
-    digest = aot.sources_digest(target) + aot._tree_digest(sources)
+    glue_code = [Path(__file__).with_name(n) for n in ("component_glue.py", "component_parse.py", "bind.py")]
+    digest = aot.sources_digest(target) + aot._tree_digest([*sources, *glue_code])
     key = hashlib.sha256(data + digest.encode()).hexdigest()[:32]
     suffix = ".so" if target == "native" else ".elf"
     image = root / f"c-{key}{suffix}"

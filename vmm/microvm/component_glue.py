@@ -229,7 +229,7 @@ class _Gen:
         c = self.c
         lifts = self.lift_bindings()
         forwards: dict[str, tuple[CDecl, str, list[tuple[int, str]]]] = {}
-        structs: set[str] = set()
+        structs: dict[str, list[int]] = {}  # import struct type -> importing instances
         calls: list[tuple[int, str]] = []  # (instance, its instantiate call)
         for inst, (kind, module, args) in enumerate(c.core_instances):
             if kind != "instantiate":
@@ -246,13 +246,12 @@ class _Gen:
                 if prev is not None and (prev[0].ret, prev[0].params) != (decl.ret, decl.params):
                     raise GlueError(f"import {mod}::{name} has different types in different modules")
                 forwards.setdefault(decl.name, (decl, h.import_structs[mod], []))[2].append((inst, expr))
-            structs.update(h.import_structs.values())
             import_args = []
             for p in h.params:
                 struct = p.rstrip("*").strip()
-                var = f"g_imp{inst}_{struct.split()[-1]}"
-                self.defs.append(f"static {struct} {var} = {{{inst}u}};\n")
-                import_args.append(f"&{var}")
+                slots = structs.setdefault(struct, [])
+                slots.append(inst)
+                import_args.append(f"&{self.slots_var(struct)}[{len(slots) - 1}]")
             calls.append((inst, f"    wasm2c_{module_c_name(module)}_instantiate(&g_i{inst}"
                                 f"{''.join(', ' + a for a in import_args)});\n"))
         instantiate = []
@@ -267,7 +266,18 @@ class _Gen:
         out += ['#include "lc_canon.h"\n', '#include "lc_imports.h"\n', '#include "lc_rt.h"\n']
         if self.wasip2:
             out.append('#include "wasip2.h"\n')
-        out += [f"{s} {{\n    uint32_t from;\n}};\n" for s in sorted(structs)]
+        for struct, importers in sorted(structs.items()):
+            var = self.slots_var(struct)
+            init = ", ".join(f"{{{i}u}}" for i in importers)
+            out.append(f"{struct} {{\n    uint32_t from;\n}};\n"
+                       f"static {struct} {var}[{len(importers)}] = {{{init}}};\n"
+                       f"/* wasm2c calls an import with the struct it was instantiated with, or (from\n"
+                       f" * a funcref table) with the address of the instance field holding it */\n"
+                       f"static {struct} *{var}_of({struct} *s) {{\n"
+                       f"    if (s >= {var} && s < {var} + {len(importers)}) {{\n        return s;\n    }}\n"
+                       f"    {struct} *t = *({struct} **)(void *)s;\n"
+                       f"    if (t >= {var} && t < {var} + {len(importers)}) {{\n        return t;\n    }}\n"
+                       f"    lc_fail(LC_STATUS_ABI, LC_ABI_BAD_REQUEST);\n}}\n")
         out += [f"static w2c_{module_c_name(m)} g_i{i};\n" for i, (k, m, _) in enumerate(c.core_instances)
                 if k == "instantiate" and m is not None]
         out.append("static __attribute__((unused)) struct lc_canon g_canon_none = {0, 0, 0};\n")
@@ -277,6 +287,10 @@ class _Gen:
                    + "    lc_canon_set_default(&g_canon_lift);\n}\n")
         out += lifts
         return "".join(out)
+
+    @staticmethod
+    def slots_var(struct: str) -> str:
+        return "g_imps_" + struct.split()[-1]
 
     def target_expr(self, target: tuple[str, int, object], decl: CDecl) -> str:
         kind, index, what = target
@@ -294,13 +308,13 @@ class _Gen:
     def forward(self, name: str, decl: CDecl, struct: str, cases: list[tuple[int, str]]) -> str:
         params, _ = _args(decl)
         params = f"{struct}* s" + ("" if params == "void" else ", " + params)
-        lines = [f"{decl.ret} {name}({params}) {{\n    switch (s->from) {{\n"]
+        lines = [f"{decl.ret} {name}({params}) {{\n    switch ({self.slots_var(struct)}_of(s)->from) {{\n"]
         for inst, expr in cases:
             if decl.ret == "void":
                 lines.append(f"    case {inst}u:\n        {expr};\n        return;\n")
             else:
                 lines.append(f"    case {inst}u:\n        return {expr};\n")
-        lines.append("    default:\n        lc_canon_unsupported();\n    }\n}\n")
+        lines.append("    default:\n        lc_fail(LC_STATUS_ABI, LC_ABI_BAD_REQUEST);\n    }\n}\n")
         return "".join(lines)
 
     def lift_bindings(self) -> list[str]:
