@@ -5,13 +5,16 @@ The only place the Envoy-facing side names a tier. Each tier module exposes
 a missing or broken tier only matters to listeners that ask for it.
 
 Tier `auto` prefers the micro-VM tier (two walls: wasm sandbox + KVM) where
-/dev/kvm works and the plugin is a core module, or a component wrapping one;
-otherwise it falls back to wasmtime (one wall) with a start-up warning.
+/dev/kvm works and the plugin is a core module or a component it compiles
+(tcp-filter componentize-py ones included; JavaScript and http-filter
+components not yet); otherwise it falls back to
+wasmtime (one wall) with a start-up warning.
 
 HTTP policies (listeners and routes, issue 8) load http-filter plugins with
 the tier's `load_http` (vmm.microvm.tier, vmm.wasmtime_tier), the tier
 chosen as for TCP (choose_tier): `auto` is the micro-VM where /dev/kvm works
-and the plugin is a core module or wraps one, else wasmtime (warned about).
+and the plugin is a core module or a component it compiles (not JavaScript
+yet), else wasmtime (warned about).
 """
 
 from __future__ import annotations
@@ -84,22 +87,47 @@ def _auto_tier(spec: SandboxSpec) -> TierChoice:
             f"limits.memory_mb {spec.limits.memory_bytes >> 20} is over the micro-VM's limit of "
             f"{MAX_MEMORY_BYTES >> 20}: only the wasm wall is up",
         )
-    if not _runs_in_microvm(Path(spec.plugin_path)):
-        return TierChoice(
-            Tier.WASMTIME,
-            "the plugin is a component the micro-VM cannot run (e.g. it needs WASI 0.2): "
-            "only the wasm wall is up",
-        )
+    refusal = _microvm_refusal(Path(spec.plugin_path))
+    if refusal is not None:
+        return TierChoice(Tier.WASMTIME, f"{refusal}: only the wasm wall is up")
     return TierChoice(Tier.MICROVM, "/dev/kvm works: the wasm sandbox runs inside a KVM micro-VM")
 
 
-def _runs_in_microvm(path: Path) -> bool:
-    from vmm.wasm_module import WasmFormatError, unwrap_core
+AUTO_MICROVM_MAX_CODE_BYTES = 8 << 20
+"""The most code one core module may have for tier auto to pick the micro-VM.
+Its ahead-of-time compile (wasm2c, then zig at -O2) grows with the code: the
+6 MiB of CPython's core module take about a minute, the 9 MiB of SpiderMonkey
+inside a componentize-js plugin over 7 minutes and 12 GB of RAM."""
+
+
+def _microvm_refusal(path: Path) -> str | None:
+    """Why the micro-VM cannot run this plugin, or None: core modules and
+    tcp-filter components (all their core modules, with generated glue) it
+    can; not yet JavaScript components (SpiderMonkey is not compiled for the
+    guest) nor http-filter ones (their WASI start-up is not served at load)."""
+    from vmm.microvm.component_parse import ComponentFormatError, parse_component
+    from vmm.wasm_module import WasmFormatError, largest_code_section, unwrap_core
 
     try:
-        return unwrap_core(path.read_bytes()) is not None
+        data = path.read_bytes()
+        if (code := largest_code_section(data)) > AUTO_MICROVM_MAX_CODE_BYTES:
+            return (
+                f"the plugin has a core module with {code >> 20} MiB of code, over the "
+                f"{AUTO_MICROVM_MAX_CODE_BYTES >> 20} MiB tier auto compiles for the micro-VM "
+                "(ask for tier: microvm to compile it anyway)"
+            )
+        if unwrap_core(data) is not None:
+            return None
+        component = parse_component(data)
     except (OSError, WasmFormatError):
-        return True  # let the micro-VM tier's loader report the real problem
+        return None  # let the micro-VM tier's loader report the real problem
+    except ComponentFormatError as e:
+        return f"the plugin is a component the micro-VM cannot run ({e})"
+    if "JavaScript" in component.producers.get("language", []):
+        return "the plugin is a JavaScript component, not compiled for the micro-VM yet"
+    if "wanted-phases" in component.exports:
+        return "the plugin is an http-filter component, not run in the micro-VM yet"
+    return None
 
 
 def _loader(tier: Tier) -> Loader:
