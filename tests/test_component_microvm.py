@@ -32,9 +32,10 @@ def _read(data: bytes) -> DataEvent:
     return DataEvent(Direction.READ, data, False)
 
 
-async def _load(plugin: Path, config: str = "", **limits: int) -> MicroVmFactory:
-    spec = SandboxSpec("lst", str(plugin), limits=Limits(**{"event_cpu_ms": 5000, **limits}),
-                       plugin_config=config)
+async def _load(plugin: Path, config: str = "", *, event_cpu_ms: int = 5000,
+                memory_bytes: int = Limits().memory_bytes) -> MicroVmFactory:
+    limits = Limits(event_cpu_ms=event_cpu_ms, memory_bytes=memory_bytes)
+    spec = SandboxSpec("lst", str(plugin), limits=limits, plugin_config=config)
     return await tier.load(spec, pool_size=2)
 
 
