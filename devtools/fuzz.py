@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import sys
 import time
@@ -23,7 +24,8 @@ MAX_INPUT = 96
 
 
 class Run:
-    def __init__(self, report_every: float) -> None:
+    def __init__(self, report_every: float, limit: int) -> None:
+        self.limit = limit
         self.harness = HostcallHarness()
         self.outcomes: Counter[str] = Counter()
         self.findings: dict[str, bytes] = {}
@@ -40,6 +42,11 @@ class Run:
             if key not in self.findings:
                 self.findings[key] = data
                 print(f"FINDING {e}\n  input {data.hex()}", flush=True)
+        if self.n == self.limit:  # libFuzzer ends the process itself after its last run
+            self.report("done")
+            if self.findings:
+                sys.stdout.flush()
+                os._exit(1)
         now = time.monotonic()
         if now - self.last >= self.report_every:
             self.last = now
@@ -100,10 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report-every", type=float, default=60.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
-    run = Run(args.report_every)
+    run = Run(args.report_every, args.examples)
     with run.harness.installed():
         (_atheris if args.engine == "atheris" else _random)(run, args.examples, args.seed)
-    run.report("done")
     return 1 if run.findings else 0
 
 
