@@ -73,6 +73,7 @@ class VmPool:
         self._lock = threading.Lock()
         self._pending = 0
         self._restoring = 0  # given back, restore queued: counts toward the target
+        self._leased = 0  # VMs out with connections now
         self._closed = False
         self._live: set[PooledVm] = set()
         self.snapshot: Snapshot | None = None
@@ -164,6 +165,8 @@ class VmPool:
             p = self._ready.popleft() if self._ready else None
             if p is None:
                 self._grow()
+            else:
+                self._leased += 1
         if p is not None:
             self._gauge("idle", -1)
             p.leased = True
@@ -171,10 +174,13 @@ class VmPool:
         return p
 
     def _grow(self) -> None:
-        """Under _lock: demand outran the pool; keep more ready from now on (a burst
-        of N concurrent connections otherwise makes, and later destroys, VMs for
-        all but `target` of them, each time)."""
-        self.target = min(max(self.target * 2, 1), self.max_idle)
+        """Under _lock, when a lease finds no VM ready: if as many VMs are out as the
+        pool keeps, demand outran it; keep more ready from now on (a burst of N
+        concurrent connections otherwise makes, and later destroys, VMs for all but
+        `target` of them, each time). An empty pool with few VMs out is only
+        restores still running: no reason to grow."""
+        if self._leased >= self.target:
+            self.target = min(max(self.target * 2, 1), self.max_idle)
 
     def take(self) -> PooledVm:
         """A ready VM: from the pool, else made now on the caller's behalf (slow path)."""
@@ -182,9 +188,15 @@ class VmPool:
             p = self._ready.popleft() if self._ready else None
             if p is None:
                 self._grow()
+            self._leased += 1
         if p is None:
-            thread = self.threads.pick()
-            p = thread.run(lambda: self._fresh(thread))
+            try:
+                thread = self.threads.pick()
+                p = thread.run(lambda: self._fresh(thread))
+            except BaseException:
+                with self._lock:
+                    self._leased -= 1
+                raise
         else:
             self._gauge("idle", -1)
         p.leased = True
@@ -200,6 +212,7 @@ class VmPool:
             return done
         p.leased = False
         with self._lock:
+            self._leased -= 1
             self._restoring += 1
 
         def restore() -> None:
