@@ -103,11 +103,6 @@ async def running(config: Path, tmp_path: Path) -> AsyncIterator[tuple[Lightcell
 async def test_a_reload_serves_new_streams_and_lets_open_ones_finish(
     tier: str, built_plugins: dict[str, Path], tmp_path: Path
 ) -> None:
-    if tier == "microvm":
-        from vmm.microvm.tier import kvm_available
-
-        if not kvm_available():
-            pytest.skip("/dev/kvm is not usable here")
     rw, path = built_plugins["rewrite"], tmp_path / "envoy.yaml"
     write(path, rw, tier, {"edge": "read=upper", "steady": "read=rot13", "gone": "read=pass"})
     async with running(path, tmp_path) as (server, ch):
