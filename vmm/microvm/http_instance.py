@@ -34,6 +34,7 @@ from vmm.contract import (
     import_capability,
 )
 from vmm.http_abi import Header, HttpDecision, lift_decision
+from vmm.http_hooks import PhaseHooks
 from vmm.microvm import abi
 from vmm.microvm.hostcalls import IMPORT
 from vmm.microvm.instance import MicroVmInstanceBase, fault_kind
@@ -131,7 +132,7 @@ def wasm_memory(vm: MicroVm, payload: bytes) -> tuple[memoryview, int]:
     return vm.mem.view[start:end], retptr
 
 
-class MicroVmHttpInstance(MicroVmInstanceBase):
+class MicroVmHttpInstance(PhaseHooks, MicroVmInstanceBase):
     """vmm.runner.HttpInstance over a leased VM (see the module docstring)."""
 
     _hook = EXPORT_ON_OPEN
@@ -144,33 +145,14 @@ class MicroVmHttpInstance(MicroVmInstanceBase):
     def wanted_phases(self) -> HttpPhase:
         return self._phases
 
-    def request_headers(
-        self, headers: Sequence[Header], attributes: Sequence[tuple[str, str]], end_of_stream: bool
-    ) -> HttpDecision:
-        return self._headers(HttpPhase.REQUEST_HEADERS, headers, attributes, end_of_stream)
-
-    def request_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
-        return self._body(HttpPhase.REQUEST_BODY, body, end_of_stream)
-
-    def request_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
-        return self._decide(HttpPhase.REQUEST_TRAILERS, False, _headers(trailers))
-
-    def response_headers(
-        self, headers: Sequence[Header], attributes: Sequence[tuple[str, str]], end_of_stream: bool
-    ) -> HttpDecision:
-        return self._headers(HttpPhase.RESPONSE_HEADERS, headers, attributes, end_of_stream)
-
-    def response_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
-        return self._body(HttpPhase.RESPONSE_BODY, body, end_of_stream)
-
-    def response_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
-        return self._decide(HttpPhase.RESPONSE_TRAILERS, False, _headers(trailers))
-
     # --- one hook ----------------------------------------------------------------
     def _headers(self, phase: HttpPhase, headers: Sequence[Header], attributes: Sequence[tuple[str, str]],
                  eos: bool) -> HttpDecision:
         attrs = encode_pairs([(n.encode(), v.encode()) for n, v in attributes])
         return self._decide(phase, eos, _headers(headers) + attrs)
+
+    def _trailers(self, phase: HttpPhase, trailers: Sequence[Header]) -> HttpDecision:
+        return self._decide(phase, False, _headers(trailers))
 
     def _body(self, phase: HttpPhase, body: bytes, eos: bool) -> HttpDecision:
         if len(body) > MAX_EVENT_BYTES:  # the caller splits, as for the wasmtime tier

@@ -41,6 +41,7 @@ from vmm.contract import (
     HttpPhase,
 )
 from vmm.http_abi import Header, HttpDecision
+from vmm.http_hooks import Attributes, PhaseHooks
 from vmm.kvstore import KvStore
 from vmm.metrics import Metrics
 from vmm.policy import Grants, Limits, SandboxSpec
@@ -62,7 +63,6 @@ CONTINUE = HttpDecision(DecisionKind.CONTINUE)
 _BODY_PHASES = HttpPhase.REQUEST_BODY | HttpPhase.RESPONSE_BODY
 HTTP_EXPORTS = (EXPORT_WANTED_PHASES, EXPORT_ON_OPEN, *HTTP_HOOKS.values(), EXPORT_ON_CLOSE)
 
-Attributes = Sequence[tuple[str, str]]
 
 
 def missing_exports(component: Component) -> list[str]:
@@ -82,7 +82,7 @@ class HttpComponentProgram:
         return HttpComponentInstance(self, host, limits, gate)
 
 
-class HttpComponentInstance(ComponentInstanceBase):
+class HttpComponentInstance(PhaseHooks, ComponentInstanceBase):
     """vmm.runner.HttpInstance: one HTTP request's component, driven synchronously
     (open, the six hooks, close raise PluginFault; release never raises)."""
 
@@ -100,28 +100,6 @@ class HttpComponentInstance(ComponentInstanceBase):
     def wanted_phases(self) -> HttpPhase:
         return self._phases
 
-    # --- the hooks (vmm.runner.HttpInstance) --------------------------------------
-    def request_headers(
-        self, headers: Sequence[Header], attributes: Attributes, end_of_stream: bool
-    ) -> HttpDecision:
-        return self._headers(HttpPhase.REQUEST_HEADERS, headers, attributes, end_of_stream)
-
-    def request_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
-        return self._body(HttpPhase.REQUEST_BODY, body, end_of_stream)
-
-    def request_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
-        return self._trailers(HttpPhase.REQUEST_TRAILERS, trailers)
-
-    def response_headers(
-        self, headers: Sequence[Header], attributes: Attributes, end_of_stream: bool
-    ) -> HttpDecision:
-        return self._headers(HttpPhase.RESPONSE_HEADERS, headers, attributes, end_of_stream)
-
-    def response_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
-        return self._body(HttpPhase.RESPONSE_BODY, body, end_of_stream)
-
-    def response_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
-        return self._trailers(HttpPhase.RESPONSE_TRAILERS, trailers)
 
     def call_wanted_phases(self) -> HttpPhase:
         """Run `wanted-phases` (load time only, see read_phases); it is this

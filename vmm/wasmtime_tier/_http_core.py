@@ -39,6 +39,7 @@ from vmm.contract import (
     HttpPhase,
 )
 from vmm.http_abi import Header, HttpDecision, lift_decision, lower_attributes, lower_headers
+from vmm.http_hooks import Attributes, PhaseHooks
 from vmm.kvstore import KvStore
 from vmm.metrics import Metrics
 from vmm.policy import Grants, Limits, SandboxSpec
@@ -55,7 +56,6 @@ __all__ = ["HttpCoreInstance", "HttpCoreProgram", "read_phases"]
 CONTINUE = HttpDecision(DecisionKind.CONTINUE)
 _BODY_PHASES = HttpPhase.REQUEST_BODY | HttpPhase.RESPONSE_BODY
 
-Attributes = Sequence[tuple[str, str]]
 
 
 class HttpCoreProgram(CoreProgramBase):
@@ -69,7 +69,7 @@ class HttpCoreProgram(CoreProgramBase):
         return HttpCoreInstance(self, host, limits, gate)
 
 
-class HttpCoreInstance(CoreInstanceBase):
+class HttpCoreInstance(PhaseHooks, CoreInstanceBase):
     """vmm.runner.HttpInstance: one HTTP request's plugin, driven synchronously
     (open, the six hooks, close raise PluginFault; release never raises)."""
 
@@ -87,28 +87,6 @@ class HttpCoreInstance(CoreInstanceBase):
     def wanted_phases(self) -> HttpPhase:
         return self._phases
 
-    # --- the hooks (vmm.runner.HttpInstance) --------------------------------------
-    def request_headers(
-        self, headers: Sequence[Header], attributes: Attributes, end_of_stream: bool
-    ) -> HttpDecision:
-        return self._headers(HttpPhase.REQUEST_HEADERS, headers, attributes, end_of_stream)
-
-    def request_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
-        return self._body(HttpPhase.REQUEST_BODY, body, end_of_stream)
-
-    def request_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
-        return self._trailers(HttpPhase.REQUEST_TRAILERS, trailers)
-
-    def response_headers(
-        self, headers: Sequence[Header], attributes: Attributes, end_of_stream: bool
-    ) -> HttpDecision:
-        return self._headers(HttpPhase.RESPONSE_HEADERS, headers, attributes, end_of_stream)
-
-    def response_body(self, body: bytes, end_of_stream: bool) -> HttpDecision:
-        return self._body(HttpPhase.RESPONSE_BODY, body, end_of_stream)
-
-    def response_trailers(self, trailers: Sequence[Header]) -> HttpDecision:
-        return self._trailers(HttpPhase.RESPONSE_TRAILERS, trailers)
 
     def call_wanted_phases(self) -> int:
         """Run `wanted-phases` (load time only, see read_phases): its raw i32."""
