@@ -154,3 +154,21 @@ def test_plugin_log_lines_cannot_forge_text_records() -> None:
     finally:
         logger.removeHandler(handler)
     assert len(out.getvalue().splitlines()) == 1
+
+
+@pytest.mark.parametrize("char", ["\x85", "\x9b", "\u202e", "\u2066", "\u200f", "\u2029", "\x7f"])
+def test_c1_controls_and_bidi_overrides_are_escaped_in_plugin_text(char: str) -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger("lightcell.plugin")
+    logger.addHandler(handler)
+    try:
+        host = HostCapabilities("edge", "evil", Grants(frozenset({"log"})), Limits(), KvStore(1, 1),
+                                metrics=Metrics())  # fmt: skip
+        host.log(2, f"before{char}after\ttab")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert char not in text and "\t" in text  # a tab is harmless and kept
+    escaped = f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    assert f"before{escaped}after" in text

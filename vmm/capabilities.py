@@ -38,9 +38,15 @@ the rest are dropped and counted (log_dropped_total), so a plugin cannot
 flood the log pipeline or burn the host's CPU in logging."""
 
 # Control characters in a plugin's log line are escaped: a message with a
-# newline must not be able to forge a second, host-looking log record.
+# newline must not be able to forge a second, host-looking log record, and a
+# terminal escape, C1 control or bidi override must not repaint what an
+# operator reads (U+2028/2029 end a line for some log viewers).
+_ESCAPED_CODEPOINTS = (
+    *(c for c in range(0x20) if c != 0x09), 0x7F, *range(0x80, 0xA0),
+    0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+)
 _ESCAPE_CONTROLS = str.maketrans(
-    {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, 0x85, 0x2028, 0x2029] if c != 0x09}
+    {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _ESCAPED_CODEPOINTS}
 )
 
 _LEVELS = {
