@@ -209,18 +209,19 @@ def rss_bytes(pid: int) -> int:
 # ----------------------------------------------------------------------------- the proxy-wasm filter
 
 
-def build_proxy_wasm() -> Path:
-    """Compile upper.c with zig, cached by the hash of the source, flags and zig version."""
-    h = hashlib.sha256(PROXY_WASM_SRC.read_bytes())
+def build_proxy_wasm(src: Path = PROXY_WASM_SRC) -> Path:
+    """Compile a proxy-wasm filter's C source with zig, cached by the hash of the
+    source, flags and zig version."""
+    h = hashlib.sha256(src.read_bytes())
     h.update("\0".join(ZIG_FLAGS).encode())
     h.update(importlib.metadata.version("ziglang").encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightcell" / "bench"
     cache.mkdir(parents=True, exist_ok=True)
-    out = cache / f"proxy-wasm-upper-{h.hexdigest()[:16]}.wasm"
+    out = cache / f"proxy-wasm-{src.stem}-{h.hexdigest()[:16]}.wasm"
     if not out.is_file():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            raw = Path(tmp) / "upper.wasm"
-            cmd = [sys.executable, "-m", "ziglang", "cc", *ZIG_FLAGS, str(PROXY_WASM_SRC), "-o", str(raw)]
+            raw = Path(tmp) / f"{src.stem}.wasm"
+            cmd = [sys.executable, "-m", "ziglang", "cc", *ZIG_FLAGS, str(src), "-o", str(raw)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp)
             if proc.returncode != 0:
                 raise RuntimeError(f"zig cc failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")

@@ -35,13 +35,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import importlib.metadata
 import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,8 +53,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from bench_envoy import (  # noqa: E402
-    ZIG_FLAGS,
     Child,
+    build_proxy_wasm,
     envoy_validate,
     fmt,
     fmt_ratio,
@@ -106,25 +103,6 @@ ROWS = (
     Row(5, "microvm", "Envoy + Lightcell, micro-VM tier, addheader (fresh micro-VM per request)", "microvm"),
 )
 BARE_ROW, V8_ROW = 3, 2
-
-
-def build_proxy_wasm() -> Path:
-    """Compile header.c with zig, cached by the hash of the source, flags and zig version."""
-    h = hashlib.sha256(PROXY_WASM_SRC.read_bytes())
-    h.update("\0".join(ZIG_FLAGS).encode())
-    h.update(importlib.metadata.version("ziglang").encode())
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightcell" / "bench"
-    cache.mkdir(parents=True, exist_ok=True)
-    out = cache / f"proxy-wasm-header-{h.hexdigest()[:16]}.wasm"
-    if not out.is_file():
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            raw = Path(tmp) / "header.wasm"
-            cmd = [sys.executable, "-m", "ziglang", "cc", *ZIG_FLAGS, str(PROXY_WASM_SRC), "-o", str(raw)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp)
-            if proc.returncode != 0:
-                raise RuntimeError(f"zig cc failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-            raw.replace(out)
-    return out
 
 
 # ----------------------------------------------------------------------------- one row's Envoy
@@ -446,7 +424,7 @@ async def main_async(opts: Options) -> int:
     print(f"nproc {facts['nproc']}, {facts['cpu']}, kernel {facts['kernel']}, Python {facts['python']}, "
           f"Envoy {facts['envoy']}; fd limit {fd_limit}", flush=True)  # fmt: skip
     addheader = plugin_build.build("addheader")
-    wasm = build_proxy_wasm()
+    wasm = build_proxy_wasm(PROXY_WASM_SRC)
     samples: Samples = {row.key: {k: [] for k in METRICS} for row in opts.rows}
     errors: list[str] = []
     skipped: dict[str, str] = {}
