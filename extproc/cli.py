@@ -21,7 +21,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -29,7 +28,7 @@ from extproc.config import ConfigError, LightcellConfig, load_config
 
 if TYPE_CHECKING:
     from extproc.listener import ListenerPolicy, TierChoice
-    from extproc.metrics_http import MetricsAddress, MetricsServer
+    from extproc.metrics_http import MetricsAddress
     from extproc.server import DefaultSocket
 
 __all__ = ["main"]
@@ -89,25 +88,28 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.add_argument(
         "--workers", type=int, default=1, metavar="N",
-        help="run N complete worker processes (default: %(default)s, this process serves): worker i "
+        help="run N worker processes under this one, an unconfined supervisor that handles SIGHUP "
+        "and --watch (default: %(default)s, which listens on PATH itself): with more, worker i "
         "listens on PATH with .i inserted before a .sock suffix (else appended), and on port N+i; list "
         "one endpoint per worker socket in Envoy's lightcell cluster. Limits like --max-connections "
-        "apply per worker. Nothing is restarted: if a worker dies, all stop",
+        "apply per worker. Nothing is restarted: if a serving worker dies, all stop",
     )  # fmt: skip
     _observability_args(serve)
     serve.add_argument(
         "--no-seccomp", action="store_true",
-        help="do not confine the serving process (for debugging; also $LIGHTCELL_NO_SECCOMP=1). By "
-        "default, once loaded and bound, each serving process sets no-new-privileges and a seccomp "
-        "filter that allows only the system calls serving needs (x86_64 Linux)",
+        help="do not confine the workers (for debugging; also $LIGHTCELL_NO_SECCOMP=1). By default, "
+        "once loaded and bound, each worker sets no-new-privileges and a seccomp filter that allows "
+        "only the system calls serving needs (x86_64 Linux); reloads work either way",
     )  # fmt: skip
     serve.add_argument(
         "--watch", action="store_true",
         help="re-read the Envoy config when the file changes (checked every second), as on SIGHUP: "
-        "new and changed policies serve new connections and requests, open ones keep their plugin; "
-        "a file check refuses is logged and changes nothing. Needs --no-seccomp (a confined process "
-        "cannot load plugins)",
+        "new workers load it and take new connections and requests, the old ones finish their open "
+        "ones and exit; a file check refuses is logged and changes nothing",
     )  # fmt: skip
+    # How the supervisor starts each worker: serve in this process, report on this pipe.
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--control-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate a configuration and report each listener's plugin")
@@ -153,7 +155,7 @@ def _fail(message: str) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from extproc.logsetup import configure
     from extproc.metrics_http import parse_address
-    from extproc.server import DEFAULT_SOCKET, serve
+    from extproc.server import DEFAULT_SOCKET
 
     configure(args.log_level, args.log_format)
     metrics: MetricsAddress | None = None
@@ -170,86 +172,75 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail("--max-connections must be at least 1")
     if args.workers < 1:
         return _fail("--workers must be at least 1")
-    if args.watch and _seccomp_wanted(args):
-        return _fail(
-            "--watch needs --no-seccomp: a confined (seccomp) process cannot load plugins any more, "
-            "so it could never apply a changed file"
-        )
     socket_path: Path | DefaultSocket | None = (
         None if args.no_socket else DEFAULT_SOCKET if args.socket is None else args.socket
     )
-    if args.workers > 1:
-        return _serve_workers(args, socket_path, metrics)
-    endpoint = None
+    if args.worker:
+        return _serve_here(args, socket_path)
+    return _supervise(args, socket_path, metrics)
+
+
+def _serve_here(args: argparse.Namespace, socket_path: Path | DefaultSocket | None) -> int:
+    """One worker: load, bind, confine, serve (extproc.server.serve)."""
+    from extproc import server
+    from extproc.control import ControlWriter
+
+    control = None if args.control_fd is None else ControlWriter(args.control_fd)
     try:
         config = load_config(args.envoy_config)
-        endpoint = _metrics_server(metrics)
-        run = serve(
+        run = server.serve(
             config,
             socket_path=socket_path,
             port=args.port,
             grace=args.grace,
             max_connections=args.max_connections,
-            watch_config=args.watch,
             seccomp=_seccomp_wanted(args),
+            control=control,
         )
         asyncio.run(run)
     except ConfigError as e:
+        if control is not None:
+            control.send("error", message=str(e))
         return _fail(str(e))
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
-    finally:
-        if endpoint is not None:
-            endpoint.close()
     return 0
 
 
-def _metrics_server(address: MetricsAddress | None) -> MetricsServer | None:
-    from extproc.metrics_http import MetricsServer
-
-    if address is None:
-        return None
-    try:
-        return MetricsServer(address)
-    except OSError as e:
-        raise ConfigError(f"--metrics-address {address.host}:{address.port}: {e.strerror or e}") from e
-
-
-def _serve_workers(
+def _supervise(
     args: argparse.Namespace, socket_path: Path | DefaultSocket | None, metrics: MetricsAddress | None
 ) -> int:
+    """The supervisor (extproc.workers): workers serve, it reloads and stops them."""
     from extproc import workers
     from extproc.metrics_http import Multiprocess
     from extproc.server import DefaultSocket
     from extproc.socket_path import prepare_default_socket
 
-    if args.port == 0:
+    if args.port == 0 and args.workers > 1:
         return _fail("--port 0 cannot be combined with --workers: give a fixed first port")
     try:
         base = prepare_default_socket() if isinstance(socket_path, DefaultSocket) else socket_path
     except ConfigError as e:
         return _fail(str(e))
-    plan = []
+    slots = []
     for i in range(args.workers):
-        sock = None if base is None else workers.worker_socket(base, i)
-        port = None if args.port is None else args.port + i
-        argv = workers.worker_command(
-            args.envoy_config, socket_path=sock, port=port, grace=args.grace,
-            max_connections=args.max_connections, log_level=args.log_level,
-            seccomp=_seccomp_wanted(args),
-        )  # fmt: skip
-        argv += ["--log-format", args.log_format]
-        if args.watch:
-            argv.append("--watch")  # each worker watches the file and reloads itself
-        plan.append(workers.Worker(i, argv, sock, port))
+        sock = None if base is None else base if args.workers == 1 else workers.worker_socket(base, i)
+        slots.append(workers.Slot(i, sock, None if args.port is None else args.port + i))
+    command = workers.worker_command(
+        args.envoy_config, grace=args.grace, max_connections=args.max_connections,
+        log_level=args.log_level, log_format=args.log_format, seccomp=_seccomp_wanted(args),
+    )  # fmt: skip
+    supervisor = workers.Supervisor(args.envoy_config, slots, command, watch=args.watch)
     if metrics is None:
-        return workers.run_workers(plan)
+        return supervisor.run()
     try:
         summed = Multiprocess(metrics)
     except OSError as e:
         return _fail(f"--metrics-address {args.metrics_address}: {e.strerror or e}")
     try:
-        return workers.run_workers([replace(w, env=summed.env()) for w in plan])
+        supervisor.env, supervisor.metrics_dir = summed.env(), summed.directory
+        supervisor.on_reload = summed.count_reload
+        return supervisor.run()
     finally:
         summed.close()
 

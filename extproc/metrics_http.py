@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, Counter, multiprocess, start_http_server
 
 from extproc.config import ConfigError
+from extproc.reload import ReloadResult
 
 __all__ = ["MULTIPROC_ENV", "MetricsAddress", "MetricsServer", "parse_address"]
 
@@ -89,11 +90,17 @@ class Multiprocess:
         LOG.info("metrics: workers write to %s (removed at exit)", self.directory)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+        # The supervisor's own series: it reloads (the workers' files are summed beside it).
+        self._reloads = Counter("lightcell_reloads_total", "live reloads (SIGHUP, --watch)", ["result"],
+                                registry=registry)  # fmt: skip
         try:
             self.server = MetricsServer(address, registry)
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
+
+    def count_reload(self, result: ReloadResult) -> None:
+        self._reloads.labels("applied" if result.applied else "refused").inc()
 
     def env(self) -> dict[str, str]:
         """The workers' environment."""

@@ -1,78 +1,45 @@
-"""Live reload: re-read the Envoy config (SIGHUP, `serve --watch`) without dropping a connection.
+"""Live reload (SIGHUP, `serve --watch`): what changed, and noticing that the file did.
 
-The services look policies up in PolicyTables, which a reload swaps whole:
+A serving worker never reloads itself: it is confined (seccomp), so it can no longer open
+files or map new code. The unconfined supervisor (extproc/workers.py) reloads instead:
 
-- a new or changed policy (anything of it, or its plugin file's bytes) is loaded
-  and serves the streams that start after the swap;
-- an unchanged one keeps its loaded plugin, pool and kv store (no recompile, no
-  reboot);
-- a removed name is unknown to new streams (refused as for any unknown name);
-- a stream holds a Lease on the plugin it started with until its sandbox is
-  released, and a replaced or removed plugin's factory (its micro-VM pool, its
-  wasmtime ticker) is closed only when its last lease ends.
+1. it re-reads the file with `load_config`: a file `lightcell check` refuses is refused with
+   the same message and the running workers go on untouched;
+2. it starts a new generation of workers on the file, worker 0 alone first (it compiles the
+   new plugins, warming the compile cache for the others, and a plugin `check` would refuse
+   fails it: refused again, nothing changes), then the others;
+3. it hands every listening address over without a gap: a Unix socket is bound at a
+   temporary path beside the real one and renamed over it (atomic: every connect finds a
+   listener), a TCP port is bound alongside the old one (SO_REUSEPORT, gRPC's default);
+4. it retires the old workers: they stop taking streams (gRPC's GOAWAY sends Envoy's next
+   stream to a new connection, hence to a new worker) and exit when their last open stream
+   ends. Open connections keep their sandbox and plugin until then.
 
-A reload is all or nothing: the new file goes through load_config and the same
-loaders as `lightcell check` (only for what changed), and any problem leaves the
-running policies in place and is logged with check's messages. Envoy is not
-reloaded: it reads its own copy of the file, so a brand-new Envoy listener
-needs Envoy's own reload (hot restart or xDS); Lightcell only re-reads the
-policies in the listeners' metadata.
+Every reload replaces every worker, so per-listener state (kv stores, warm pools) starts
+afresh in the new workers. This module holds the parts without processes: which policies
+changed (for the log) and the file watch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
 import dataclasses
-import errno
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from extproc import plugins
-from extproc.config import ConfigError, LightcellConfig, load_config
-from extproc.listener import HttpListener, Listener, ListenerPolicy
-from extproc.policy_table import PolicyTable
-from vmm.metrics import METRICS
+from extproc.config import LightcellConfig
+from extproc.listener import ListenerPolicy
 
-__all__ = [
-    "CONFINED",
-    "WATCH_INTERVAL_S",
-    "ReloadResult",
-    "ReloadTrigger",
-    "Reloader",
-    "Served",
-    "confined",
-    "watch",
-]
+__all__ = ["WATCH_INTERVAL_S", "FileWatch", "Prints", "ReloadResult", "changes", "fingerprints"]
 
 LOG = logging.getLogger("lightcell.reload")
 
 WATCH_INTERVAL_S = 1.0
 """How often `serve --watch` looks at the config file (a stat, and a read when it moved)."""
-
-
-_T = TypeVar("_T", Listener, HttpListener)
-
-
-@dataclass
-class Served:
-    """Everything one server serves: TCP listeners, HTTP listeners, route policies."""
-
-    tcp: PolicyTable[Listener]
-    http: PolicyTable[HttpListener]
-    routes: PolicyTable[HttpListener]
-
-    def loaded_http(self) -> plugins.HttpLoaded:
-        return plugins.HttpLoaded(dict(self.http), dict(self.routes))
-
-    async def aclose(self) -> None:
-        for table in (self.tcp, self.http, self.routes):
-            await table.aclose()
 
 
 @dataclass(frozen=True)
@@ -88,115 +55,31 @@ class ReloadResult:
 
 
 _Fingerprint = tuple[ListenerPolicy, str | None]
+Prints = dict[tuple[str, str], _Fingerprint]
+"""(kind, name) -> what makes that policy the same; kind: listener, http listener, route."""
 
 
-@dataclass
-class Reloader:
-    """Re-reads `path` into `served`, one reload at a time."""
-
-    path: Path
-    served: Served
-    on_loaded: Callable[[list[Listener | HttpListener]], None] = lambda _: None
-    _prints: dict[tuple[str, str], _Fingerprint] = field(default_factory=dict)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _closed: bool = False
-
-    def __post_init__(self) -> None:
-        digests: dict[str, str | None] = {}
-        served = self.served
-        for kind, table in (("tcp", served.tcp), ("http", served.http), ("routes", served.routes)):
-            for name, item in table.items():
-                self._prints[kind, name] = _fingerprint(item.policy, digests)
-
-    async def close(self) -> None:
-        """No reload after this; waits for one in progress."""
-        async with self._lock:
-            self._closed = True
-
-    async def reload(self) -> ReloadResult:
-        async with self._lock:
-            if self._closed:
-                return ReloadResult(False, "the server is stopping")
-            if confined():
-                return self._refused(ReloadResult(False, CONFINED))
-            try:
-                result = await self._reload()
-            except ConfigError as e:
-                result = ReloadResult(False, str(e))
-            except Exception as e:  # a loader's unexpected error: refuse, keep serving what runs
-                LOG.exception("reload failed")
-                result = ReloadResult(False, f"{self.path}: {type(e).__name__}: {e}")
-        return self._refused(result) if not result.applied else self._applied(result)
-
-    @staticmethod
-    def _applied(result: ReloadResult) -> ReloadResult:
-        METRICS.inc("reloads_total", result="applied")
-        return result
-
-    @staticmethod
-    def _refused(result: ReloadResult) -> ReloadResult:
-        METRICS.inc("reloads_total", result="refused")
-        LOG.error("reload refused, still serving the previous configuration:\n%s", result.error)
-        return result
-
-    async def _reload(self) -> ReloadResult:
-        config = await asyncio.to_thread(load_config, self.path)
-        wanted = {"tcp": config.listeners, "http": config.http_listeners, "routes": config.routes}
-        digests: dict[str, str | None] = {}
-        prints = {
-            (kind, name): await asyncio.to_thread(_fingerprint, policy, digests)
-            for kind, policies in wanted.items()
-            for name, policy in policies.items()
-        }
-        load = {kind: {n: p for n, p in ps.items() if self._prints.get((kind, n)) != prints[kind, n]}
-                for kind, ps in wanted.items()}  # fmt: skip
-        fresh_tcp, fresh_http = await _load(config, load)
-        self.on_loaded([*fresh_tcp.values(), *fresh_http.all()])
-        changes: list[str] = []
-        unchanged = _swap(self.served.tcp, "listener", wanted["tcp"], fresh_tcp, changes)
-        unchanged += _swap(self.served.http, "http listener", wanted["http"], fresh_http.listeners, changes)
-        unchanged += _swap(self.served.routes, "route", wanted["routes"], fresh_http.routes, changes)
-        self._prints = prints
-        for line in changes:
-            LOG.info("reload: %s", line)
-        LOG.info(
-            "reload applied from %s: %d change(s), %d policy(ies) unchanged (open connections and "
-            "requests keep the plugin they started with)", self.path, len(changes), unchanged,
-        )  # fmt: skip
-        return ReloadResult(True, None, tuple(changes), unchanged)
+def fingerprints(config: LightcellConfig) -> Prints:
+    """Every policy of `config`, fingerprinted (plugin files are read and hashed)."""
+    digests: dict[str, str | None] = {}
+    kinds: Mapping[str, Mapping[str, ListenerPolicy]] = {
+        "listener": config.listeners, "http listener": config.http_listeners, "route": config.routes,
+    }  # fmt: skip
+    return {
+        (kind, name): _fingerprint(policy, digests)
+        for kind, policies in kinds.items()
+        for name, policy in policies.items()
+    }
 
 
-def _swap(
-    table: PolicyTable[_T], label: str, wanted: Mapping[str, ListenerPolicy], fresh: Mapping[str, _T],
-    changes: list[str],
-) -> int:  # fmt: skip
-    """Serve `wanted` in `table`: the `fresh` items where loaded, the served ones elsewhere (the
-    same plugin, pool and kv store; the policy's text may have moved). Unchanged ones, counted."""
-    items: dict[str, _T] = {}
-    for name, policy in wanted.items():
-        if name in fresh:
-            items[name] = fresh[name]
-            changes.append(f"{label} {name}: {'changed' if name in table else 'added'}")
-        else:
-            items[name] = dataclasses.replace(table[name], policy=policy)
-    changes += [f"{label} {name}: removed" for name in table if name not in items]
-    table.replace(items)
-    return len(wanted) - len(fresh)
-
-
-async def _load(
-    config: LightcellConfig, load: dict[str, dict[str, ListenerPolicy]]
-) -> tuple[dict[str, Listener], plugins.HttpLoaded]:
-    """The plugins of the new and changed policies, through check's loaders (its messages); all
-    or nothing."""
-    tcp = await plugins.load_all(dataclasses.replace(config, listeners=load["tcp"]))
-    try:
-        subset = dataclasses.replace(config, http_listeners=load["http"], routes=load["routes"])
-        http = await plugins.load_http_all(subset)
-    except BaseException:
-        await plugins.close_all(tcp.values())
-        raise
-    return tcp, http
+def changes(old: Prints | None, new: Prints) -> tuple[list[str], int]:
+    """One line per added, changed or removed policy from `old` to `new`, and how many are the
+    same (`old` None: every policy is new)."""
+    old = old or {}
+    lines = [f"{kind} {name}: {'changed' if (kind, name) in old else 'added'}"
+             for (kind, name), fp in new.items() if old.get((kind, name)) != fp]  # fmt: skip
+    lines += [f"{kind} {name}: removed" for (kind, name) in old if (kind, name) not in new]
+    return lines, sum(1 for key, fp in new.items() if old.get(key) == fp)
 
 
 def _fingerprint(policy: ListenerPolicy, digests: dict[str, str | None]) -> _Fingerprint:
@@ -211,32 +94,42 @@ def _fingerprint(policy: ListenerPolicy, digests: dict[str, str | None]) -> _Fin
     return dataclasses.replace(policy, source=""), digests[path]
 
 
-async def watch(path: Path, changed: Callable[[], None], interval: float = WATCH_INTERVAL_S) -> None:
-    """Call `changed` whenever `path`'s content changes (polled: no extra dependency, any
-    filesystem, editors that replace the file). Runs until cancelled."""
-    seen = await asyncio.to_thread(_content_hash, path)
-    stamp: tuple[int, int, int, int] | None = None
-    with contextlib.suppress(OSError):
-        stamp = await asyncio.to_thread(_stamp, path)
-    problem: str | None = None
-    while True:
-        await asyncio.sleep(interval)
+class FileWatch:
+    """`serve --watch`: `changed()` is true once per change of the file's content (polled: no
+    extra dependency, any filesystem, editors that replace the file)."""
+
+    def __init__(self, path: Path, interval: float = WATCH_INTERVAL_S) -> None:
+        self.path = path
+        self.interval = interval
+        self._seen = _content_hash(path)
+        self._stamp: tuple[int, int, int, int] | None = None
+        with contextlib.suppress(OSError):
+            self._stamp = _stamp(path)
+        self._next = time.monotonic() + interval
+        self._problem: str | None = None
+
+    def changed(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.interval
         try:
-            now = await asyncio.to_thread(_stamp, path)
-            if now == stamp:
-                continue
-            stamp = now
-            digest = await asyncio.to_thread(_content_hash, path)
+            stamp = _stamp(self.path)
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            digest = _content_hash(self.path)
         except OSError as e:
-            if str(e) != problem:  # once per distinct problem, not every second
-                problem = str(e)
-                LOG.warning("watching %s: %s", path, e)
-            continue
-        problem = None
-        if digest != seen:
-            seen = digest
-            LOG.info("%s changed: reloading", path)
-            changed()
+            if str(e) != self._problem:  # once per distinct problem, not every second
+                self._problem = str(e)
+                LOG.warning("watching %s: %s", self.path, e)
+            return False
+        self._problem = None
+        if digest == self._seen:
+            return False
+        self._seen = digest
+        LOG.info("%s changed: reloading", self.path)
+        return True
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:
@@ -249,37 +142,3 @@ def _content_hash(path: Path) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
-
-
-CONFINED = (
-    "this process is confined by seccomp (it can no longer open files or map new code, so it "
-    "cannot load plugins): restart it to apply the new configuration, or serve with --no-seccomp "
-    "to reload live"
-)
-_PR_GET_SECCOMP = 21
-
-
-def confined() -> bool:
-    """True under a seccomp filter (vmm/confine.py's refuses this prctl; another may answer 2)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    mode = libc.prctl(_PR_GET_SECCOMP, 0, 0, 0, 0)
-    return bool(mode == 2 or (mode == -1 and ctypes.get_errno() == errno.EPERM))
-
-
-class ReloadTrigger:
-    """What SIGHUP and --watch call: requests while a reload runs are folded into one more, and
-    requests before `run` starts (while the server loads) are kept for it."""
-
-    def __init__(self) -> None:
-        self._wanted = asyncio.Event()
-
-    def request(self) -> None:
-        self._wanted.set()
-
-    async def run(self, reload: Callable[[], Awaitable[object]]) -> None:
-        """Reload on each request, until cancelled (a reload under way still completes: shielded,
-        and the server's stop waits for it)."""
-        while True:
-            await self._wanted.wait()
-            self._wanted.clear()
-            await asyncio.shield(reload())

@@ -25,6 +25,7 @@ import socket
 import stat
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -33,15 +34,15 @@ from grpc_health.v1._async import HealthServicer
 
 from extproc import http_service, plugins, stream_edge, tcp_service
 from extproc.config import ConfigError, LightcellConfig
+from extproc.control import RETIRE_SIGNAL, ControlWriter
 from extproc.listener import HttpListener, Listener
 from extproc.policy_table import PolicyTable
-from extproc.reload import Reloader, ReloadResult, ReloadTrigger, Served, watch
 from extproc.socket_path import prepare_default_socket
 from vmm import confine
 from vmm.egress import UdpEgress
 from vmm.metrics import METRICS
 
-__all__ = ["DEFAULT_GRACE_S", "DEFAULT_SOCKET", "DefaultSocket", "LightcellServer", "serve"]
+__all__ = ["DEFAULT_GRACE_S", "DEFAULT_SOCKET", "DefaultSocket", "LightcellServer", "Served", "serve"]
 
 LOG = logging.getLogger("lightcell.server")
 
@@ -60,6 +61,25 @@ class DefaultSocket:
 
 DEFAULT_SOCKET = DefaultSocket()
 
+DRAIN_UNBOUNDED_S = 100 * 365 * 86400.0
+"""A retiring worker's grace: its open connections last as long as they last."""
+
+
+@dataclass
+class Served:
+    """Everything one server serves: TCP listeners, HTTP listeners, route policies."""
+
+    tcp: PolicyTable[Listener]
+    http: PolicyTable[HttpListener]
+    routes: PolicyTable[HttpListener]
+
+    def loaded_http(self) -> plugins.HttpLoaded:
+        return plugins.HttpLoaded(dict(self.http), dict(self.routes))
+
+    async def aclose(self) -> None:
+        for table in (self.tcp, self.http, self.routes):
+            await table.aclose()
+
 
 class LightcellServer:
     """A running server. Create with `await LightcellServer.start(...)`."""
@@ -72,20 +92,22 @@ class LightcellServer:
         egress: UdpEgress,
         socket_path: Path | None,
         port: int | None,
-        config_path: Path | None = None,
+        own_socket: bool = True,
     ) -> None:
         self._server = server
         self.health = health
         self.served = served
-        """What is served now: the tables the services read, which a reload swaps."""
-        self.reloader = (
-            None if config_path is None else Reloader(config_path, served, _warn_ungranted_imports)
-        )
+        """What is served now: the tables the services read."""
         self._egress = egress
         self.socket_path = socket_path
         self.port = port
         """The bound loopback TCP port (the real one when 0 was asked for), or None."""
-        self._stopped = False
+        self.own_socket = own_socket
+        """Remove the socket file when stopping (not a supervisor's worker: the supervisor owns
+        the path, which a newer worker's socket may have been renamed over)."""
+        self._stopping: asyncio.Task[None] | None = None
+        self.refusing = asyncio.Event()
+        """Set once stopping has begun: no new stream is taken from then on."""
         self.socket_dir_fd: int | None = None
         """Set once confined: the socket's directory, the one place unlinkat is allowed."""
 
@@ -99,6 +121,7 @@ class LightcellServer:
         loaded: Mapping[str, Listener] | None = None,
         http_loaded: plugins.HttpLoaded | None = None,
         max_connections: int = stream_edge.DEFAULT_MAX_CONNECTIONS,
+        own_socket: bool = True,
     ) -> LightcellServer:
         """Load every plugin, bind, start serving. Raises ConfigError (nothing left running).
 
@@ -166,7 +189,7 @@ class LightcellServer:
                 "serving %d HTTP listener(s) [%s] and %d route policy(ies) [%s]",
                 len(http.listeners), ", ".join(http.listeners), len(http.routes), ", ".join(http.routes),
             )  # fmt: skip
-        return cls(server, health, served, egress, socket_path, bound_port, config.path)
+        return cls(server, health, served, egress, socket_path, bound_port, own_socket)
 
     @property
     def listeners(self) -> Mapping[str, Listener]:
@@ -178,27 +201,27 @@ class LightcellServer:
         """The HTTP listener and route policies served now (loaded http-filter plugins)."""
         return self.served.loaded_http()
 
-    async def reload(self) -> ReloadResult:
-        """Re-read the config file (SIGHUP, `serve --watch`): extproc/reload.py. A refused file
-        leaves everything as it was."""
-        if self.reloader is None:
-            return ReloadResult(False, "no configuration file to re-read")
-        return await self.reloader.reload()
-
     async def stop(self, grace: float | None = DEFAULT_GRACE_S) -> None:
-        """Stop accepting streams, give open ones `grace` seconds, then release everything."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self.reloader is not None:
-            await self.reloader.close()  # waits for a reload under way: its plugins get closed too
+        """Stop accepting streams, give open ones `grace` seconds, then release everything. A
+        second call while a stop is under way shortens its grace (gRPC keeps the smaller one)."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace), name="lightcell-stop")
+        else:
+            await self._server.stop(grace)
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
         await self.health.enter_graceful_shutdown()
+        METRICS.set("workers_serving", 0)
         # Streams still open after the grace are cancelled: Envoy sees a
         # non-OK status and (failure_mode_allow: false) closes the connection.
-        await self._server.stop(grace)
+        grpc_stop = asyncio.get_running_loop().create_task(self._server.stop(grace))
+        await asyncio.sleep(0)  # the task's first step starts gRPC's shutdown: GOAWAY, no new streams
+        self.refusing.set()
+        await grpc_stop
         await self._egress.aclose()
         await self.served.aclose()
-        if self.socket_path is not None:
+        if self.socket_path is not None and self.own_socket:
             with contextlib.suppress(FileNotFoundError):
                 if self.socket_dir_fd is None:
                     self.socket_path.unlink()
@@ -207,7 +230,6 @@ class LightcellServer:
         if self.socket_dir_fd is not None:
             os.close(self.socket_dir_fd)
             self.socket_dir_fd = None
-        METRICS.set("workers_serving", 0)
         LOG.info("stopped")
 
     async def wait_for_termination(self) -> None:
@@ -266,7 +288,7 @@ def _confine(server: LightcellServer) -> None:
     if not confine.supported():
         LOG.warning("seccomp: not supported on this platform (x86_64 Linux only): not confined")
         return
-    if server.socket_path is not None:
+    if server.socket_path is not None and server.own_socket:
         server.socket_dir_fd = os.open(server.socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     LOG.info("%s", confine.confine(unlink_dir_fd=server.socket_dir_fd))
 
@@ -288,37 +310,66 @@ async def serve(
     port: int | None = None,
     grace: float = DEFAULT_GRACE_S,
     max_connections: int = stream_edge.DEFAULT_MAX_CONNECTIONS,
-    watch_config: bool = False,
     seccomp: bool = True,
+    control: ControlWriter | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully. Raises ConfigError before serving.
+    """Serve until SIGTERM or SIGINT, then drain gracefully; on RETIRE_SIGNAL (a supervisor's
+    reload started a newer worker) drain with no time limit. Raises ConfigError before serving.
 
-    `seccomp`: once loaded and bound, confine this process (vmm/confine.py)."""
-    # SIGHUP (and with `watch_config`, a change of the file) reloads the policies. Handled from
-    # the start: a SIGHUP while plugins load must not kill the process (its default action).
-    trigger = ReloadTrigger()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, trigger.request)
-    server = await LightcellServer.start(
-        config, socket_path=socket_path, port=port, max_connections=max_connections
-    )
-    stop = asyncio.Event()
+    `seccomp`: once loaded and bound, confine this process (vmm/confine.py). `control`: the
+    pipe to the supervisor (extproc/control.py), which then owns the socket file."""
     loop = asyncio.get_running_loop()
+    # Handled from the start: a SIGHUP while plugins load must not kill the process (its
+    # default action). Reloads are the supervisor's: it starts new workers on the new file.
+    loop.add_signal_handler(signal.SIGHUP, _hup_is_the_supervisors)
+    server = await LightcellServer.start(
+        config, socket_path=socket_path, port=port, max_connections=max_connections,
+        own_socket=control is None,
+    )  # fmt: skip
+    stop, retire = asyncio.Event(), asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    background = [asyncio.create_task(trigger.run(server.reload), name="lightcell-reload")]
-    if watch_config:
-        background.append(asyncio.create_task(watch(config.path, trigger.request), name="lightcell-watch"))
+    loop.add_signal_handler(RETIRE_SIGNAL, retire.set)
     if seccomp:
         _confine(server)
     else:
         LOG.warning("seccomp: off (--no-seccomp or $%s): this process is not confined", confine.DISABLE_ENV)
+    if control is not None:
+        control.send("serving", port=server.port, pid=os.getpid())
     try:
-        await stop.wait()
+        await _first(stop, retire)
+        if retire.is_set() and not stop.is_set():
+            await _retire(server, stop, control)
         LOG.info("shutting down (grace %.1fs)", grace)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RETIRE_SIGNAL):
             loop.remove_signal_handler(signum)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
         await server.stop(grace)
+
+
+async def _retire(server: LightcellServer, stop: asyncio.Event, control: ControlWriter | None) -> None:
+    """No new streams from now on (gRPC sends GOAWAY: Envoy opens its next connection, to the
+    newer worker); the open ones end when their connections do. Returns early on SIGTERM."""
+    LOG.info("retiring: a newer worker takes new streams; open ones finish here, however long")
+    draining = asyncio.get_running_loop().create_task(server.stop(DRAIN_UNBOUNDED_S))
+    await server.refusing.wait()
+    if control is not None:
+        control.send("draining")
+    stopped = asyncio.get_running_loop().create_task(stop.wait())
+    await asyncio.wait({draining, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if draining.done():
+        LOG.info("retired: every open stream ended")
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.get_running_loop().create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+
+
+def _hup_is_the_supervisors() -> None:
+    LOG.warning("SIGHUP ignored by a worker: send it to the supervisor (the `lightcell serve` process)")

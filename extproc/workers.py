@@ -1,31 +1,35 @@
-"""`lightcell serve --workers N`: N complete `lightcell serve` processes, one supervisor.
+"""`lightcell serve`: an unconfined supervisor and N confined worker processes.
 
-Why: every KVM micro-VM registers an MMU notifier on its process's address
-space, so each madvise/munmap/copy-on-write fault in a process walks all of
-its VMs' notifiers (shared/notes/kvm-here.md, "Scaling trap"). Beyond about
-100-200 live VMs per process that cost grows; several independent worker
-processes, each with its own socket, keep every address space small. Envoy
-balances across them when its `lightcell` cluster lists one endpoint per
-worker socket (see `extproc.harness.lightcell_cluster`).
+The process the operator starts supervises; every worker is a child that loads the plugins,
+binds, confines itself (seccomp) and serves. Why two kinds of process:
 
-Each worker is a full `lightcell serve` with the same configuration and
-options, and its own listening address:
+- confinement: a confined process can no longer open files or compile plugins, so it can
+  never apply a new configuration. The supervisor, which runs no plugin code, never touches
+  guest memory and never runs a VM, stays unconfined and reloads by starting new workers
+  (extproc/reload.py says how; SIGHUP and `--watch` reach only the supervisor);
+- scale: every KVM micro-VM registers an MMU notifier on its process's address space, so
+  each madvise/munmap/copy-on-write fault walks all of its VMs' notifiers
+  (shared/notes/kvm-here.md, "Scaling trap"); several workers keep every address space small.
+  Envoy balances across them when its `lightcell` cluster lists one endpoint per worker
+  socket (see `extproc.harness.lightcell_cluster`).
 
-- `--socket PATH`: worker i listens on `worker_socket(PATH, i)`: `.i` goes
-  before a `.sock` suffix (`lc.sock` -> `lc.0.sock`, `lc.1.sock`, ...), and is
-  appended to any other name (`lc` -> `lc.0`, `lc.1`, ...);
-- `--port P`: worker i listens on 127.0.0.1:P+i (P must not be 0).
+Each worker is a full `lightcell serve --worker` with the same configuration and options,
+and its own listening address:
 
-The supervisor starts worker 0 first and waits until it serves (so a bad
-configuration is reported once, by that worker, and nothing else starts),
-then the others. If any worker fails to start, the started ones are stopped
-and the supervisor exits non-zero. SIGTERM/SIGINT are forwarded to every
-worker, which drain gracefully (`--grace`); the supervisor waits for all.
-SIGHUP is forwarded to every worker once all serve (earlier ones wait for
-that): each re-reads the configuration itself (extproc/reload.py).
-It restarts nothing: if a worker dies, the others are stopped and the
-supervisor exits non-zero, so the orchestrator (systemd, Kubernetes,
-compose) restarts the whole set.
+- `--socket PATH`: with one worker, PATH itself; with N, worker i listens on
+  `worker_socket(PATH, i)`: `.i` goes before a `.sock` suffix (`lc.sock` -> `lc.0.sock`, ...),
+  and is appended to any other name (`lc` -> `lc.0`, `lc.1`, ...);
+- `--port P`: worker i listens on 127.0.0.1:P+i (P may be 0 only with one worker: the port it
+  got is kept across reloads).
+
+The supervisor starts worker 0 first and waits until it serves (so a bad configuration is
+reported once, by that worker, and nothing else starts), then the others. If any fails to
+start, the started ones are stopped and the supervisor exits non-zero. SIGTERM/SIGINT are
+forwarded to every worker, which drain gracefully (`--grace`); the supervisor waits for all
+and removes the socket files (it owns them: a reload renames a newer worker's over them). It
+restarts nothing: if a serving worker dies, the others are stopped and the supervisor exits
+non-zero, so the orchestrator (systemd, Kubernetes, compose) restarts the whole set. If the
+supervisor is killed, its workers are killed with it.
 """
 
 from __future__ import annotations
@@ -35,19 +39,25 @@ import ctypes
 import logging
 import os
 import signal
-import socket
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["Worker", "run_workers", "worker_command", "worker_socket"]
+from extproc.control import RETIRE_SIGNAL, ControlReader
+from extproc.reload import FileWatch, Prints, ReloadResult, changes, fingerprints
+
+__all__ = ["Slot", "Supervisor", "temporary_socket", "worker_command", "worker_socket"]
 
 LOG = logging.getLogger("lightcell.workers")
 POLL_S = 0.05
+ACK_TIMEOUT_S = 30.0
+"""How long a retiring worker may take to confirm it takes no new streams (it is told by a
+signal its event loop handles at once; past this the reload is logged anyway, with a warning)."""
 
 
 def worker_socket(path: Path, index: int) -> Path:
@@ -57,151 +67,360 @@ def worker_socket(path: Path, index: int) -> Path:
     return path.with_name(f"{path.name}.{index}")
 
 
+def temporary_socket(path: Path) -> Path:
+    """Where a reload's new worker binds before its socket is renamed over `path`: the same
+    directory (rename is atomic only there), a hidden name no worker socket can have."""
+    return path.with_name(f".{path.name}.new")
+
+
 @dataclass(frozen=True)
-class Worker:
-    """One worker to start: its command line and where it listens."""
+class Slot:
+    """One worker's place: where it listens, whichever generation fills it."""
 
     index: int
-    argv: Sequence[str]
     socket_path: Path | None
     port: int | None
-    env: Mapping[str, str] | None = None
-    """The worker's environment (None: ours); `--metrics-address` adds PROMETHEUS_MULTIPROC_DIR."""
+
+
+Command = Callable[[Slot, "Path | None", "int | None"], list[str]]
+"""A worker's command line for a slot, the socket path it binds and the port."""
 
 
 def worker_command(
     envoy_config: Path,
     *,
-    socket_path: Path | None,
-    port: int | None,
     grace: float,
     max_connections: int,
     log_level: str,
+    log_format: str = "text",
     seccomp: bool = True,
-) -> list[str]:
-    """A single-process `lightcell serve` command line (this Python, this package)."""
-    argv = [sys.executable, "-m", "extproc.cli", "serve", "--envoy-config", str(envoy_config)]
-    argv += ["--no-socket"] if socket_path is None else ["--socket", str(socket_path)]
-    if port is not None:
-        argv += ["--port", str(port)]
-    argv += ["--grace", str(grace), "--max-connections", str(max_connections), "--log-level", log_level]
-    if not seccomp:
-        argv.append("--no-seccomp")
-    return argv
+) -> Command:
+    """The workers' `lightcell serve --worker` command lines (this Python, this package)."""
+
+    def command(_slot: Slot, socket_path: Path | None, port: int | None) -> list[str]:
+        argv = [sys.executable, "-m", "extproc.cli", "serve", "--worker", "--envoy-config", str(envoy_config)]
+        argv += ["--no-socket"] if socket_path is None else ["--socket", str(socket_path)]
+        if port is not None:
+            argv += ["--port", str(port)]
+        argv += ["--grace", str(grace), "--max-connections", str(max_connections), "--log-level", log_level]
+        argv += ["--log-format", log_format]
+        if not seccomp:
+            argv.append("--no-seccomp")
+        return argv
+
+    return command
+
+
+@dataclass
+class _Running:
+    """One worker process and what it told us."""
+
+    slot: Slot
+    proc: subprocess.Popen[bytes]
+    control: ControlReader
+    bound: Path | None
+    """The socket path it bound (a temporary one until the handover renames it)."""
+    serving: bool = False
+    draining: bool = False
+    port: int | None = None
+    error: str | None = None
+
+    def read(self) -> None:
+        for message in self.control.messages():
+            kind = message.get("kind")
+            if kind == "serving":
+                self.serving, self.port = True, message.get("port")
+            elif kind == "draining":
+                self.draining = True
+            elif kind == "error":
+                self.error = str(message.get("message"))
+
+
+class _Aborted(Exception):
+    """SIGTERM/SIGINT while a generation was starting."""
+
+
+@dataclass
+class Supervisor:
+    """Starts the workers, reloads on SIGHUP (and with `watch` when the file changes), stops
+    them on SIGTERM/SIGINT. `run` returns the exit code."""
+
+    config_path: Path
+    slots: Sequence[Slot]
+    command: Command
+    env: Mapping[str, str] | None = None
+    """The workers' environment (None: ours); `--metrics-address` adds PROMETHEUS_MULTIPROC_DIR."""
+    watch: bool = False
+    metrics_dir: Path | None = None
+    """Where the workers' metrics files are: a dead worker's are marked so (prometheus-client)."""
+    on_reload: Callable[[ReloadResult], None] = lambda _: None
+    current: list[_Running] = field(default_factory=list)
+    retiring: list[_Running] = field(default_factory=list)
+    _signalled: list[int] = field(default_factory=list)
+    _hups: list[int] = field(default_factory=list)
+    _prints: Prints | None = None
+    _ports: dict[int, int] = field(default_factory=dict)
+    _served: bool = False
+    """A generation served: the socket paths are ours to remove at the end (not before: a
+    start refused because another server listens there must leave its socket alone)."""
+
+    def run(self) -> int:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda s, _f: self._hups.append(s))
+        try:
+            return self._run()
+        finally:
+            for proc in self._everyone():  # only on an unexpected error: the rest were reaped
+                if proc.proc.poll() is None:
+                    proc.proc.kill()
+                    proc.proc.wait()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            self._remove_sockets()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signalled.append(signum)
+
+    def _run(self) -> int:
+        # Before the workers read the file: a change from here on is one they may have missed.
+        watch = FileWatch(self.config_path) if self.watch else None
+        try:
+            started = self._start_generation(handover=False)
+        except _Aborted:
+            return self._stop(self._signalled[0])
+        if isinstance(started, int):
+            return started
+        self.current = started
+        self._served = True
+        LOG.info("%d workers serving (pids %s)", len(started), _pids(started))
+        self._prints = self._read_prints()
+        while not self._signalled:
+            if self._hups or (watch is not None and watch.changed()):
+                self._hups.clear()
+                self._reload()
+                continue
+            crashed = next((w for w in self.current if w.proc.poll() is not None), None)
+            if crashed is not None:
+                LOG.error("worker %d (pid %d) exited with %s; stopping the others (nothing is restarted)",
+                          crashed.slot.index, crashed.proc.pid, crashed.proc.returncode)  # fmt: skip
+                self._reap(crashed)
+                self._stop(signal.SIGTERM)
+                return crashed.proc.returncode if crashed.proc.returncode > 0 else 1
+            self._reap_retired()
+            time.sleep(POLL_S)
+        return self._stop(self._signalled[0])
+
+    # ------------------------------------------------------------------ generations
+
+    def _start_generation(self, handover: bool) -> list[_Running] | int:
+        """Start one worker per slot, worker 0 alone first (it compiles what the cache lacks, and
+        fails first on a bad file), and wait until all serve. A failure stops the ones started:
+        its exit code at start-up; on a reload (`handover`) the error text, raised as _Refused."""
+        started: list[_Running] = []
+        for batch in (self.slots[:1], self.slots[1:]):
+            fresh = [self._spawn(slot, handover) for slot in batch]
+            started += fresh
+            failed = self._wait_serving(fresh, started)
+            if failed is not None:
+                self._stop_these(started, signal.SIGTERM)
+                if handover:
+                    raise _Refused(failed.error or f"worker {failed.slot.index} exited with "
+                                   f"{failed.proc.returncode} before serving")  # fmt: skip
+                LOG.error("worker %d exited with %s before serving; stopping the others",
+                          failed.slot.index, failed.proc.returncode)  # fmt: skip
+                return failed.proc.returncode if failed.proc.returncode > 0 else 1
+        for worker in started:
+            if worker.port is not None:
+                self._ports.setdefault(worker.slot.index, worker.port)
+        return started
+
+    def _wait_serving(self, batch: list[_Running], started: list[_Running]) -> _Running | None:
+        pending = list(batch)
+        while pending:
+            if self._signalled:
+                self._stop_these(started, self._signalled[0])
+                raise _Aborted
+            for worker in list(pending):
+                worker.read()
+                if worker.serving:
+                    pending.remove(worker)
+                elif worker.proc.poll() is not None:
+                    worker.read()  # its last words: the error
+                    self._reap(worker)
+                    return worker
+            time.sleep(POLL_S)
+        return None
+
+    def _spawn(self, slot: Slot, handover: bool) -> _Running:
+        bind = slot.socket_path
+        if bind is not None and handover:
+            bind = temporary_socket(bind)
+        port = self._ports.get(slot.index, slot.port)
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        argv = [*self.command(slot, bind, port), "--control-fd", str(write_fd)]
+        LOG.info("starting worker %d on %s", slot.index, _where(bind, port))
+        try:
+            # Own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it
+            # once (a second SIGINT would cut a worker's graceful drain short).
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+                env=None if self.env is None else dict(self.env), pass_fds=(write_fd,),
+            )  # fmt: skip
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        return _Running(slot, proc, ControlReader(read_fd), bind)
+
+    # ------------------------------------------------------------------ reload
+
+    def _reload(self) -> None:
+        from extproc.config import ConfigError, load_config
+
+        LOG.info("reloading %s", self.config_path)
+        try:
+            prints = fingerprints(load_config(self.config_path))
+            fresh = self._start_generation(handover=True)
+        except (ConfigError, _Refused) as e:
+            self._refused(str(e))
+            return
+        except _Aborted:
+            return
+        except Exception as e:  # the parser's unexpected error: refuse, keep serving what runs
+            LOG.exception("reload failed")
+            self._refused(f"{self.config_path}: {type(e).__name__}: {e}")
+            return
+        assert not isinstance(fresh, int)  # a handover raises instead
+        old = self._handover(fresh)
+        lines, unchanged = changes(self._prints, prints)
+        self._prints = prints
+        for line in lines:
+            LOG.info("reload: %s", line)
+        LOG.info(
+            "reload applied from %s: %d change(s), %d policy(ies) unchanged; new streams go to the "
+            "new workers (pids %s), open ones finish on the old (pids %s), which then exit",
+            self.config_path, len(lines), unchanged, _pids(fresh), _pids(old),
+        )  # fmt: skip
+        self.on_reload(ReloadResult(True, None, tuple(lines), unchanged))
+
+    def _handover(self, fresh: list[_Running]) -> list[_Running]:
+        """New workers take each address (rename over the socket path: atomic, so every connect
+        finds a listener), then the old ones stop taking streams and drain."""
+        for worker in fresh:
+            final = worker.slot.socket_path
+            if final is not None and worker.bound is not None and worker.bound != final:
+                os.rename(worker.bound, final)
+                worker.bound = final
+        old, self.current = self.current, fresh
+        for worker in old:
+            _signal(worker, RETIRE_SIGNAL)
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        for worker in old:  # GOAWAY sent: Envoy's next stream goes to a new connection
+            while not worker.draining and worker.proc.poll() is None and time.monotonic() < deadline:
+                worker.read()
+                time.sleep(POLL_S / 5)
+            if not worker.draining and worker.proc.poll() is None:
+                LOG.warning("worker pid %d has not confirmed it stopped taking streams", worker.proc.pid)
+        self.retiring += old
+        return old
+
+    def _refused(self, error: str) -> None:
+        LOG.error("reload refused, still serving the previous configuration:\n%s", error)
+        self.on_reload(ReloadResult(False, error))
+
+    def _read_prints(self) -> Prints | None:
+        """What the workers serve, to name a reload's changes (read after they started: a file
+        changed meanwhile only makes those lines approximate; every reload restarts all)."""
+        from extproc.config import ConfigError, load_config
+
+        try:
+            return fingerprints(load_config(self.config_path))
+        except (ConfigError, OSError):
+            return None
+
+    # ------------------------------------------------------------------ ends
+
+    def _reap_retired(self) -> None:
+        for worker in list(self.retiring):
+            if worker.proc.poll() is not None:
+                self.retiring.remove(worker)
+                self._reap(worker)
+                code = worker.proc.returncode
+                how = "finished its open streams" if code == 0 else "exited"
+                LOG.info("retired worker pid %d %s (exit code %s)", worker.proc.pid, how, code)
+
+    def _reap(self, worker: _Running) -> None:
+        """After a worker's exit: its pipe closed, its live gauges dropped from the sum."""
+        worker.control.close()
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.proc.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+
+    def _everyone(self) -> list[_Running]:
+        return [*self.current, *self.retiring]
+
+    def _stop(self, signum: int) -> int:
+        """Send `signum` to every worker (serving and retiring), wait for all; 0 if the serving
+        ones exited 0."""
+        LOG.info("stopping %d worker(s) (%s)", len(self._everyone()), signal.Signals(signum).name)
+        retiring = list(self.retiring)
+        self._stop_these(self._everyone(), signum)
+        self.retiring = []
+        codes = [w.proc.returncode for w in self.current]
+        for worker in retiring:
+            if worker.proc.returncode != 0:
+                LOG.warning("retiring worker pid %d exited with %s", worker.proc.pid, worker.proc.returncode)
+        return next((code if code > 0 else 1 for code in codes if code != 0), 0)
+
+    def _stop_these(self, workers: Sequence[_Running], signum: int) -> None:
+        for worker in workers:
+            _signal(worker, signum)
+        for worker in workers:
+            worker.proc.wait()
+            self._reap(worker)
+        for worker in workers:  # a temporary socket of a refused reload: no one will rename it
+            if worker.bound is not None and worker.bound != worker.slot.socket_path:
+                _remove_socket(worker.bound)
+
+    def _remove_sockets(self) -> None:
+        if self._served and all(w.proc.poll() is not None for w in self._everyone()):
+            for slot in self.slots:
+                if slot.socket_path is not None:
+                    _remove_socket(slot.socket_path)
+
+
+class _Refused(Exception):
+    """A reload's new worker did not start: the message to log (check's, when it is one)."""
+
+
+def _signal(worker: _Running, signum: int) -> None:
+    if worker.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.proc.pid, signum)
+
+
+def _remove_socket(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the supervisor dies."""
+    """Runs in the child before exec: SIGKILL it if the supervisor dies (a killed sidecar is
+    killed whole, and its restart finds the socket free)."""
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _accepts(worker: Worker) -> bool:
-    """True once the worker's socket (or, without one, its TCP port) accepts a connection."""
-    try:
-        if worker.socket_path is not None:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(1.0)
-                s.connect(str(worker.socket_path))
-        else:
-            assert worker.port is not None
-            with socket.create_connection(("127.0.0.1", worker.port), timeout=1.0):
-                pass
-    except OSError:
-        return False
-    return True
+def _pids(workers: Sequence[_Running]) -> str:
+    return ", ".join(str(w.proc.pid) for w in workers)
 
 
-def run_workers(
-    workers: Sequence[Worker], spawn: Callable[[Worker], subprocess.Popen[bytes]] | None = None
-) -> int:
-    """Start the workers, serve until SIGTERM/SIGINT or until one exits; the exit code."""
-    spawn = spawn or _spawn
-    signalled: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        signalled.append(signum)
-
-    hups: list[int] = []
-
-    def on_hup(signum: int, _frame: FrameType | None) -> None:
-        hups.append(signum)
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        # Worker 0 alone first: a bad configuration fails it, reported once.
-        for batch in (workers[:1], workers[1:]):
-            started = [(w, spawn(w)) for w in batch]
-            procs += [p for _, p in started]
-            pending = list(started)
-            while pending:
-                if signalled:
-                    return _stop(procs, signalled[0])
-                for w, p in list(pending):
-                    if p.poll() is not None:
-                        LOG.error("worker %d exited with %s before serving; stopping the others", w.index,
-                                  p.returncode)  # fmt: skip
-                        _stop(procs, signal.SIGTERM)
-                        return p.returncode if p.returncode > 0 else 1
-                    if _accepts(w):
-                        pending.remove((w, p))
-                time.sleep(POLL_S)
-        LOG.info("%d workers serving (pids %s)", len(procs), ", ".join(str(p.pid) for p in procs))
-        while not signalled:
-            if hups:
-                hups.clear()
-                _forward(procs, signal.SIGHUP)
-            for w, p in zip(workers, procs, strict=True):
-                if p.poll() is not None:
-                    LOG.error("worker %d exited with %s; stopping the others (nothing is restarted)",
-                              w.index, p.returncode)  # fmt: skip
-                    _stop(procs, signal.SIGTERM)
-                    return p.returncode if p.returncode > 0 else 1
-            time.sleep(POLL_S * 4)
-        return _stop(procs, signalled[0])
-    finally:
-        for proc in procs:  # only on an unexpected error: _stop has reaped the rest
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-def _forward(procs: Sequence[subprocess.Popen[bytes]], signum: int) -> None:
-    LOG.info("forwarding %s to %d worker(s)", signal.Signals(signum).name, len(procs))
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signum)
-
-
-def _spawn(worker: Worker) -> subprocess.Popen[bytes]:
-    LOG.info("starting worker %d on %s", worker.index, _where(worker))
-    # Own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it
-    # once (a second SIGINT would cut a worker's graceful drain short).
-    return subprocess.Popen(
-        list(worker.argv), stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
-        env=None if worker.env is None else dict(worker.env),
-    )
-
-
-def _where(worker: Worker) -> str:
-    where = [str(worker.socket_path)] if worker.socket_path is not None else []
-    if worker.port is not None:
-        where.append(f"127.0.0.1:{worker.port}")
+def _where(socket_path: Path | None, port: int | None) -> str:
+    where = [str(socket_path)] if socket_path is not None else []
+    if port is not None:
+        where.append(f"127.0.0.1:{port}")
     return " and ".join(where)
-
-
-def _stop(procs: Sequence[subprocess.Popen[bytes]], signum: int) -> int:
-    """Send `signum` to every live worker, wait for all; 0 if all exited 0."""
-    LOG.info("stopping %d worker(s) (%s)", len(procs), signal.Signals(signum).name)
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signum)
-    codes = [proc.wait() for proc in procs]
-    return next((code if code > 0 else 1 for code in codes if code != 0), 0)
