@@ -4,8 +4,10 @@ For module K (wasm2c -n mK) glue_K.c defines its instance, forwards each of
 its imports (to the `spectest` host module of conformance.c, or to an
 export of the module registered under that name), instantiates it and
 invokes its exports with arguments and results passed as u64 slots (v128
-takes two). conf_glue.c dispatches (module, export) to them. Everything is
-read back from wasm2c's headers, never re-derived (name mangling).
+takes two). conf_glue.c dispatches (module, export) to them. C names are read
+back from wasm2c's headers, never re-derived (name mangling); wasm names come
+from the binary (devtools/wasm_binary.py), never from the header comments,
+which print them unescaped.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.wasm_binary import FUNC, TAG, Export, ModuleInfo
 from vmm.microvm import bind
 from vmm.microvm.compile import CompileError
 
@@ -41,21 +44,25 @@ _SPECTEST_DATA = {
 class Module:
     index: int
     wasm: Path
-    imports_from: dict[str, int]  # registered name -> module index, at instantiation time
+    imports_from: dict[str, int]  # registered name -> module index, only the names it imports from
+    info: ModuleInfo | None = None
+    validate_only: bool = False  # `(module definition ...)`: translated, never built or instantiated
     ok: bool = False
     why: str = ""
+    cause: str = ""  # why it is not ok: a conformance_result cause
     exports: dict[str, int] = field(default_factory=dict)
 
 
-def _decls(header: str, kind: str) -> list[tuple[list[str], bind.CDecl | None]]:
-    """[(quoted names, declaration)] for each import/export comment, in order."""
-    out: list[tuple[list[str], bind.CDecl | None]] = []
-    lines = header.splitlines()
+def _decls(header: str, kind: str) -> list[tuple[str, bind.CDecl | None]]:
+    """[(comment text, declaration)] for each import/export comment, in order."""
+    out: list[tuple[str, bind.CDecl | None]] = []
+    lines = header.split("\n")  # not splitlines(): names may hold \x1c, \x85, U+2028 ...
+    prefix = f"/* {kind}: "
     for i, line in enumerate(lines[:-1]):
-        m = re.match(rf"^/\* {kind}: (.*) \*/$", line.strip())
-        if not m:
+        line = line.strip(" ")
+        if not (line.startswith(prefix) and line.endswith(" */")):
             continue
-        names = [bind._unescape(q) for q in re.findall(r"'((?:[^'\\]|\\.)*)'", m.group(1))]
+        text = line[len(prefix):-3]
         nxt = lines[i + 1].strip()
         d = _DECL.match(nxt)
         f = _FIELD.match(nxt)
@@ -65,8 +72,29 @@ def _decls(header: str, kind: str) -> list[tuple[list[str], bind.CDecl | None]]:
         elif d:
             params = [p.strip() for p in d.group("params").split(",") if p.strip()]
             decl = bind.CDecl(d.group("ret").strip(), d.group("name"), tuple(params[1:]))
-        out.append((names, decl))
+        out.append((text, decl))
     return out
+
+
+def export_decls(header: str, info: ModuleInfo) -> list[tuple[Export, bind.CDecl | None]]:
+    """The binary's exports with their C declarations: wasm2c writes one export
+    comment per export, in the export section's order (tags excepted)."""
+    exports = [e for e in info.exports if e.kind != TAG]
+    decls = _decls(header, "export")
+    if len(decls) != len(exports):
+        raise CompileError(f"{len(decls)} exports in the header, {len(exports)} in the binary")
+    for e, (_, d) in zip(exports, decls, strict=True):
+        if d is not None and (e.kind == FUNC) == d.ret.endswith("*"):
+            raise CompileError(f"export {e.name!r}: header declaration {d.name} of another kind")
+    return [(e, d) for e, (_, d) in zip(exports, decls, strict=True)]
+
+
+def _import_names(text: str, info: ModuleInfo) -> tuple[str, str]:
+    """(module, name) of an import comment: the binary's import it prints (unescaped)."""
+    for imp in info.imports:
+        if text == f"'{imp.module}' '{imp.name}'":
+            return imp.module, imp.name
+    raise CompileError(f"import comment {text!r} matches no import of the binary")
 
 
 def _multi_fields(text: str) -> dict[str, list[str]]:
@@ -122,7 +150,8 @@ static inline f64 lc_conf_f64(const u64 *p) { f64 v; __builtin_memcpy(&v, p, 8);
 """
 
 
-def module_glue(mod: Module, header: str, c_text: str, headers: dict[int, str]) -> str:
+def module_glue(mod: Module, header: str, c_text: str, headers: dict[int, str],
+                infos: dict[int, ModuleInfo]) -> str:
     """glue_K.c: module K's instance, import adapters, instantiate and invoke."""
     k = mod.index
     inc = [f'#include "m{k}.h"'] + [f'#include "m{j}.h"' for j in sorted(set(mod.imports_from.values()))]
@@ -138,10 +167,11 @@ def module_glue(mod: Module, header: str, c_text: str, headers: dict[int, str]) 
            f"w2c_m{k} lc_conf_inst_{k};",
            *(f"extern w2c_m{j} lc_conf_inst_{j};" for j in sorted(set(mod.imports_from.values()))), ""]
     struct_of_module: dict[str, str] = {}
-    for names, decl in _decls(header, "import"):
+    assert mod.info is not None
+    for text, decl in _decls(header, "import"):
         if decl is None:
-            raise CompileError(f"cannot read import {names}")
-        module, name = names
+            raise CompileError(f"cannot read import {text}")
+        module, name = _import_names(text, mod.info)
         inst_t = re.search(re.escape(decl.name) + r"\((struct \w+)\*", header)
         if inst_t is None:
             raise CompileError(f"no instance type for {decl.name}")
@@ -159,7 +189,7 @@ def module_glue(mod: Module, header: str, c_text: str, headers: dict[int, str]) 
                 raise CompileError(f"unknown import spectest::{name}")
         elif module in mod.imports_from:
             j = mod.imports_from[module]
-            target = {n[0]: d for n, d in _decls(headers[j], "export")}.get(name)
+            target = {e.name: d for e, d in export_decls(headers[j], infos[j])}.get(name)
             if target is None:
                 raise CompileError(f"module {module!r} has no export {name!r}")
             cast = f"(w2c_m{j}*)self"
@@ -185,7 +215,7 @@ def module_glue(mod: Module, header: str, c_text: str, headers: dict[int, str]) 
     multi = {**_multi_fields(c_text), **_multi_fields(header)}
     multi_t = {**_multi_types(c_text), **_multi_types(header)}
     cases = []
-    for e, (names, decl) in enumerate(_decls(header, "export")):
+    for e, (export, decl) in enumerate(export_decls(header, mod.info)):
         if decl is None or decl.ret.startswith(("wasm_rt_memory_t", "wasm_rt_funcref_table_t",
                                                 "wasm_rt_externref_table_t", "wasm_rt_shared")):
             continue
@@ -216,7 +246,7 @@ def module_glue(mod: Module, header: str, c_text: str, headers: dict[int, str]) 
             else:
                 lines.append(_store(decl.ret, call, 0))
                 nres = _SLOTS.get(decl.ret, 1)
-        mod.exports[names[0]] = e
+        mod.exports[export.name] = e
         cases.append(f"  case {e}: {{ if (nargs != {nargs} || cap < {nres}) lc_fail(LC_STATUS_ABI, 3);\n"
                      f"    {' '.join(lines)}\n    return {nres}; }}")
     out.append(f"uint32_t lc_conf_invoke_{k}(uint32_t e, const u64 *args, uint32_t nargs, u64 *results,"
