@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _differential import ObservedKv, RecordingHost
 from _host_fakes import Sent
 from test_http_wasmtime import _misbehave_wat
 
@@ -24,7 +25,7 @@ from vmm.capabilities import HostCapabilities
 from vmm.contract import HTTP_PHASES_ALL, MAX_EVENT_BYTES, DecisionKind, HttpPhase
 from vmm.http_abi import Header, HeaderMutation, HttpDecision
 from vmm.kvstore import KvStore
-from vmm.microvm import abi, guest_build
+from vmm.microvm import abi, guest_build, hostcalls
 from vmm.microvm.http_instance import MicroVmHttpInstance, encode_pairs
 from vmm.microvm.http_tier import MicroVmHttpFactory
 from vmm.microvm.image import load_image
@@ -34,7 +35,7 @@ from vmm.microvm.pool import VmPool
 from vmm.microvm.snapshot import warm_up
 from vmm.microvm.tier import _Shared, load_http
 from vmm.microvm.vm import VmFault
-from vmm.policy import Grants, Limits, SandboxSpec
+from vmm.policy import CAPABILITIES, Grants, Limits, SandboxSpec
 from vmm.runner import HttpRunner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
 
@@ -138,7 +139,7 @@ async def load(tmp_path: Path) -> AsyncIterator[LoadFn]:
     opened: list[Any] = []
 
     async def _load(path: Path, tier: str = "microvm", grants: frozenset[str] = frozenset(),
-                    config: str = "", **limits: int) -> Loaded:
+                    config: str = "", **limits: Any) -> Loaded:
         spec = SandboxSpec("http-listener", str(path), Grants(grants), Limits(**limits), config)
         if tier == "microvm":
             factory: Any = await load_http(spec, pool_size=2)
@@ -436,6 +437,109 @@ async def test_a_looping_hook_is_interrupted_and_the_runner_poisoned(load: LoadF
     r = await p.runner("0")  # the pool's next VM is healthy
     assert await r.request_headers([], [], True) == CONTINUE
     assert await r.close() is None
+
+
+# --- Python components (componentize-py, lightcell_sdk) in both tiers ------------------------------
+
+PY_LIMITS = Limits(event_cpu_ms=5000)  # CPython's first calls; no loop is meant here
+PY_PHASES = {"guard": HttpPhase.REQUEST_HEADERS | HttpPhase.RESPONSE_HEADERS,
+             "blockpath": HttpPhase.REQUEST_HEADERS}  # what the SDK derives from the hooks defined
+PY_CASES: list[tuple[str, str, frozenset[str], str, FaultKind | None]] = [
+    # (plugin, config, the request's grants, path, the fault both tiers must show)
+    ("guard", "block=/admin,/private", frozenset(), "/shop/cart?id=1", None),
+    ("guard", "block=/admin,/private", frozenset(), "/private/x?y=1", None),
+    ("guard", "block=/admin;count=on", frozenset({"kv"}), "/shop", None),
+    ("guard", "count=on", frozenset(), "/shop", FaultKind.DENIED),
+    ("guard", "stamp=on", frozenset({"kv"}), "/shop", FaultKind.DENIED),
+    ("guard", "block=admin", frozenset({"kv"}), "/shop", FaultKind.TRAP),  # on-open raises
+    ("blockpath", "", frozenset(), "/admin/users", None),
+    ("blockpath", "", frozenset(), "/shop", None),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+async def python_http(built_plugins: dict[str, Path]) -> AsyncIterator[dict[tuple[str, str], Any]]:
+    """guard and blockpath loaded once per tier (every grant in the spec; each request's host
+    carries its case's grants, as a listener's would). Both tiers' compiles are cached in the
+    user's cache (wasmtime's of CPython takes a minute)."""
+    out: dict[tuple[str, str], Any] = {}
+    try:
+        for plugin in ("guard", "blockpath"):
+            spec = SandboxSpec("http-listener", str(built_plugins[plugin]), Grants(CAPABILITIES), PY_LIMITS)
+            out["microvm", plugin] = await load_http(spec, pool_size=1)
+            out["wasmtime", plugin] = await wt.load_http(spec)
+        yield out
+    finally:
+        for f in out.values():
+            await f.aclose()
+
+
+def _python_request(factory: Any, kv: ObservedKv, plugin: str, config: str, grants: frozenset[str],
+                    path: str) -> tuple[list[Outcome], list[Any]]:
+    """One request through every hook; what each hook decided and the host calls made."""
+    host = RecordingHost("http-listener", plugin, Grants(grants), PY_LIMITS, kv, Sent())
+    steps: list[tuple[str, tuple[Any, ...]]] = [
+        ("open", ("http-listener", config)),
+        ("request_headers", ([Header(":path", path.encode()), Header("x-guard-debug", b"1"),
+                              Header("x-debug", b"1")], [("request.path", path.split("?")[0])], False)),
+        ("request_body", (b"body", True)),
+        ("response_headers", ([Header(":status", b"200")], [("response.code", "200")], False)),
+        ("response_trailers", ([],)),
+    ]  # fmt: skip
+    outcomes = [_python_comparable(o) for o in _request(OnWorker(factory.new_instance(host)), steps)]
+    return outcomes, host.calls
+
+
+def _python_comparable(outcome: Outcome) -> Outcome:
+    """A trap by its kind and hook only: wasmtime words a component's trap by the first line
+    of its error ("error while executing at wasm backtrace:"), the micro-VM by the trap code."""
+    if outcome[0] == "fault" and outcome[1] is FaultKind.TRAP:
+        return (*outcome[:2], outcome[2].split(":")[0])
+    return outcome
+
+
+def test_outside_a_connection_only_answers_that_need_none_are_given() -> None:
+    """Boot, wanted-phases' VM, on-open ahead: no connection. A plugin's (empty) arguments
+    and an immediate poll are the same for every connection; a grant is not (GRANTED is
+    denied, so no snapshot bakes in "not granted"), nor is anything else."""
+    assert hostcalls.dispatch(None, abi.HostFn.ARGUMENTS, 0, b"", b"") == hostcalls.HostcallResult(
+        abi.HostcallStatus.OK, 0, b"")
+    assert hostcalls.dispatch(None, abi.HostFn.POLL, 10**9, struct.pack("<I", 0), b"").status is (
+        abi.HostcallStatus.OK)
+    assert hostcalls.dispatch(None, abi.HostFn.POLL, 0, b"abc", b"").status is abi.HostcallStatus.MISUSE
+    for fn in set(abi.HostFn) - {abi.HostFn.ARGUMENTS, abi.HostFn.POLL}:
+        assert hostcalls.dispatch(None, fn, 0, b"", b"").status is abi.HostcallStatus.DENIED, fn
+
+
+@pytest.mark.parametrize("case", PY_CASES, ids=[f"{c[0]}[{c[1]}|{'+'.join(sorted(c[2]))}]{c[3]}"
+                                               for c in PY_CASES])
+async def test_python_components_agree_across_tiers(python_http: dict[tuple[str, str], Any],
+                                                    case: tuple[Any, ...]) -> None:
+    plugin, config, grants, path, fault = case
+    seen = {}
+    for tier in ("microvm", "wasmtime"):
+        factory = python_http[tier, plugin]
+        assert (factory.tier, factory.phases) == (tier, PY_PHASES[plugin])
+        kv = ObservedKv(100, 1024)
+        # two requests: the second shows a fresh filter (guard's hook count) and the shared kv
+        requests = [_python_request(factory, kv, plugin, config, grants, path) for _ in range(2)]
+        seen[tier] = (requests, kv.contents())
+    assert seen["microvm"] == seen["wasmtime"]
+    first, calls = seen["microvm"][0][0]
+    if fault is not None:
+        assert first[-1][:2] == ("fault", fault), first
+        return
+    assert all(o[0] == "decision" for o in first), first
+    decision = first[1][1]
+    if path.startswith(("/admin", "/private")):
+        assert decision.kind is DecisionKind.RESPOND and decision.status == 403
+    else:
+        assert decision.kind is DecisionKind.MODIFY
+    if plugin == "guard" and decision.kind is DecisionKind.MODIFY:
+        assert first[3][1].headers.set == (Header("x-guard", b"on"), Header("x-guard-hooks", b"2"))
+    if "count=on" in config:
+        assert seen["microvm"][1] == {"requests": (2).to_bytes(8, "little")}
+        assert ("kv_increment", ("requests", 1), 1) in calls
 
 
 # --- a hostile guest: every value it reports is checked ------------------------------------------

@@ -168,8 +168,10 @@ void lc_runtime_handle(const struct lc_request *req, uint32_t in_cap, struct lc_
     case LC_OP_HTTP:
         res.len = lc_http_hook(arg0, arg1, payload, len, (uint8_t *)(out + 1), out_cap - sizeof(*out));
         break;
-    case LC_OP_PHASES:
+    case LC_OP_PHASES: /* load time, in a VM then restored: its first export call */
+        lc_wasip2_startup_random(1);
         res.detail = lc_bind_wanted_phases();
+        lc_wasip2_startup_random(0);
         lc_wasi_flush_output();
         break;
     default:

@@ -172,6 +172,18 @@ UNGATED = frozenset({HostFn.GRANTED, HostFn.ARGUMENTS, HostFn.POLL})
 arguments (none for plugins), and waiting (the guest's wasi:io/poll)."""
 assert set(_CAPABILITY) | UNGATED == set(_HANDLERS) == set(HostFn)
 
+_Answer = Callable[[HostCapabilities | None, int, bytes, bytes], tuple[HostcallStatus, int, bytes]]
+WITHOUT_CONNECTION: dict[int, _Answer] = {
+    HostFn.ARGUMENTS: wasip2_host.arguments,
+    HostFn.POLL: wasip2_host.poll,
+}
+"""Host calls answered with no connection (boot, `wanted-phases` at load, on-open
+ahead): a plugin's arguments are none and its poll returns at once, the same for
+every connection, so an answer here changes nothing a snapshot could carry over.
+Every other call is DENIED there: its answer would depend on a connection's
+grants (GRANTED included) or data, and the event ends cleanly."""
+assert set(WITHOUT_CONNECTION) <= UNGATED
+
 
 def host_fn_capability(fn: HostFn) -> str | None:
     """The grant host call `fn` needs (None: UNGATED)."""
@@ -179,12 +191,19 @@ def host_fn_capability(fn: HostFn) -> str | None:
 
 
 def dispatch(host: HostCapabilities | None, fn: int, a0: int, blob0: bytes, blob1: bytes) -> HostcallResult:
-    """Run one host call. `host` is None outside a connection (boot, warm-up): all denied."""
+    """Run one host call. `host` is None outside a connection (boot, warm-up): all
+    denied but WITHOUT_CONNECTION's."""
     handler = _HANDLERS.get(fn)
     if handler is None:
         raise UnknownHostFn(f"unknown host function {fn}")
     if host is None:
-        return HostcallResult(HostcallStatus.DENIED)
+        answer = WITHOUT_CONNECTION.get(fn)
+        if answer is None:
+            return HostcallResult(HostcallStatus.DENIED)
+        try:
+            return HostcallResult(*answer(None, a0, blob0, blob1))
+        except CapabilityMisuse:
+            return HostcallResult(HostcallStatus.MISUSE)
     try:
         if fn not in UNGATED:
             host.check(_CAPABILITY[fn])  # the call's one grant check

@@ -7,8 +7,9 @@
 Load, once per plugin: the module is compiled for the http-filter world; the
 first VM boots; `wanted-phases` is read from the code when it is a constant
 (check_http_contract; the C SDK), else called once in that booted VM with
-no capabilities (LC_OP_PHASES), which is then restored to its booted state
-(VmPool probe), so nothing it did reaches a request. on-open then runs once
+no grants (LC_OP_PHASES, as the wasmtime tier calls it), which is then
+restored to its booted state (VmPool probe), so nothing it did reaches a
+request. on-open then runs once
 for the snapshot (pool.opened_with), as for tcp-filter, and a rehearsal of
 one request's wanted hooks maps the pages a first request touches. Each
 request leases a VM restored from that snapshot; releasing it restores it
@@ -19,15 +20,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 from vmm.capabilities import HostCapabilities
 from vmm.contract import EXPORT_WANTED_PHASES, HTTP_PHASES_ALL, HTTP_WORLD, HttpPhase
+from vmm.kvstore import KvStore
+from vmm.metrics import Metrics
 from vmm.microvm import abi
 from vmm.microvm.http_instance import MicroVmHttpInstance, encode_pairs, http_fault, phase_index
 from vmm.microvm.pool import PooledVm, VmPool
 from vmm.microvm.tier import _Shared, compile_template, deadline_runner
 from vmm.microvm.vm import MicroVm, VmFault
-from vmm.policy import SandboxSpec
+from vmm.policy import Grants, SandboxSpec
 from vmm.runner import HttpRunner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
 from vmm.wasm_module import CoreHttpContract
@@ -94,11 +98,18 @@ class MicroVmHttpFactory:
 
 
 def _phases_probe(spec: SandboxSpec, run: Run, found: list[HttpPhase]) -> Callable[[MicroVm], None]:
-    """Calls wanted-phases in the booted VM (no capabilities) and checks its bits."""
+    """Calls wanted-phases in the booted VM and checks its bits. The call gets a
+    host with no grants (the wasmtime tier's read_phases: its own metrics, a
+    one-key kv), not None: WASI start-up code (componentize-py asks for the
+    arguments, whether stdout is granted, and reseeds `random` from the
+    STARTUP_RANDOM_BYTES zeros) must get the answers any ungranted plugin gets."""
+    plugin = Path(spec.plugin_path).name.removesuffix(".wasm")
 
     def probe(vm: MicroVm) -> None:
+        host = HostCapabilities(spec.listener, plugin, Grants(), spec.limits, KvStore(1, 1),
+                                metrics=Metrics())
         try:
-            response = run(vm, lambda: vm.call(abi.Op.PHASES))
+            response = run(vm, lambda: vm.call(abi.Op.PHASES, host=host))
         except VmFault as e:
             limits = spec.limits
             fault = http_fault(e, EXPORT_WANTED_PHASES, limits.memory_bytes, limits.event_cpu_ms / 1000)

@@ -4,6 +4,10 @@ GRANTED answers whether the listener grants a capability, without recording
 a denial (the guest drops stdout when `log` is not granted, and gives
 STARTUP_RANDOM_BYTES zeros when `random` is not, as the wasmtime tier does).
 ARGUMENTS gives `lightcell run`'s command-line arguments (plugins have none).
+ARGUMENTS and POLL are answered outside a connection too (hostcalls.py
+WITHOUT_CONNECTION: a plugin's load-time `wanted-phases`, on-open ahead):
+their answer is the same for every connection of a plugin. GRANTED is not:
+its answer is the listener's grants, which a snapshot must not bake in.
 UDP_BIND / UDP_RECV / UDP_SEND need `egress` (hostcalls.py checks it); a
 plugin's HostCapabilities has no UDP service, so it cannot bind or receive,
 and its datagrams go through the egress allow list (`send_datagram`) exactly
@@ -69,7 +73,7 @@ class UdpService(Protocol):
     def wait(self, socks: list[int], timeout_s: float) -> bool: ...
 
 
-def _udp(h: HostCapabilities) -> UdpService | None:
+def _udp(h: HostCapabilities | None) -> UdpService | None:
     service: UdpService | None = getattr(h, "udp", None)
     return service
 
@@ -95,7 +99,8 @@ def granted(h: HostCapabilities, a0: int, _b0: bytes, _b1: bytes) -> Result:
     return _OK, int(h.grants.allows(GRANT_QUERY[a0])), b""
 
 
-def arguments(h: HostCapabilities, _a0: int, _b0: bytes, _b1: bytes) -> Result:
+def arguments(h: HostCapabilities | None, _a0: int, _b0: bytes, _b1: bytes) -> Result:
+    """None outside a connection: a plugin has no arguments (only `lightcell run`'s host has)."""
     args: tuple[str, ...] = getattr(h, "arguments", ())
     encoded = [a.encode() for a in args]
     if any(b"\0" in a for a in encoded):
@@ -148,7 +153,7 @@ def udp_send(h: HostCapabilities, a0: int, b0: bytes, b1: bytes) -> Result:
     return _OK, 0 if code is None else 1 + int(code), b""
 
 
-def poll(h: HostCapabilities, a0: int, b0: bytes, _b1: bytes) -> Result:
+def poll(h: HostCapabilities | None, a0: int, b0: bytes, _b1: bytes) -> Result:
     if len(b0) % 4 or len(b0) > 4 * _MAX_POLL_IDS:
         raise CapabilityMisuse(f"poll list of {len(b0)} bytes")
     socks = [s for (s,) in struct.iter_unpack("<I", b0) if s]
