@@ -6,9 +6,8 @@ a missing or broken tier only matters to listeners that ask for it.
 
 Tier `auto` prefers the micro-VM tier (two walls: wasm sandbox + KVM) where
 /dev/kvm works and the plugin is a core module or a component it compiles
-(tcp-filter componentize-py ones included; JavaScript and http-filter
-components not yet); otherwise it falls back to
-wasmtime (one wall) with a start-up warning.
+(componentize-py ones of both worlds included; JavaScript components not
+yet); otherwise it falls back to wasmtime (one wall) with a start-up warning.
 
 HTTP policies (listeners and routes, issue 8) load http-filter plugins with
 the tier's `load_http` (vmm.microvm.tier, vmm.wasmtime_tier), the tier
@@ -102,9 +101,9 @@ inside a componentize-js plugin over 7 minutes and 12 GB of RAM."""
 
 def _microvm_refusal(path: Path) -> str | None:
     """Why the micro-VM cannot run this plugin, or None: core modules and
-    tcp-filter components (all their core modules, with generated glue) it
+    components of either world (all their core modules, with generated glue) it
     can; not yet JavaScript components (SpiderMonkey is not compiled for the
-    guest) nor http-filter ones (their WASI start-up is not served at load)."""
+    guest)."""
     from vmm.microvm.component_parse import ComponentFormatError, parse_component
     from vmm.wasm_module import WasmFormatError, largest_code_section, unwrap_core
 
@@ -125,8 +124,6 @@ def _microvm_refusal(path: Path) -> str | None:
         return f"the plugin is a component the micro-VM cannot run ({e})"
     if "JavaScript" in component.producers.get("language", []):
         return "the plugin is a JavaScript component, not compiled for the micro-VM yet"
-    if "wanted-phases" in component.exports:
-        return "the plugin is an http-filter component, not run in the micro-VM yet"
     return None
 
 

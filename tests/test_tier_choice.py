@@ -40,3 +40,11 @@ def test_auto_keeps_a_plugin_with_too_much_code_in_wasmtime() -> None:
     choice = plugins.choose_tier(_spec(jsonpatch), Tier.AUTO)
     assert choice.tier is Tier.WASMTIME
     assert "MiB of code" in choice.reason and "tier: microvm" in choice.reason
+
+
+def test_auto_runs_python_components_of_both_worlds_in_the_micro_vm() -> None:
+    """componentize-py components compile whole for the micro-VM, tcp-filter and http-filter
+    alike (the http ones' wanted-phases runs at load as in wasmtime: vmm/microvm/http_tier.py)."""
+    for name in ("counter", "guard", "blockpath"):
+        choice = plugins.choose_tier(_spec(plugin_build.build(name)), Tier.AUTO)
+        assert choice.tier is Tier.MICROVM, (name, choice.reason)
