@@ -135,7 +135,8 @@ def _observability_args(serve: argparse.ArgumentParser) -> None:
         "loopback unless --metrics-public. With --workers the supervisor serves every worker's sum",
     )  # fmt: skip
     serve.add_argument(
-        "--metrics-public", action="store_true",
+        "--metrics-public",
+        action="store_true",
         help="allow a non-loopback --metrics-address (it names listeners, plugins and capabilities)",
     )
 

@@ -185,7 +185,7 @@ class Supervisor:
         # Before the workers read the file: a change from here on is one they may have missed.
         watch = FileWatch(self.config_path) if self.watch else None
         try:
-            started = self._start_generation(handover=False)
+            started = self._start_generation(handover=False, meanwhile=self._read_prints)
         except _Aborted:
             return self._stop(self._signalled[0])
         if isinstance(started, int):
@@ -193,7 +193,6 @@ class Supervisor:
         self.current = started
         self._served = True
         LOG.info("%d workers serving (pids %s)", len(started), _pids(started))
-        self._prints = self._read_prints()
         while not self._signalled:
             if self._hups or (watch is not None and watch.changed()):
                 self._hups.clear()
@@ -212,7 +211,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ generations
 
-    def _start_generation(self, handover: bool) -> list[_Running] | int:
+    def _start_generation(
+        self, handover: bool, meanwhile: Callable[[], None] = lambda: None
+    ) -> list[_Running] | int:
         """Start one worker per slot, worker 0 alone first (it compiles what the cache lacks, and
         fails first on a bad file), and wait until all serve. A failure stops the ones started:
         its exit code at start-up; on a reload (`handover`) the error text, raised as _Refused."""
@@ -220,6 +221,8 @@ class Supervisor:
         for batch in (self.slots[:1], self.slots[1:]):
             fresh = [self._spawn(slot, handover) for slot in batch]
             started += fresh
+            if len(started) == len(fresh):
+                meanwhile()
             failed = self._wait_serving(fresh, started)
             if failed is not None:
                 self._stop_these(started, signal.SIGTERM)
@@ -329,15 +332,14 @@ class Supervisor:
         LOG.error("reload refused, still serving the previous configuration:\n%s", error)
         self.on_reload(ReloadResult(False, error))
 
-    def _read_prints(self) -> Prints | None:
-        """What the workers serve, to name a reload's changes (read after they started: a file
-        changed meanwhile only makes those lines approximate; every reload restarts all)."""
+    def _read_prints(self) -> None:
+        """What the first workers serve, to name the first reload's changes: read while worker 0
+        starts (it reads the file after its imports, later; a change in between makes only those
+        lines approximate: every reload restarts every worker on the whole file)."""
         from extproc.config import ConfigError, load_config
 
-        try:
-            return fingerprints(load_config(self.config_path))
-        except (ConfigError, OSError):
-            return None
+        with contextlib.suppress(ConfigError, OSError):
+            self._prints = fingerprints(load_config(self.config_path))
 
     # ------------------------------------------------------------------ ends
 

@@ -1,10 +1,13 @@
-"""Live reload in process: a real server, real plugins, a gRPC client playing Envoy.
+"""Live reload by the supervisor, with the workers confined (seccomp, the default): a real
+`lightcell serve`, real plugins, a gRPC client playing Envoy.
 
-What a reload swaps (new and changed policies serve new streams; open streams keep the
-plugin they started with; a removed listener refuses new streams; an unchanged policy
-keeps its loaded plugin), when a replaced plugin is closed (after its last stream, not
-before), and that a file `check` refuses changes nothing and is reported with check's
-message. The Envoy end-to-end test is tests/test_envoy_reload.py.
+A reload starts new workers on the new file and retires the old ones: new streams get the
+new policies (a new and a changed listener served, a removed one refused), open streams
+keep the plugin they started with on the old worker, which exits once they end; a file
+`check` refuses (the YAML, a field, a plugin only the new worker's loader rejects) changes
+nothing and is logged with check's very message; metrics sum across the swap; a worker that
+dies after a reload still stops the supervisor. The Envoy end-to-end test is
+tests/test_envoy_reload.py; the leases that keep a plugin open are tested at the end.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import logging
+import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,27 +29,25 @@ import grpc
 import pytest
 from envoy.service.network_ext_proc.v3 import network_external_processor_pb2 as pb
 from envoy.service.network_ext_proc.v3 import network_external_processor_pb2_grpc as pb_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from extproc import cli
-from extproc.config import load_config
 from extproc.harness import (
+    LightcellProcess,
     ListenerSpec,
     lightcell_command,
     render_bootstrap,
     wait_for_unix_socket,
     write_config,
 )
+from extproc.harness.upstream import free_port
 from extproc.policy_table import PolicyTable
-from extproc.reload import ReloadTrigger
-from extproc.server import LightcellServer
-from extproc.workers import worker_socket
-from vmm.capabilities import HostCapabilities
-from vmm.kvstore import KvStore
-from vmm.policy import Grants, Limits
+from extproc.workers import temporary_socket, worker_socket
 
 IO_TIMEOUT = 30.0
 Stream = Any  # grpc.aio.StreamStreamCall (grpc ships no type stubs)
 LIMITS = {"memory_mb": 16, "event_cpu_ms": 2000}  # room on 2 busy cores; nothing here is timed
+REFUSED = "reload refused, still serving the previous configuration:\n"
 
 
 def read(data: bytes) -> pb.ProcessingRequest:
@@ -76,6 +78,15 @@ async def refused(stream: Stream) -> grpc.StatusCode:
     return info.value.code()
 
 
+async def through(sock: Path, listener: str, data: bytes) -> bytes:
+    """One stream on a fresh connection (to whichever worker the path leads to now)."""
+    async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
+        stream = open_stream(ch, listener)
+        got = await send(stream, data)
+        assert await finish(stream) is grpc.StatusCode.OK
+        return got
+
+
 def write(path: Path, plugin: Path, tier: str, listeners: dict[str, str]) -> Path:
     """An Envoy config: one rewrite listener per name, with that plugin config."""
     specs = [
@@ -85,18 +96,64 @@ def write(path: Path, plugin: Path, tier: str, listeners: dict[str, str]) -> Pat
     return write_config(render_bootstrap(specs, path.parent / "envoy.sock"), path)
 
 
-def idle_host() -> HostCapabilities:
-    return HostCapabilities("l", "p", Grants(), Limits(), KvStore(1, 1))
+def workers_of(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def until(check: Callable[[], bool], what: str, log: Callable[[], str]) -> None:
+    deadline = time.monotonic() + IO_TIMEOUT
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen; lightcell's log:\n{log()[-4000:]}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Served:
+    lightcell: LightcellProcess
+    sock: Path
+    reloads: int = 0
+    refusals: int = 0
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.lightcell.pid is not None
+        return self.lightcell.pid
+
+    async def reload(self, applied: bool = True) -> None:
+        """SIGHUP, and wait until the supervisor logged the outcome."""
+        os.kill(self.pid, signal.SIGHUP)
+        if applied:
+            self.reloads += 1
+            await until(lambda: self.lightcell.log().count("reload applied") == self.reloads, "a reload",
+                        self.lightcell.log)  # fmt: skip
+        else:
+            self.refusals += 1
+            await until(lambda: self.lightcell.log().count("reload refused") == self.refusals, "a refusal",
+                        self.lightcell.log)  # fmt: skip
 
 
 @contextlib.asynccontextmanager
-async def running(config: Path, tmp_path: Path) -> AsyncIterator[tuple[LightcellServer, grpc.aio.Channel]]:
-    server = await LightcellServer.start(load_config(config), socket_path=tmp_path / "lc.sock")
+async def serving(config: Path, tmp_path: Path, *extra: str) -> AsyncIterator[Served]:
+    sock = tmp_path / "lc.sock"
+    lightcell = LightcellProcess(config, sock, tmp_path / "lightcell.log", extra)
+    await lightcell.start(timeout_s=120)
     try:
-        async with grpc.aio.insecure_channel(f"unix:{server.socket_path}") as ch:
-            yield server, ch
-    finally:
-        await server.stop(grace=1.0)
+        yield Served(lightcell, sock)
+    except BaseException:
+        await lightcell.stop()
+        raise
+    assert await lightcell.stop() == 0, lightcell.log()[-3000:]
+    assert not sock.exists() and not temporary_socket(sock).exists()
 
 
 @pytest.mark.parametrize("tier", ["wasmtime", pytest.param("microvm", marks=pytest.mark.kvm)])
@@ -105,109 +162,171 @@ async def test_a_reload_serves_new_streams_and_lets_open_ones_finish(
 ) -> None:
     rw, path = built_plugins["rewrite"], tmp_path / "envoy.yaml"
     write(path, rw, tier, {"edge": "read=upper", "steady": "read=rot13", "gone": "read=pass"})
-    async with running(path, tmp_path) as (server, ch):
-        steady, old_edge, old_gone = (server.listeners[n].factory for n in ("steady", "edge", "gone"))
-        kv = server.listeners["steady"].kv
-        before = open_stream(ch, "edge")
-        assert await send(before, b"Hello") == b"HELLO"
-        leaving = open_stream(ch, "gone")
-        assert await send(leaving, b"Bye") == b"Bye"
+    async with serving(path, tmp_path) as served:
+        [old_worker] = workers_of(served.pid)
+        async with grpc.aio.insecure_channel(f"unix:{served.sock}") as ch:
+            before = open_stream(ch, "edge")
+            assert await send(before, b"Hello") == b"HELLO"
+            leaving = open_stream(ch, "gone")
+            assert await send(leaving, b"Bye") == b"Bye"
 
-        write(path, rw, tier, {"edge": "read=lower", "steady": "read=rot13", "fresh": "read=number"})
-        result = await server.reload()
-        assert result.applied, result.error
-        assert sorted(result.changes) == [
-            "listener edge: changed", "listener fresh: added", "listener gone: removed",
-        ]  # fmt: skip
-        assert result.unchanged == 1
-        # Unchanged: the same loaded plugin (no recompile, no pool reboot) and kv store.
-        assert server.listeners["steady"].factory is steady and server.listeners["steady"].kv is kv
+            write(path, rw, tier, {"edge": "read=lower", "steady": "read=rot13", "fresh": "read=number"})
+            await served.reload()
+            log = served.lightcell.log()
+            for line in ("listener edge: changed", "listener fresh: added", "listener gone: removed"):
+                assert f"reload: {line}" in log
+            assert "3 change(s), 1 policy(ies) unchanged" in log
+            [new_worker] = [p for p in workers_of(served.pid) if p != old_worker]
 
-        # The open connection keeps its sandbox and behaviour; a new one gets the new policy.
-        assert await send(before, b"World") == b"WORLD"
-        after = open_stream(ch, "edge")
-        assert await send(after, b"World") == b"world"
-        fresh = open_stream(ch, "fresh")
-        assert await send(fresh, b"a") == b"1:a"
-        # A removed listener: its open stream finishes, a new one is refused as unknown.
-        assert await send(leaving, b"Still") == b"Still"
-        assert await refused(open_stream(ch, "gone")) is grpc.StatusCode.NOT_FOUND
+            # The open streams keep their sandbox and behaviour on the old worker ...
+            assert await send(before, b"World") == b"WORLD"
+            assert await send(leaving, b"Still") == b"Still"
+            # ... new connections reach the new worker and its policies.
+            assert await through(served.sock, "edge", b"World") == b"world"
+            assert await through(served.sock, "fresh", b"a") == b"1:a"
+            assert await through(served.sock, "steady", b"abc") == b"nop"
+            async with grpc.aio.insecure_channel(f"unix:{served.sock}") as fresh_ch:
+                assert await refused(open_stream(fresh_ch, "gone")) is grpc.StatusCode.NOT_FOUND
 
-        # The replaced plugins stay open while a stream holds them ...
-        table = server.served.tcp
-        assert table.retired == 2 and table.leases(server.listeners["edge"]) == 1
-        await table.settled()
-        assert (await old_edge.new_sandbox(idle_host())) is not None
-        # ... and are closed once their last stream ended (pools and tickers released).
-        for stream in (before, leaving, after, fresh):
-            assert await finish(stream) is grpc.StatusCode.OK
-        await table.settled()
-        assert table.retired == 0
-        for factory in (old_edge, old_gone):
-            with pytest.raises(RuntimeError, match="closed"):
-                await factory.new_sandbox(idle_host())
-            if tier == "microvm":
-                assert factory.pool.live == 0  # type: ignore[attr-defined]
-        assert (await steady.new_sandbox(idle_host())) is not None  # still serving
+            # The old worker exits once its last stream ended (releasing its pools), not before.
+            assert await finish(before) is grpc.StatusCode.OK
+            assert not gone(old_worker)
+            assert await finish(leaving) is grpc.StatusCode.OK
+        await until(lambda: gone(old_worker), "the old worker's exit", served.lightcell.log)
+        assert f"retired worker pid {old_worker} finished its open streams (exit code 0)" in (
+            served.lightcell.log()
+        )
+        assert workers_of(served.pid) == [new_worker]
 
 
-async def test_a_file_check_refuses_changes_nothing(
-    built_plugins: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_sighup_with_a_bad_file_keeps_the_running_config(
+    built_plugins: dict[str, Path], tmp_path: Path
 ) -> None:
     rw, path = built_plugins["rewrite"], tmp_path / "envoy.yaml"
     write(path, rw, "wasmtime", {"edge": "read=upper"})
-    async with running(path, tmp_path) as (server, ch):
-        factory = server.listeners["edge"].factory
-        bad_plugin = tmp_path / "broken.wasm"
-        bad_plugin.write_bytes(b"\0asm\1\0\0\0\xff")  # a truncated section: the loader refuses it
-        broken: dict[str, Callable[[], object]] = {
-            "yaml": lambda: path.write_text("static_resources: [unclosed"),
-            "field": lambda: path.write_text(path.read_text().replace("tier: wasmtime", "tier: quantum")),
-            "plugin": lambda: write(path, bad_plugin, "wasmtime", {"edge": "read=lower"}),
-        }
+    bad_plugin = tmp_path / "broken.wasm"
+    bad_plugin.write_bytes(b"\0asm\1\0\0\0\xff")  # a truncated section: only a loader sees it
+    broken: dict[str, Callable[[], object]] = {
+        "yaml": lambda: path.write_text("static_resources: [unclosed"),
+        "field": lambda: path.write_text(path.read_text().replace("tier: wasmtime", "tier: quantum")),
+        "plugin": lambda: write(path, bad_plugin, "wasmtime", {"edge": "read=lower"}),
+    }
+    async with serving(path, tmp_path) as served:
+        [worker] = workers_of(served.pid)
         for name, breaks in broken.items():
-            write(path, rw, "wasmtime", {"edge": "read=upper"})
             breaks()
-            with caplog.at_level(logging.ERROR, "lightcell.reload"):
-                result = await server.reload()
-            assert not result.applied and result.error, name
+            await served.reload(applied=False)
             # The very message `lightcell check` prints for this file.
             err = io.StringIO()
-            with contextlib.redirect_stderr(err):  # check runs its own event loop: another thread
+            with contextlib.redirect_stderr(err):
                 assert await asyncio.to_thread(cli.main, ["check", "--envoy-config", str(path)]) == 1
-            assert err.getvalue().strip() == f"lightcell: error: {result.error}", name
-            assert result.error in caplog.text
-            # Traffic continues on the running policy.
-            assert server.listeners["edge"].factory is factory
-            stream = open_stream(ch, "edge")
-            assert await send(stream, b"ok") == b"OK"
-            assert await finish(stream) is grpc.StatusCode.OK
+            message = err.getvalue().strip().removeprefix("lightcell: error: ")
+            assert f"{REFUSED}{message}" in served.lightcell.log(), name
+            # The same worker serves the running policy; a refused worker left no socket behind.
+            assert workers_of(served.pid) == [worker], name
+            assert await through(served.sock, "edge", b"ok") == b"OK", name
+            assert not temporary_socket(served.sock).exists(), name
+        write(path, rw, "wasmtime", {"edge": "read=lower"})  # fixed: applies
+        await served.reload()
+        assert await through(served.sock, "edge", b"OK") == b"ok"
 
 
-async def test_reload_of_an_unchanged_file_reloads_a_rebuilt_plugin_only(
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == f"lightcell_{name}" and want <= ls)
+
+
+async def test_metrics_sum_across_a_reload_and_sigterm_cuts_a_drain_short(
     built_plugins: dict[str, Path], tmp_path: Path
 ) -> None:
-    plugin = tmp_path / "rw.wasm"
-    plugin.write_bytes(built_plugins["rewrite"].read_bytes())
-    path = tmp_path / "envoy.yaml"
-    write(path, plugin, "wasmtime", {"edge": "read=upper"})
-    async with running(path, tmp_path) as (server, _):
-        factory = server.listeners["edge"].factory
-        nothing = await server.reload()
-        assert nothing.applied and nothing.changes == () and server.listeners["edge"].factory is factory
-        plugin.write_bytes(plugin.read_bytes() + b"\0\x04name")  # another file: a custom section more
-        rebuilt = await server.reload()
-        assert rebuilt.changes == ("listener edge: changed",)
-        assert server.listeners["edge"].factory is not factory
+    rw, path = built_plugins["rewrite"], tmp_path / "envoy.yaml"
+    write(path, rw, "wasmtime", {"edge": "read=upper"})
+    port, sock, log_path = free_port(), tmp_path / "lc.sock", tmp_path / "lightcell.log"
+    argv = [*lightcell_command(), "serve", "--envoy-config", str(path), "--socket", str(sock)]
+    argv += ["--metrics-address", f"127.0.0.1:{port}", "--grace", "1"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert await wait_for_unix_socket(sock, 120, lambda: proc.poll() is None), log_path.read_text()
+        [old_worker] = workers_of(proc.pid)
+        async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
+            held = open_stream(ch, "edge")
+            assert await send(held, b"one") == b"ONE"
+            write(path, rw, "wasmtime", {"edge": "read=lower"})
+            proc.send_signal(signal.SIGHUP)
+            await until(lambda: "reload applied" in log_path.read_text(), "a reload", log_path.read_text)
+            assert await through(sock, "edge", b"TWO") == b"two"
+
+            def summed(s: dict[Any, float]) -> bool:
+                return (
+                    value(s, "connections_total", listener="edge") == 2  # one per worker, both kept
+                    and value(s, "connections_active", listener="edge") == 1  # the held one
+                    and value(s, "workers_serving") == 1  # the retiring worker counts no more
+                )
+
+            await until(lambda: summed(scrape(port)), "one scrape of both workers", log_path.read_text)
+            assert value(scrape(port), "reloads_total", result="applied") == 1
+            # SIGTERM while the old worker drains: --grace bounds it, everyone exits cleanly.
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 60) == 0, log_path.read_text()[-3000:]
+            assert gone(old_worker)
+            assert await held.code() is not grpc.StatusCode.OK  # cut after the grace
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not sock.exists()
 
 
-# ----------------------------------------------------------------------------- the pieces
+async def test_every_worker_reloads_and_a_dead_one_still_stops_the_supervisor(
+    built_plugins: dict[str, Path], tmp_path: Path
+) -> None:
+    rw, path = built_plugins["rewrite"], tmp_path / "envoy.yaml"
+    write(path, rw, "wasmtime", {"edge": "read=upper"})
+    base, log_path = tmp_path / "lc.sock", tmp_path / "supervisor.log"
+    sockets = [worker_socket(base, i) for i in range(2)]
+    argv = [*lightcell_command(), "serve", "--envoy-config", str(path), "--socket", str(base)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([*argv, "--workers", "2"], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        for sock in sockets:
+            assert await wait_for_unix_socket(sock, 120, lambda: proc.poll() is None), log_path.read_text()
+        assert [await through(s, "edge", b"Hi") for s in sockets] == [b"HI", b"HI"]
+        old = set(workers_of(proc.pid))
+        write(path, rw, "wasmtime", {"edge": "read=lower"})
+        proc.send_signal(signal.SIGHUP)
+        await until(lambda: "reload applied" in log_path.read_text(), "a reload", log_path.read_text)
+        assert [await through(s, "edge", b"Hi") for s in sockets] == [b"hi", b"hi"]
+        await until(lambda: all(gone(p) for p in old), "the old workers' exit", log_path.read_text)
+        new = workers_of(proc.pid)
+        assert len(new) == 2 and not old & set(new)
+        os.kill(new[0], signal.SIGKILL)  # a crash after the reload: handled as before it
+        assert await asyncio.to_thread(proc.wait, 60) == 1, log_path.read_text()
+        assert "exited with -9; stopping the others" in log_path.read_text()
+        assert gone(new[1]) and not any(s.exists() for s in sockets)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            await asyncio.to_thread(proc.wait, 60)
+
+
+# ----------------------------------------------------------------------------- the leases
 
 
 @dataclass
 class Closable:
     closed: int = 0
-    events: list[str] = field(default_factory=list)
 
     async def aclose(self) -> None:
         self.closed += 1
@@ -252,73 +371,3 @@ async def test_a_lease_handed_to_the_release_ends_after_it() -> None:
     await pending
     await table.settled()
     assert a.closed == 1
-
-
-async def test_requests_during_a_reload_fold_into_one_more() -> None:
-    trigger, calls, gate = ReloadTrigger(), [], asyncio.Event()
-
-    async def reload() -> None:
-        calls.append(1)
-        await gate.wait()
-
-    trigger.request()  # before run: kept
-    task = asyncio.create_task(trigger.run(reload))
-    while not calls:
-        await asyncio.sleep(0)
-    trigger.request()
-    trigger.request()
-    gate.set()
-    while len(calls) < 2:
-        await asyncio.sleep(0)
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert len(calls) == 2
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def test_workers_each_reload_on_the_supervisors_sighup(
-    built_plugins: dict[str, Path], tmp_path: Path
-) -> None:
-    rw, path = built_plugins["rewrite"], tmp_path / "envoy.yaml"
-    write(path, rw, "wasmtime", {"edge": "read=upper"})
-    base, log_path = tmp_path / "lc.sock", tmp_path / "supervisor.log"
-    sockets = [worker_socket(base, i) for i in range(2)]
-    argv = [*lightcell_command(), "serve", "--envoy-config", str(path), "--socket", str(base)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*argv, "--workers", "2", "--no-seccomp"], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        for sock in sockets:
-            ready = await wait_for_unix_socket(sock, 120, lambda: proc.poll() is None)
-            assert ready, log_path.read_text()
-
-        async def through(sock: Path, data: bytes) -> bytes:
-            async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
-                stream = open_stream(ch, "edge")
-                got = await send(stream, data)
-                assert await finish(stream) is grpc.StatusCode.OK
-                return got
-
-        assert [await through(s, b"Hi") for s in sockets] == [b"HI", b"HI"]
-        write(path, rw, "wasmtime", {"edge": "read=lower"})
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + IO_TIMEOUT
-        while log_path.read_text().count("reload applied") < 2:
-            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
-            await asyncio.sleep(0.05)
-        assert [await through(s, b"Hi") for s in sockets] == [b"hi", b"hi"]
-    finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 60)
-
-
-def test_watch_without_no_seccomp_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("LIGHTCELL_NO_SECCOMP", raising=False)
-    assert cli.main(["serve", "--envoy-config", str(tmp_path / "any.yaml"), "--watch"]) == 1
-    assert "--watch needs --no-seccomp" in capsys.readouterr().err
