@@ -1,24 +1,25 @@
-"""Live reload of HTTP policies, in process: a real server and the redact plugin, a gRPC client
-playing Envoy's HTTP ext_proc filter. A route policy is changed while a request on it is open:
-the open request keeps the old plugin, a new request gets the new one, the listener's own
-policy (unchanged) keeps its plugin, and the replaced one is closed after the request ends.
+"""Live reload of HTTP policies: a real `lightcell serve` (confined workers) and the redact
+plugin, a gRPC client playing Envoy's HTTP ext_proc filter. A route policy is changed while a
+request on it is open: the open request keeps the old plugin on the old worker, a new request
+gets the new one from the new worker, the log names the one change, and the old worker exits
+once the request ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from extproc.config import load_config
-from extproc.harness import static_cluster, write_config
-from extproc.server import LightcellServer
+from extproc.harness import LightcellProcess, static_cluster, write_config
 
 IO_TIMEOUT = 30.0
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -105,31 +106,37 @@ async def end(call: Call) -> grpc.StatusCode:
     return await call.code()
 
 
+async def _until_log(lightcell: LightcellProcess, text: str) -> None:
+    deadline = time.monotonic() + IO_TIMEOUT
+    while text not in lightcell.log():
+        assert time.monotonic() < deadline, lightcell.log()[-3000:]
+        await asyncio.sleep(0.05)
+
+
 async def test_a_changed_route_policy_serves_new_requests_only(
     built_plugins: dict[str, Path], tmp_path: Path
 ) -> None:
     redact, path = built_plugins["redact"], tmp_path / "envoy.yaml"
     write(path, redact, listener="secret", route="token")
-    server = await LightcellServer.start(load_config(path), socket_path=tmp_path / "lc.sock")
+    sock = tmp_path / "lc.sock"
+    lightcell = LightcellProcess(path, sock, tmp_path / "lightcell.log")
+    await lightcell.start(timeout_s=120)
     try:
-        listener_factory = server.http.listeners["web"].factory
-        old_route = server.http.routes["web/api"].factory
-        async with grpc.aio.insecure_channel(f"unix:{server.socket_path}") as ch:
+        assert lightcell.pid is not None
+        async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
             before = await start_request(ch)
             write(path, redact, listener="secret", route="secret")
-            result = await server.reload()
-            assert result.applied, result.error
-            assert result.changes == ("route web/api: changed",) and result.unchanged == 1
-            assert server.http.listeners["web"].factory is listener_factory
-            assert server.served.routes.retired == 1  # held by the open request
+            os.kill(lightcell.pid, signal.SIGHUP)
+            await _until_log(lightcell, "reload applied")
+            assert "reload: route web/api: changed" in lightcell.log()
+            assert "1 change(s), 1 policy(ies) unchanged" in lightcell.log()
             assert await body(before, b"token secret") == b"***** secret"  # the old route policy
-            after = await start_request(ch)
-            assert await body(after, b"token secret") == b"token ******"
-            for call in (before, after):
-                assert await end(call) is grpc.StatusCode.OK
-        await server.served.routes.settled()
-        assert server.served.routes.retired == 0
-        with pytest.raises(RuntimeError, match="closed"):
-            await old_route.new_sandbox(None)  # type: ignore[arg-type]  # refused before use
+            async with grpc.aio.insecure_channel(f"unix:{sock}") as fresh:  # reaches the new worker
+                after = await start_request(fresh)
+                assert await body(after, b"token secret") == b"token ******"
+                assert await end(after) is grpc.StatusCode.OK
+            assert "finished its open streams" not in lightcell.log()
+            assert await end(before) is grpc.StatusCode.OK
+        await _until_log(lightcell, "finished its open streams (exit code 0)")
     finally:
-        await server.stop(grace=1.0)
+        assert await lightcell.stop() == 0, lightcell.log()[-3000:]
