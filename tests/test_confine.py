@@ -5,9 +5,11 @@
 - a child process that does serve's start-up (KVM open, a micro-VM template, a
   thread) and then confines itself still makes VMs and threads, but cannot open
   a file (in any thread, old or new), and dies on execve or fork;
-- a real `lightcell serve` (and each worker of `--workers 2`) runs every thread
-  with the filter and no-new-privileges, serves TCP through the real Envoy in
-  both tiers, and removes its socket when it stops; `--no-seccomp` turns it off.
+- a real `lightcell serve` worker (each of `--workers 2`) runs every thread with
+  the filter and no-new-privileges, serves TCP through the real Envoy in both
+  tiers, and its socket is gone once it stops; the supervisor that starts the
+  workers stays unconfined; the worker a reload starts is confined like the
+  first; `--no-seccomp` turns it off.
 """
 
 from __future__ import annotations
@@ -245,6 +247,10 @@ def _thread_status(pid: int) -> list[dict[str, str]]:
     return out
 
 
+def _workers(supervisor: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()]
+
+
 async def _assert_confined(pid: int) -> None:
     # The socket accepts a moment before serve() installs the filter: wait for the main thread.
     for _ in range(300):
@@ -254,7 +260,7 @@ async def _assert_confined(pid: int) -> None:
     threads = _thread_status(pid)
     assert len(threads) > 3  # gRPC, vCPU and watchdog threads exist: all must carry the filter
     for t in threads:
-        assert (t["Seccomp"], t["NoNewPrivs"]) == ("2", "1"), t["Name"]
+        assert (t["Seccomp"], t["NoNewPrivs"], t["Seccomp_filters"]) == ("2", "1", "1"), t["Name"]
 
 
 def _policy(plugin: Path, tier: str) -> dict[str, Any]:
@@ -288,7 +294,9 @@ async def test_confined_server_serves_tcp_through_envoy_in_both_tiers(
         await lightcell.start()
         await envoy.start()
         assert lightcell.pid is not None
-        await _assert_confined(lightcell.pid)
+        [worker] = _workers(lightcell.pid)
+        await _assert_confined(worker)
+        assert {t["Seccomp"] for t in _thread_status(lightcell.pid)} == {"0"}  # the supervisor
         for t in tiers:  # many connections: the micro-VM pool makes new VMs while confined
             replies = await asyncio.gather(*(_exchange(envoy.ports[t], b"hello %d\n" % i) for i in range(40)))
             assert replies == [b"URYYB %d\n" % i for i in range(40)], t
@@ -300,7 +308,7 @@ async def test_confined_server_serves_tcp_through_envoy_in_both_tiers(
         for up in upstreams.values():
             await up.stop()
     assert code == 0, lightcell.log()[-2000:]
-    assert not socket_path.exists()  # removed by unlinkat in the kept directory fd
+    assert not socket_path.exists()  # removed by the supervisor, which owns the path
     assert "Operation not permitted" not in lightcell.log()
 
 
@@ -352,7 +360,36 @@ async def test_no_seccomp_leaves_the_server_unconfined(
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         await _wait_socket(sock, proc)
-        assert {t["Seccomp"] for t in _thread_status(proc.pid)} == {"0"}
+        [worker] = _workers(proc.pid)
+        assert {t["Seccomp"] for t in _thread_status(worker)} == {"0"}
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+async def test_the_worker_a_reload_starts_is_confined(built_plugins: dict[str, Path], tmp_path: Path) -> None:
+    sock = tmp_path / "lc.sock"
+    config = _wasmtime_config(built_plugins, tmp_path, sock)
+    log = tmp_path / "lightcell.log"
+    with log.open("wb") as out:
+        argv = _serve_argv(config, "--socket", str(sock))
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        await _wait_socket(sock, proc)
+        [first] = _workers(proc.pid)
+        await _assert_confined(first)
+        config.write_text(config.read_text().replace("read=upper", "read=lower"))
+        proc.send_signal(signal.SIGHUP)  # the supervisor reloads: a new worker, loaded then confined
+        for _ in range(600):
+            if "reload applied" in log.read_text():
+                break
+            assert proc.poll() is None, log.read_text()
+            await asyncio.sleep(0.1)
+        [second] = [w for w in _workers(proc.pid) if w != first]
+        await _assert_confined(second)
+        assert log.read_text().count("seccomp filter installed on every thread") == 2
+        assert {t["Seccomp"] for t in _thread_status(proc.pid)} == {"0"}  # the supervisor
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert "Operation not permitted" not in log.read_text()
