@@ -200,9 +200,10 @@ def _serve_here(args: argparse.Namespace, socket_path: Path | DefaultSocket | No
         )
         asyncio.run(run)
     except ConfigError as e:
-        if control is not None:
-            control.send("error", message=str(e))
-        return _fail(str(e))
+        if control is None:
+            return _fail(str(e))
+        control.send("error", message=str(e))  # the supervisor reports it (or refuses a reload)
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
     return 0

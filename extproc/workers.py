@@ -161,8 +161,8 @@ class Supervisor:
     _prints: Prints | None = None
     _ports: dict[int, int] = field(default_factory=dict)
     _served: bool = False
-    """A generation served: the socket paths are ours to remove at the end (not before: a
-    start refused because another server listens there must leave its socket alone)."""
+    """A worker served: the socket paths are ours to remove at the end (not before: a start
+    refused because another server listens there must leave that server's socket alone)."""
 
     def run(self) -> int:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -188,10 +188,13 @@ class Supervisor:
             started = self._start_generation(handover=False, meanwhile=self._read_prints)
         except _Aborted:
             return self._stop(self._signalled[0])
-        if isinstance(started, int):
-            return started
+        except _Refused as e:
+            if e.from_worker:  # a configuration error: reported once, like `lightcell check` does
+                print(f"lightcell: error: {e}", file=sys.stderr)
+            else:
+                LOG.error("%s; stopping the others", e)
+            return e.code
         self.current = started
-        self._served = True
         LOG.info("%d workers serving (pids %s)", len(started), _pids(started))
         while not self._signalled:
             if self._hups or (watch is not None and watch.changed()):
@@ -213,10 +216,10 @@ class Supervisor:
 
     def _start_generation(
         self, handover: bool, meanwhile: Callable[[], None] = lambda: None
-    ) -> list[_Running] | int:
+    ) -> list[_Running]:
         """Start one worker per slot, worker 0 alone first (it compiles what the cache lacks, and
-        fails first on a bad file), and wait until all serve. A failure stops the ones started:
-        its exit code at start-up; on a reload (`handover`) the error text, raised as _Refused."""
+        fails first on a bad file), and wait until all serve. A failure stops the ones started
+        and raises _Refused (`meanwhile` runs while worker 0 starts)."""
         started: list[_Running] = []
         for batch in (self.slots[:1], self.slots[1:]):
             fresh = [self._spawn(slot, handover) for slot in batch]
@@ -226,12 +229,10 @@ class Supervisor:
             failed = self._wait_serving(fresh, started)
             if failed is not None:
                 self._stop_these(started, signal.SIGTERM)
-                if handover:
-                    raise _Refused(failed.error or f"worker {failed.slot.index} exited with "
-                                   f"{failed.proc.returncode} before serving")  # fmt: skip
-                LOG.error("worker %d exited with %s before serving; stopping the others",
-                          failed.slot.index, failed.proc.returncode)  # fmt: skip
-                return failed.proc.returncode if failed.proc.returncode > 0 else 1
+                code = failed.proc.returncode
+                if failed.error is not None:
+                    raise _Refused(failed.error, code, from_worker=True)
+                raise _Refused(f"worker {failed.slot.index} exited with {code} before serving", code)
         for worker in started:
             if worker.port is not None:
                 self._ports.setdefault(worker.slot.index, worker.port)
@@ -247,6 +248,7 @@ class Supervisor:
                 worker.read()
                 if worker.serving:
                     pending.remove(worker)
+                    self._served = True
                 elif worker.proc.poll() is not None:
                     worker.read()  # its last words: the error
                     self._reap(worker)
@@ -261,7 +263,13 @@ class Supervisor:
         port = self._ports.get(slot.index, slot.port)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         argv = [*self.command(slot, bind, port), "--control-fd", str(write_fd)]
-        LOG.info("starting worker %d on %s", slot.index, _where(bind, port))
+        # At start-up each worker logs where it serves; a bad file's message comes first.
+        LOG.log(
+            logging.INFO if handover else logging.DEBUG,
+            "starting worker %d on %s",
+            slot.index,
+            _where(bind, port),
+        )
         try:
             # Own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it
             # once (a second SIGINT would cut a worker's graceful drain short).
@@ -294,7 +302,6 @@ class Supervisor:
             LOG.exception("reload failed")
             self._refused(f"{self.config_path}: {type(e).__name__}: {e}")
             return
-        assert not isinstance(fresh, int)  # a handover raises instead
         old = self._handover(fresh)
         lines, unchanged = changes(self._prints, prints)
         self._prints = prints
@@ -394,7 +401,12 @@ class Supervisor:
 
 
 class _Refused(Exception):
-    """A reload's new worker did not start: the message to log (check's, when it is one)."""
+    """A worker did not start: why (check's message when it sent one), and its exit code."""
+
+    def __init__(self, message: str, code: int, from_worker: bool = False) -> None:
+        super().__init__(message)
+        self.code = code if code > 0 else 1
+        self.from_worker = from_worker
 
 
 def _signal(worker: _Running, signum: int) -> None:

@@ -399,6 +399,7 @@ def test_serve_serves_a_config_with_http_listeners_only(
     monkeypatch.setattr(server, "serve", fake_serve)
     for with_tcp, tcp in ((False, []), (True, ["upper"])):
         path = _http_config(tmp_path, built_plugins, with_tcp=with_tcp)
-        assert cli.main(["serve", "--envoy-config", str(path), "--socket", str(tmp_path / "s.sock")]) == 0
+        argv = ["serve", "--envoy-config", str(path), "--socket", str(tmp_path / "s.sock")]
+        assert cli.main([*argv, "--worker"]) == 0  # a worker serves in this process (the supervisor's child)
         assert served.pop() == (tcp, ["web"], ["web/api"])
     assert not [r for r in caplog.records if r.name == "lightcell.cli"]  # no "not served" warning
