@@ -7,6 +7,7 @@ forging the memory range and return area the host lifts from."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import struct
@@ -451,6 +452,7 @@ PY_CASES: list[tuple[str, str, frozenset[str], str, FaultKind | None]] = [
     ("guard", "block=/admin;count=on", frozenset({"kv"}), "/shop", None),
     ("guard", "count=on", frozenset(), "/shop", FaultKind.DENIED),
     ("guard", "stamp=on", frozenset({"kv"}), "/shop", FaultKind.DENIED),
+    ("guard", "stamp=on", frozenset({"clock"}), "/shop", None),  # WASI wall clock: one wall_now
     ("guard", "block=admin", frozenset({"kv"}), "/shop", FaultKind.TRAP),  # on-open raises
     ("blockpath", "", frozenset(), "/admin/users", None),
     ("blockpath", "", frozenset(), "/shop", None),
@@ -492,9 +494,15 @@ def _python_request(factory: Any, kv: ObservedKv, plugin: str, config: str, gran
 
 def _python_comparable(outcome: Outcome) -> Outcome:
     """A trap by its kind and hook only: wasmtime words a component's trap by the first line
-    of its error ("error while executing at wasm backtrace:"), the micro-VM by the trap code."""
+    of its error ("error while executing at wasm backtrace:"), the micro-VM by the trap code.
+    guard's x-guard-time (the wall clock) by its being a number."""
     if outcome[0] == "fault" and outcome[1] is FaultKind.TRAP:
         return (*outcome[:2], outcome[2].split(":")[0])
+    if outcome[0] == "decision" and outcome[1].headers.set:
+        stamped = tuple(Header(h.name, b"N") if h.name == "x-guard-time" and h.value.isdigit() else h
+                        for h in outcome[1].headers.set)
+        return ("decision", dataclasses.replace(outcome[1], headers=dataclasses.replace(
+            outcome[1].headers, set=stamped)))
     return outcome
 
 
@@ -537,6 +545,8 @@ async def test_python_components_agree_across_tiers(python_http: dict[tuple[str,
         assert decision.kind is DecisionKind.MODIFY
     if plugin == "guard" and decision.kind is DecisionKind.MODIFY:
         assert first[3][1].headers.set == (Header("x-guard", b"on"), Header("x-guard-hooks", b"2"))
+    if "stamp=on" in config:
+        assert Header("x-guard-time", b"N") in decision.headers.set and ("wall_now", (), "-") in calls
     if "count=on" in config:
         assert seen["microvm"][1] == {"requests": (2).to_bytes(8, "little")}
         assert ("kv_increment", ("requests", 1), 1) in calls

@@ -8,6 +8,9 @@
  * the host call that checks it; stdout/stderr become log lines when `log` is
  * granted and are dropped otherwise (asked with LC_HOST_GRANTED, which records
  * no denial: the wasmtime tier then gives the component a closed-stdio sink).
+ * A granted read is one host call to the clock/random capability, as in the
+ * wasmtime tier (vmm/wasmtime_tier/_component_wasi.py), so a host records the
+ * same calls in both; a function that reads nothing (resolution) makes none.
  * Every pointer is checked against the lowering instance's memory (lc_cx_*);
  * every handle against the table (type, liveness, range).
  */
@@ -20,6 +23,7 @@
 #define LC_WASIP2_STARTUP_RANDOM_BYTES (624u * 4u)
 #endif
 #define MAX_RANDOM_BYTES (16u * 1024u * 1024u) /* one get-random-bytes call */
+#define RANDOM_CHUNK 65536u /* one LC_HOST_RANDOM_BYTES (hostcalls.py MAX_RANDOM_BYTES) */
 #define WRITE_PERMIT 65536u                    /* what check-write allows at a time */
 #define POLL_MAX 1024u                         /* pollables in one poll call */
 
@@ -114,6 +118,17 @@ int lc_wasip2_granted(uint32_t grant) {
         g_granted[grant] = lc_rt_host(LC_HOST_GRANTED, grant, 0, 0, 0, 0, 0, 0, 0) ? 1 : 0;
     }
     return g_granted[grant];
+}
+
+/* A WASI function that needs `grant` but reads nothing from the host: granted,
+ * no host call (the host's record shows only what the plugin read, as in the
+ * wasmtime tier); refused, host call `fn` makes (and records) the denial and
+ * ends the event. */
+static void need_grant(uint32_t grant, uint32_t fn) {
+    if (!lc_wasip2_granted(grant)) {
+        (void)lc_rt_host(fn, 0, 0, 0, 0, 0, 0, 0, 0);
+        lc_fail(LC_STATUS_DENIED, fn); /* not reached: the host denies */
+    }
 }
 
 /* ---- wasi:cli ------------------------------------------------------------ */
@@ -251,13 +266,13 @@ uint64_t lc_wasip2_clocks_monotonic_clock_now(struct lc_canon *cx) {
 
 uint64_t lc_wasip2_clocks_monotonic_clock_resolution(struct lc_canon *cx) {
     (void)cx;
-    (void)lc_wasip2_mono_now(); /* the clock grant, as every clock function */
+    need_grant(LC_GRANT_CLOCK, LC_HOST_MONOTONIC_NOW); /* as every clock function */
     return 1;
 }
 
 uint32_t lc_wasip2_clocks_monotonic_clock_subscribe_instant(struct lc_canon *cx, uint64_t when) {
     (void)cx;
-    (void)lc_wasip2_mono_now();
+    need_grant(LC_GRANT_CLOCK, LC_HOST_MONOTONIC_NOW);
     return lc_wasip2_pollable(LC_POLL_CLOCK, when);
 }
 
@@ -279,7 +294,7 @@ void lc_wasip2_clocks_wall_clock_now(struct lc_canon *cx, uint32_t retptr) {
 
 void lc_wasip2_clocks_wall_clock_resolution(struct lc_canon *cx, uint32_t retptr) {
     (void)lc_cx_area(cx, retptr, 16, 8);
-    (void)lc_rt_host(LC_HOST_WALL_NOW, 0, 0, 0, 0, 0, 0, 0, 0);
+    need_grant(LC_GRANT_CLOCK, LC_HOST_WALL_NOW);
     uint8_t *area = lc_cx_area(cx, retptr, 16, 8);
     lc_rt_st64(area, 0);
     lc_rt_st32(area + 8, 1);
@@ -287,11 +302,12 @@ void lc_wasip2_clocks_wall_clock_resolution(struct lc_canon *cx, uint32_t retptr
 
 /* ---- wasi:random -------------------------------------------------------------- */
 
-/* Fill [ptr, ptr+len) from LC_HOST_RANDOM_BYTES (its first call is the grant check). */
+/* Fill [ptr, ptr+len) from LC_HOST_RANDOM_BYTES, RANDOM_CHUNK at a time (the
+ * wasmtime tier asks its host in the same pieces: _component.py WASI_RANDOM_CHUNK). */
 static void fill_random(struct lc_canon *cx, uint32_t ptr, uint32_t len) {
     uint32_t done = 0;
     do {
-        uint32_t n = len - done > 4096u ? 4096u : len - done;
+        uint32_t n = len - done > RANDOM_CHUNK ? RANDOM_CHUNK : len - done;
         uint32_t got = 0;
         lc_rt_host(LC_HOST_RANDOM_BYTES, n, 0, 0, 0, 0, lc_rt_scratch, n, &got);
         if (got != n) {
@@ -318,12 +334,9 @@ static void random_list(struct lc_canon *cx, uint64_t len, uint32_t retptr, int 
         lc_rt_st32(area + 4, (uint32_t)len);
         return;
     }
+    need_grant(LC_GRANT_RANDOM, LC_HOST_RANDOM_U64); /* the grant first, whatever the length */
     if (len > MAX_RANDOM_BYTES) {
-        (void)lc_rt_host(LC_HOST_RANDOM_U64, 0, 0, 0, 0, 0, 0, 0, 0); /* the grant first */
         lc_fail(LC_STATUS_ABI, LC_ABI_TOO_LARGE);
-    }
-    if (len == 0) {
-        (void)lc_rt_host(LC_HOST_RANDOM_U64, 0, 0, 0, 0, 0, 0, 0, 0);
     }
     uint32_t ptr = lc_cx_alloc(cx, (uint32_t)len, 1);
     if (len) {

@@ -12,8 +12,9 @@ checked when the store is configured, not per write).
 WASI 0.2 is deny-by-default like the contract (see _WasiGate): the
 component's own wasi:clocks/* and wasi:random/* imports are shadowed with
 functions that deny (log, count, trap) unless the listener grants `clock` /
-`random`, and wasi:sockets' socket constructors and `instance-network` are
-shadowed with functions that always deny, so no OS socket is ever created.
+`random` (granted, they are served through the host: _component_wasi.py),
+and wasi:sockets' socket constructors and `instance-network` are shadowed
+with functions that always deny, so no OS socket is ever created.
 One exception, needed by every componentize-py plugin: see STARTUP_RANDOM_BYTES.
 Other wasi: interfaces (wasi:http, imported by componentize-js output) link
 to stubs that deny when called (_component_stubs.py).
@@ -59,6 +60,7 @@ from vmm.wasmtime_tier import _budget, _context
 from vmm.wasmtime_tier._budget import CallBudget
 from vmm.wasmtime_tier._component_bytes import call, call_on_data, post_return
 from vmm.wasmtime_tier._component_stubs import UnlinkedImports
+from vmm.wasmtime_tier._component_wasi import GRANTED_WASI
 from vmm.wasmtime_tier._context import CallContext, LineBuffer
 from vmm.wasmtime_tier._engine import deadline_ticks, engine
 from vmm.wasmtime_tier._faults import AbiViolation, classify_failure
@@ -222,7 +224,12 @@ class _WasiGate:
         with linker.root() as root:
             for name, (capability, funcs) in self.functions.items():
                 if capability != NEVER_GRANTED and capability in grants:
-                    continue  # granted: wasmtime's own implementation serves it
+                    served = GRANTED_WASI.get(name.split("@")[0], {})
+                    if funcs and set(funcs) <= served.keys():  # through the host (_component_wasi.py)
+                        with root.add_instance(name) as inst:
+                            for func in funcs:
+                                inst.add_func(func, _host_call(capability, served[func]))
+                    continue  # else wasmtime's own implementation serves it
                 with root.add_instance(name) as inst:
                     for func in funcs:
                         if name.startswith("wasi:random/random@") and func == "get-random-bytes":
