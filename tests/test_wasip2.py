@@ -227,3 +227,19 @@ async def test_guest_network_needs_only_egress(factories: dict[str, SandboxFacto
     assert outcomes == [_ok("n=ok")]
     outcomes, _ = await _run(factories["wasmtime"], frozenset({"egress"}), "", [b"n"])
     assert outcomes == [("fault", FaultKind.DENIED)]
+
+
+def test_both_tiers_read_randomness_in_the_same_pieces() -> None:
+    """The guest's RANDOM_CHUNK and MAX_RANDOM_BYTES are the wasmtime tier's (a recording
+    host sees the same random_bytes calls for a large read, the same refusal past the cap)."""
+    import re
+
+    from vmm.microvm.hostcalls import MAX_RANDOM_BYTES
+    from vmm.wasmtime_tier._component_wasi import MAX_RANDOM_LIST, WASI_RANDOM_CHUNK
+
+    src = (Path(__file__).parents[1] / "guest" / "runtime" / "wasip2.c").read_text()
+    chunk = re.search(r"#define RANDOM_CHUNK (\d+)u", src)
+    cap = re.search(r"#define MAX_RANDOM_BYTES \((\d+)u \* 1024u \* 1024u\)", src)
+    assert chunk and cap
+    assert int(chunk[1]) == WASI_RANDOM_CHUNK == MAX_RANDOM_BYTES
+    assert int(cap[1]) << 20 == MAX_RANDOM_LIST
