@@ -70,6 +70,7 @@ class LightcellProcess:
         self.log_path = log_path
         self.extra_args = list(extra_args)
         self._proc: asyncio.subprocess.Process | None = None
+        self._killed: list[int] = []
 
     @property
     def pid(self) -> int | None:
@@ -101,14 +102,22 @@ class LightcellProcess:
             raise LightcellError(f"lightcell serve {state}:\n{tail(self.log_path)}")
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would: no graceful stream shutdown."""
+        """SIGKILL, as a crash would: no graceful stream shutdown (the supervisor's workers die
+        with it, by PR_SET_PDEATHSIG; `stop` then waits until they are gone too)."""
         if self._proc is not None and self._proc.returncode is None:
+            self._killed += _children(self._proc.pid)
             self._proc.kill()
 
     async def stop(self) -> int | None:
         if self._proc is None:
             return None
-        return await terminate(self._proc)
+        code = await terminate(self._proc)
+        # A killed worker's sockets close only once its exit completes (after its VMs' memory
+        # is torn down): until then its socket still accepts connections.
+        while self._killed:
+            self._killed = [pid for pid in self._killed if _alive(pid)]
+            await asyncio.sleep(0.05)
+        return code
 
     async def __aenter__(self) -> LightcellProcess:
         await self.start()
@@ -116,3 +125,19 @@ class LightcellProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running or exiting; a zombie (its exit done, its files closed) is not."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
