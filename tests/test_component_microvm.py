@@ -1,6 +1,8 @@
 """componentize-py components in real micro-VMs: the counter example (CPython
 and its libraries, 14 core modules) compiled whole (vmm/microvm/component_*.py),
-booted, snapshotted after its start code and restored per connection.
+booted, snapshotted after its start code and restored per connection. And a
+component that defines a resource of its own (tests/components/resource_probe.c)
+against the wasmtime tier.
 
 The first compile of CPython for the guest takes a few minutes here; the
 objects are cached per module in the AOT cache (LIGHTCELL_AOT_CACHE), so a
@@ -8,6 +10,8 @@ session compiles it at most once and later sessions not at all."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,11 +19,15 @@ import pytest
 from _kvm_helpers import host
 
 from plugins import build as plugin_build
+from vmm import wasmtime_tier
 from vmm.contract import DataEvent, Direction, VerdictKind
 from vmm.microvm import tier
+from vmm.microvm.component_parse import FUNC, DefinedType, parse_component
+from vmm.microvm.component_types import Resource, defined_resource
 from vmm.microvm.tier import MicroVmFactory
+from vmm.microvm.wasip2_gen import write_wit_dir
 from vmm.policy import Limits, SandboxSpec
-from vmm.sandbox import FaultKind, PluginFault
+from vmm.sandbox import FaultKind, PluginFault, SandboxFactory
 
 pytestmark = pytest.mark.kvm
 
@@ -144,3 +152,88 @@ async def test_returned_lists_leak_upstream_until_the_memory_cap(counter: MicroV
             events += 1
     assert e.value.kind is FaultKind.MEMORY and 1000 < events < 5000
     await s.close()
+
+
+# --- a resource the component defines (canon resource.new/rep/drop) --------------------------
+
+RESOURCE_WIT = """package lightcell:res-probe;
+
+interface things {
+  resource thing;
+  resource other;
+}
+
+world probe {
+  include lightcell:filter/tcp-filter@0.1.0;
+  export things;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def resource_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("resource-probe")
+    src = Path(__file__).parent / "components" / "resource_probe.c"
+    core = plugin_build.compile_c(src, tmp / "core.wasm")
+    wit = write_wit_dir(tmp / "wit", RESOURCE_WIT)
+    tools = str(Path(sys.executable).with_name("wasm-tools"))
+    embedded, out = tmp / "e.wasm", tmp / "probe.wasm"
+    subprocess.run([tools, "component", "embed", str(wit), "--world", "probe", str(core),
+                    "-o", str(embedded)], check=True)
+    subprocess.run([tools, "component", "new", str(embedded), "-o", str(out)], check=True)
+    return out
+
+
+def test_the_probe_defines_a_resource_with_a_destructor(resource_probe: Path) -> None:
+    c = parse_component(resource_probe.read_bytes())
+    defined = [defined_resource(t) for t in c.types if isinstance(t, DefinedType)]
+    assert [r for r in defined if r is not None] == [Resource(dtor=0), Resource(dtor=None)]
+    kinds = sorted(ref.kind for ref in c.core[FUNC] if ref.kind.startswith("resource."))
+    assert kinds == ["resource.drop", "resource.new", "resource.rep", "resource.rep"]  # thing, other
+
+
+def test_no_example_component_defines_a_resource_and_each_type_reads(built_plugins: dict[str, Path]) -> None:
+    """The type reader on real components (CPython's, SpiderMonkey's): no refusal."""
+    for name in ("counter", "guard", "jsonpatch", "redact"):
+        c = parse_component(built_plugins[name].read_bytes())
+        assert [defined_resource(t) for t in c.types if isinstance(t, DefinedType)].count(None) > 0
+        assert all(defined_resource(t) is None for t in c.types if isinstance(t, DefinedType)), name
+
+
+RESOURCE_RUNS = [
+    (b"nrnrd", [b"0 0", b"100", b"0 0", b"101", b"1 101"]),  # two live things, the newer dropped
+    (b"ndnd", [b"0 0", b"1 100", b"1 100", b"2 101"]),  # a freed handle's slot is reused
+    (b"ndd", [b"0 0", b"1 100", FaultKind.TRAP]),  # a dropped handle is gone
+    (b"ndr", [b"0 0", b"1 100", FaultKind.TRAP]),
+    (b"b", [FaultKind.TRAP]),  # never made
+    (b"no", [b"0 0", FaultKind.TRAP]),  # a thing's handle is no `other`: handles are typed
+]
+
+
+async def _resource_run(factory: SandboxFactory, chunks: bytes) -> list[object]:
+    s = await factory.new_sandbox(host())
+    out: list[object] = []
+    try:
+        await s.open("lst", "")
+        for c in chunks:
+            out.append((await s.on_data(_read(bytes([c])))).data)
+    except PluginFault as e:
+        out.append(e.kind)
+    await s.close()
+    return out
+
+
+async def test_a_defined_resource_behaves_as_in_wasmtime(resource_probe: Path) -> None:
+    spec = SandboxSpec("lst", str(resource_probe), limits=Limits(event_cpu_ms=2000))
+    factories: dict[str, SandboxFactory] = {"microvm": await tier.load(spec, pool_size=1),
+                                            "wasmtime": await wasmtime_tier.load(spec)}
+    try:
+        for chunks, want in RESOURCE_RUNS:
+            for name, f in factories.items():
+                assert await _resource_run(f, chunks) == want, (name, chunks)
+        # a handle never outlives its connection: each gets a fresh table (and dtor count)
+        for name, f in factories.items():
+            assert await _resource_run(f, b"nd") == [b"0 0", b"1 100"], name
+    finally:
+        for f in factories.values():
+            await f.aclose()

@@ -73,3 +73,40 @@ uint32_t lc_canon_realloc_current(uint32_t old_ptr, uint32_t old_size, uint32_t 
     }
     return c->realloc(c->instance, old_ptr, old_size, align, new_size);
 }
+
+/* ---- resources the component defines (lc_canon.h lc_res_*) ------------- */
+
+#define LC_RES_MAX 4096u
+
+static struct {
+    uint32_t type; /* the glue's type id + 1; 0: free */
+    uint32_t rep;
+} g_res[LC_RES_MAX];
+
+uint32_t lc_res_new(uint32_t type, uint32_t rep) {
+    for (uint32_t i = 0; i < LC_RES_MAX; i++) {
+        if (g_res[i].type == 0) {
+            g_res[i].type = type + 1u;
+            g_res[i].rep = rep;
+            return i + 1u;
+        }
+    }
+    lc_fail(LC_STATUS_TRAP, LC_TRAP_OTHER); /* wasmtime traps on a full table too */
+}
+
+static uint32_t res_index(uint32_t type, uint32_t handle) {
+    if (handle == 0 || handle > LC_RES_MAX || g_res[handle - 1u].type != type + 1u) {
+        lc_fail(LC_STATUS_TRAP, LC_TRAP_OTHER);
+    }
+    return handle - 1u;
+}
+
+uint32_t lc_res_rep(uint32_t type, uint32_t handle) {
+    return g_res[res_index(type, handle)].rep;
+}
+
+uint32_t lc_res_take(uint32_t type, uint32_t handle) {
+    uint32_t i = res_index(type, handle);
+    g_res[i].type = 0;
+    return g_res[i].rep;
+}

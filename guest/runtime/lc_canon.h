@@ -51,4 +51,13 @@ void lc_canon_leave(void);
 /* cabi_realloc of the current context (lc_bind_realloc in a component). */
 uint32_t lc_canon_realloc_current(uint32_t old_ptr, uint32_t old_size, uint32_t align, uint32_t new_size);
 
+/* Resources the component defines (canon resource.new/rep/drop): one handle
+ * table for the VM (a restore wipes it), each entry tagged with its type (the
+ * glue's id of the resource type). A handle that is 0, out of range, free or
+ * of another type traps (LC_STATUS_TRAP), as the canonical ABI requires. */
+uint32_t lc_res_new(uint32_t type, uint32_t rep);
+uint32_t lc_res_rep(uint32_t type, uint32_t handle);
+/* Frees the handle and gives its rep (the glue then runs the destructor). */
+uint32_t lc_res_take(uint32_t type, uint32_t handle);
+
 #endif

@@ -194,7 +194,8 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
     uses_wasi = any(n.startswith("wasi:") for n in comp.imports)
     sources = component_runtime_sources(uses_wasi)
     wasip2 = wasip2_declared() if uses_wasi else frozenset()
-    glue_code = [Path(__file__).with_name(n) for n in ("component_glue.py", "component_parse.py", "bind.py")]
+    glue_code = [Path(__file__).with_name(n)
+                 for n in ("component_glue.py", "component_parse.py", "component_types.py", "bind.py")]
     digest = aot.sources_digest(target) + aot._tree_digest([*sources, *glue_code])
     key = hashlib.sha256(data + digest.encode()).hexdigest()[:32]
     suffix = ".so" if target == "native" else ".elf"

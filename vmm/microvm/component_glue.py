@@ -15,7 +15,9 @@ that the compiler checks against every header:
   (lc_canon_enter/leave); of a WASI 0.2 import: the wasip2.h function of the
   name lc_canon.h defines, given the lowering's `struct lc_canon`, or a stub
   that denies when the guest does not implement it; `resource.drop` of an
-  imported WASI resource likewise;
+  imported WASI resource likewise; `resource.new/rep/drop` of a resource the
+  component defines: the guest's handle table (component.c lc_res_*), each
+  handle checked against its type, drop calling the resource's destructor;
 - the contract's exports (`canon lift`) as bind.contract_bindings expects,
   with the lift's memory and realloc as the current context.
 """
@@ -40,7 +42,18 @@ from vmm.contract import (
 )
 from vmm.microvm import bind
 from vmm.microvm.bind import BindError, CDecl
-from vmm.microvm.component_parse import FUNC, GLOBAL, MEMORY, TABLE, CanonOpts, Component, CoreRef
+from vmm.microvm.component_parse import (
+    FUNC,
+    GLOBAL,
+    MEMORY,
+    TABLE,
+    CanonOpts,
+    Component,
+    ComponentFormatError,
+    CoreRef,
+    DefinedType,
+)
+from vmm.microvm.component_types import defined_resource
 
 __all__ = ["GlueError", "ModuleHeader", "generate_glue", "module_c_name", "wasip2_name", "world_exports"]
 
@@ -123,6 +136,7 @@ class _Gen:
         self.canon: dict[tuple[int | None, int | None], str] = {}  # (memory, realloc) -> ctx var
         self.canon_memory: dict[str, tuple[int, str]] = {}  # ctx var -> memory (instance, export)
         self.lowered: dict[int, str] = {}  # core func index -> generated C function
+        self.resource_ids: dict[int, int] = {}  # defined resource type index -> its handle-table id
 
     # --- resolution -----------------------------------------------------
     def module_of(self, inst: int) -> int:
@@ -204,19 +218,47 @@ class _Gen:
                 if c_name is None:
                     raise GlueError(f"import {iface or '<root>'}::{func} has no implementation in the guest")
                 body = self._wasi_call(c_name, ctx, args, ret)
+        elif isinstance(entry := self._type(ref.target), DefinedType):
+            body = self._own_resource(ref.kind, entry, ref.target, decl)
         elif ref.kind == "resource.drop":
-            resource = self.c.types[ref.target] if ref.target < len(self.c.types) else None
-            if resource is None:
-                raise GlueError("resource.drop of a resource the component defines is not supported")
-            c_name = wasip2_name(resource[0], "[resource-drop]" + resource[1])
+            if entry is None:
+                raise GlueError(f"resource.drop of type {ref.target}, which is no resource the guest knows")
+            c_name = wasip2_name(entry[0], "[resource-drop]" + entry[1])
             if c_name is None:
-                raise GlueError(f"resource {resource[0]}::{resource[1]} has no implementation in the guest")
+                raise GlueError(f"resource {entry[0]}::{entry[1]} has no implementation in the guest")
             body = self._wasi_call(c_name, "g_canon_none", args, ret)
         else:
-            raise GlueError(f"{ref.kind} (resources the component defines) is not supported")
+            raise GlueError(f"{ref.kind} of a resource the component imports")
         self.defs.append(f"static {decl.ret} {name}({params}) {{\n{body}}}\n")
         self.lowered[index] = name
         return name
+
+    def _type(self, index: int) -> tuple[str, str] | DefinedType | None:
+        return self.c.types[index] if index < len(self.c.types) else None
+
+    def _own_resource(self, kind: str, entry: DefinedType, index: int, decl: CDecl) -> str:
+        """resource.new/rep/drop of a resource the component defines: the guest's
+        handle table (component.c lc_res_*), checked per type; drop runs the dtor."""
+        try:
+            resource = defined_resource(entry)
+        except ComponentFormatError as e:
+            raise GlueError(f"type {index}: {e}") from None
+        if resource is None:
+            raise GlueError(f"{kind} of type {index}, which is not a resource")
+        if decl.params != ("u32",) or decl.ret != ("void" if kind == "resource.drop" else "u32"):
+            raise GlueError(f"{kind} imported with the core type {decl.ret}({', '.join(decl.params)})")
+        tid = self.resource_ids.setdefault(index, len(self.resource_ids))
+        if kind == "resource.new":
+            return f"    return lc_res_new({tid}u, a0);\n"
+        if kind == "resource.rep":
+            return f"    return lc_res_rep({tid}u, a0);\n"
+        body = f"    uint32_t rep = lc_res_take({tid}u, a0);\n"
+        if resource.dtor is None:
+            return body + "    (void)rep;\n"
+        kind_, inst, dtor = self.core_ref(FUNC, resource.dtor)
+        if kind_ != "export" or not isinstance(dtor, CDecl) or (dtor.ret, dtor.params) != ("void", ("u32",)):
+            raise GlueError(f"the destructor of resource type {index} is not a module export (i32) -> ()")
+        return body + f"    {self.call_export(inst, dtor, 'rep')};\n"
 
     def _wasi_call(self, c_name: str, ctx: str, args: str, ret: str) -> str:
         if c_name in self.wasip2:

@@ -6,7 +6,9 @@ argument instances, or a bag of exports), the core functions, memories,
 tables and globals those name (module exports, `canon lower` of an imported
 function, `canon resource.drop/new/rep`), and the `canon lift`s behind the
 component's exported functions. Component-level types are only counted
-(their index space matters for resource aliases); nested components and
+(their index space matters for resource aliases), each defined one kept as
+a DefinedType that component_types.py reads when the glue needs it (a
+resource the component defines); nested components and
 component instances are counted and otherwise ignored: the glue runs only
 the exports the contract names, and refuses anything it cannot resolve.
 
@@ -24,6 +26,7 @@ __all__ = [
     "Component",
     "ComponentFormatError",
     "CoreRef",
+    "DefinedType",
     "parse_component",
 ]
 
@@ -60,6 +63,15 @@ class CoreRef:
     opts: CanonOpts = CanonOpts()
 
 
+@dataclass(frozen=True, slots=True)
+class DefinedType:
+    """A type the component's own type section defines: entry `ordinal` of
+    `section` (the section's bytes after its size), read only when needed."""
+
+    section: bytes
+    ordinal: int
+
+
 @dataclass(slots=True)
 class Component:
     modules: list[bytes] = field(default_factory=list)
@@ -73,8 +85,9 @@ class Component:
     # component instances: import name, or None (defined/exported here)
     instances: list[str | None] = field(default_factory=list)
     # component types: (instance import name, export name) for aliases of an
-    # imported instance's type export, else None
-    types: list[tuple[str, str] | None] = field(default_factory=list)
+    # imported instance's type export, a DefinedType for the type section's
+    # own (and exports of them), else None
+    types: list[tuple[str, str] | DefinedType | None] = field(default_factory=list)
     exports: dict[str, int] = field(default_factory=dict)  # func exports: name -> func
     imports: list[str] = field(default_factory=list)
     producers: dict[str, list[str]] = field(default_factory=dict)
@@ -254,9 +267,11 @@ def _section(b: _Builder, sid: int, r: _Reader) -> None:
             b.add(0x04, None, None)
             r.pos = r.end
             return
+        section = r.data[r.pos:r.end] if sid == 7 else b""  # its count first
         n = r.u32()
-        for _ in range(n):
-            b.add(0x03 if sid == 7 else 0x00, None if sid == 7 else CORE_TYPE, None)
+        for i in range(n):
+            b.add(0x03 if sid == 7 else 0x00, None if sid == 7 else CORE_TYPE,
+                  DefinedType(section, i) if sid == 7 else None)
         r.pos = r.end
         return
     if sid == 5:
