@@ -15,6 +15,7 @@ from typing import Any
 
 from vmm.kvm import ioctls as io
 from vmm.kvm.cpuid import minimal_table
+from vmm.kvm.cputime import CpuMeter
 from vmm.kvm.errors import KvmError
 from vmm.kvm.exits import Exit, Interrupted, RunArea
 from vmm.kvm.memory import PROT_READ, PROT_WRITE, mmap_fd, munmap
@@ -154,16 +155,23 @@ class Vcpu(_Fd):
             raise
         self._run_size = mmap_size
         self.run_area = RunArea(self._run_addr)
+        self.cpu = CpuMeter()
+        """CPU time spent in the guest (KVM_RUN), what the per-event budget charges."""
 
     def run(self) -> Exit:
         """Enter the guest until the next exit. KVM_RUN releases the GIL."""
+        fd, meter = self.fd, self.cpu
+        start = meter.enter()
         try:
-            fcntl.ioctl(self.fd, io.KVM_RUN, 0)
+            fcntl.ioctl(fd, io.KVM_RUN, 0)
         except InterruptedError:
             # Not retried by Python: a signal (watchdog) or immediate_exit.
+            meter.leave(start)
             return Interrupted()
         except OSError as e:
+            meter.leave(start)
             raise KvmError("KVM_RUN", e.errno or 0) from None
+        meter.leave(start)
         return self.run_area.decode()
 
     @property

@@ -5,14 +5,13 @@ CPU slice (INLINE_SLICE_S). A call that needs longer is preempted by the
 watchdog (the guest pauses mid-call, intact) and raises Offload: the runner
 resumes it on the VM's pinned vCPU thread, where the rest of the event's
 budget applies, while the loop serves other connections. Every hook has the
-listener's `event_cpu_ms` of CPU time of the thread(s) running it, with a
-wall-clock cap (watchdog.py).
+listener's `event_cpu_ms` of the guest's CPU time (MicroVm.guest_cpu, on
+whichever thread ran it), with a wall-clock cap (watchdog.py).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
@@ -141,12 +140,12 @@ class MicroVmInstanceBase:
         # A budget no larger than the slice ends the call at the slice (a fault);
         # otherwise the slice only pauses it.
         preempt = budget > slice_s
-        cpu = time.thread_time()
+        cpu = vm.guest_cpu()  # not the loop thread's time: its GC passes are not the guest's
         token = dog.arm(vm, slice_s, preempt=preempt)
         try:
             return lift(self._checked(op, lambda: vm.call(op, arg0, arg1, payload, host=self._host)))
         except Preempted:
-            left = max(budget - (time.thread_time() - cpu), 0.0)
+            left = max(budget - (vm.guest_cpu() - cpu), 0.0)
             raise Offload(lambda: lift(self._resume(op, left))) from None
         finally:
             dog.disarm(token)

@@ -5,6 +5,12 @@ KVM_RUN from another thread costs 40-60 us on these machines. Any abnormal
 exit (guest exception, unknown port, bad length, bad response, deadline, KVM
 error) or any non-OK guest status poisons the VM; a poisoned VM refuses
 calls until snapshot.restore() rewrites its memory and registers.
+
+The budget charges guest_cpu(): CPU time of the thread inside KVM_RUN plus
+host calls (vmm/kvm/cputime.py), never the monitor's own Python or a
+garbage-collector pass that happens on its thread. The watchdog's kicks
+(interrupt, preempt) name the arm they come from and are ignored once it
+closed, so none can land on a later entry.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import enum
 import itertools
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -26,6 +33,11 @@ from vmm.microvm.machine import Template
 
 INTERRUPT_SIGNAL = signal.SIGRTMIN + 2
 """Sent to a vCPU thread to make KVM_RUN return EINTR (the watchdog)."""
+
+HOSTCALL_CHARGE_MAX_S = 0.001
+"""A host call charges the guest its CPU time up to this much: honest ones take
+microseconds (their payloads are capped), and a garbage-collector pass that
+lands inside one is not the guest's doing."""
 
 
 def install_interrupt_handler() -> None:
@@ -93,6 +105,9 @@ class MicroVm:
         self.preempt_hit = False
         self.call_in_flight: abi.Op | None = None
         """The call a Preempted left unfinished (resume() goes on with it)."""
+        self._kick_lock = threading.Lock()  # a kick sets its flags under it (see _run_until)
+        self._epochs = itertools.count(1)
+        self._open_epochs: set[int] = set()
         layout = template.layout
         self.vm = system.create_vm()
         try:
@@ -191,7 +206,9 @@ class MicroVm:
                                       f"guest speaks ABI {exit_.value}, host {abi.LC_ABI_VERSION}")
                     return
                 if exit_.port == abi.LC_PORT_HOSTCALL and port == abi.LC_PORT_DONE:
+                    started = time.thread_time()
                     self._hostcall(host)
+                    vcpu.cpu.charge(min(time.thread_time() - started, HOSTCALL_CHARGE_MAX_S))
                     continue
             if type(exit_) is IoOut and exit_.port == abi.LC_PORT_FAULT:
                 regs = vcpu.get_regs()
@@ -200,7 +217,10 @@ class MicroVm:
                               f"{name} error={regs.rbx:#x} rip={regs.rcx:#x} cr2={regs.rsi:#x}",
                               detail=int(regs.rax))
             if type(exit_) is Interrupted:
-                continue  # a stray signal for another VM on this thread, or our deadline (top)
+                # A stray signal (a kick for another VM on this thread) or a kick (flags, top).
+                if vcpu.immediate_exit and not (self.deadline_hit or self.preempt_hit):
+                    self._settle_kick()
+                continue
             if type(exit_) is IoOut:
                 raise VmFault(FaultReason.BAD_PORT, f"out to port {exit_.port:#x} size {exit_.size}")
             if type(exit_) is IoIn:
@@ -259,24 +279,54 @@ class MicroVm:
         finally:
             self.vcpu.immediate_exit = False
 
-    # -- watchdog side (any thread) -----------------------------------------
-    def interrupt(self) -> None:
-        """Stop the running guest: KVM_RUN returns EINTR and the call fails DEADLINE."""
-        self.deadline_hit = True
-        self.vcpu.immediate_exit = True
-        tid = self.thread_id
-        if tid is not None:
-            signal.pthread_kill(tid, INTERRUPT_SIGNAL)
+    def _settle_kick(self) -> None:
+        """immediate_exit is set but no kick flag yet: a kick is half-way (its
+        thread lost the GIL between the two). Wait for it on its lock instead of
+        spinning through KVM_RUN, which would burn this thread's CPU."""
+        with self._kick_lock:
+            if not (self.deadline_hit or self.preempt_hit):
+                self.vcpu.immediate_exit = False  # no kick left it: nothing to honour
 
-    def preempt(self) -> None:
+    def guest_cpu(self) -> float:
+        """Seconds of CPU charged to this VM's guest so far (never reset: diff it). Any thread."""
+        return self.vcpu.cpu.used()
+
+    # -- watchdog side (any thread) -----------------------------------------
+    def open_epoch(self) -> int:
+        """A number for one watchdog arm: its kicks are honoured until close_epoch."""
+        with self._kick_lock:
+            epoch = next(self._epochs)
+            self._open_epochs.add(epoch)
+            return epoch
+
+    def close_epoch(self, epoch: int) -> None:
+        with self._kick_lock:
+            self._open_epochs.discard(epoch)
+
+    def interrupt(self, epoch: int | None = None) -> None:
+        """Stop the running guest: KVM_RUN returns EINTR and the call fails DEADLINE.
+        With `epoch`, only while that arm is open (a late kick changes nothing)."""
+        with self._kick_lock:
+            if epoch is not None and epoch not in self._open_epochs:
+                return
+            self.deadline_hit = True
+            self.vcpu.immediate_exit = True
+            tid = self.thread_id
+            if tid is not None:
+                signal.pthread_kill(tid, INTERRUPT_SIGNAL)
+
+    def preempt(self, epoch: int | None = None) -> None:
         """Pause the running guest at its next exit (or now): the call raises
         Preempted and can be resumed. immediate_exit goes first, so a vCPU
         thread that sees preempt_hit also sees immediate_exit set."""
-        self.vcpu.immediate_exit = True
-        self.preempt_hit = True
-        tid = self.thread_id
-        if tid is not None:
-            signal.pthread_kill(tid, INTERRUPT_SIGNAL)
+        with self._kick_lock:
+            if epoch is not None and epoch not in self._open_epochs:
+                return
+            self.vcpu.immediate_exit = True
+            self.preempt_hit = True
+            tid = self.thread_id
+            if tid is not None:
+                signal.pthread_kill(tid, INTERRUPT_SIGNAL)
 
     def clear_preempt(self) -> None:
         """Forget a preemption that came too late to matter (the call finished);
