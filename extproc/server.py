@@ -64,6 +64,16 @@ DEFAULT_SOCKET = DefaultSocket()
 DRAIN_UNBOUNDED_S = 100 * 365 * 86400.0
 """A retiring worker's grace: its open connections last as long as they last."""
 
+CONNECTION_AGE_S = 1.0
+"""A supervised worker ends each HTTP/2 connection this long after it opened (gRPC's
+max_connection_age: a GOAWAY, then Envoy's next stream opens a new connection; streams open
+on the old one go on). This is how a retiring worker hands Envoy over without failing a
+stream: a server that shuts down fails streams Envoy sends before it has read the shutdown's
+GOAWAY, while a connection that ages out accepts them (gRPC's two-step GOAWAY)."""
+_AGED_OUT_S = CONNECTION_AGE_S * 1.1 + 1.0
+"""Retiring: by then every connection has aged out (gRPC adds up to 10% jitter) and Envoy has
+read its GOAWAY (a second's margin); only then does the worker shut down."""
+
 
 @dataclass
 class Served:
@@ -122,6 +132,7 @@ class LightcellServer:
         http_loaded: plugins.HttpLoaded | None = None,
         max_connections: int = stream_edge.DEFAULT_MAX_CONNECTIONS,
         own_socket: bool = True,
+        connection_age: float | None = None,
     ) -> LightcellServer:
         """Load every plugin, bind, start serving. Raises ConfigError (nothing left running).
 
@@ -150,7 +161,11 @@ class LightcellServer:
         _warn_ungranted_imports([*listeners.values(), *http.all()])
         served = Served(PolicyTable(listeners), PolicyTable(http.listeners), PolicyTable(http.routes))
         egress = UdpEgress()
-        server = grpc.aio.server(options=tcp_service.grpc_options())
+        options = tcp_service.grpc_options()
+        if connection_age is not None:  # existing streams may last for ever on an aged connection
+            options += [("grpc.max_connection_age_ms", int(connection_age * 1000)),
+                        ("grpc.max_connection_age_grace_ms", 2**31 - 1)]  # fmt: skip
+        server = grpc.aio.server(options=options)
         health = HealthServicer()
         try:
             await egress.start()
@@ -324,7 +339,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, _hup_is_the_supervisors)
     server = await LightcellServer.start(
         config, socket_path=socket_path, port=port, max_connections=max_connections,
-        own_socket=control is None,
+        own_socket=control is None, connection_age=None if control is None else CONNECTION_AGE_S,
     )  # fmt: skip
     stop, retire = asyncio.Event(), asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -336,21 +351,31 @@ async def serve(
         LOG.warning("seccomp: off (--no-seccomp or $%s): this process is not confined", confine.DISABLE_ENV)
     if control is not None:
         control.send("serving", port=server.port, pid=os.getpid())
+    retired = False
     try:
         await _first(stop, retire)
         if retire.is_set() and not stop.is_set():
-            await _retire(server, stop, control)
+            retired = await _retire(server, stop, control)
         LOG.info("shutting down (grace %.1fs)", grace)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RETIRE_SIGNAL):
             loop.remove_signal_handler(signum)
+        if retired:  # nothing left to cut short: a late SIGTERM must not turn exit 0 into -15
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         await server.stop(grace)
 
 
-async def _retire(server: LightcellServer, stop: asyncio.Event, control: ControlWriter | None) -> None:
-    """No new streams from now on (gRPC sends GOAWAY: Envoy opens its next connection, to the
-    newer worker); the open ones end when their connections do. Returns early on SIGTERM."""
-    LOG.info("retiring: a newer worker takes new streams; open ones finish here, however long")
+async def _retire(server: LightcellServer, stop: asyncio.Event, control: ControlWriter | None) -> bool:
+    """Hand new streams over, then drain: the newer worker owns the address already, Envoy's
+    connections to this one age out (each a GOAWAY Envoy answers by connecting anew, to the
+    newer worker), and only then does this one stop taking streams; the open ones end when
+    their connections do. Returns early on SIGTERM; True once every stream ended."""
+    LOG.info("retiring: a newer worker takes new connections; open streams finish here, however long")
+    await server.health.enter_graceful_shutdown()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), _AGED_OUT_S)
+    if stop.is_set():
+        return False
     draining = asyncio.get_running_loop().create_task(server.stop(DRAIN_UNBOUNDED_S))
     await server.refusing.wait()
     if control is not None:
@@ -360,6 +385,7 @@ async def _retire(server: LightcellServer, stop: asyncio.Event, control: Control
     stopped.cancel()
     if draining.done():
         LOG.info("retired: every open stream ended")
+    return draining.done()
 
 
 async def _first(*events: asyncio.Event) -> None:
