@@ -132,7 +132,8 @@ def _observability_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--metrics-address", metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off); HOST must be "
-        "loopback unless --metrics-public. With --workers the supervisor serves every worker's sum",
+        "loopback unless --metrics-public. The supervisor serves the sum over its workers, "
+        "old and new across reloads",
     )  # fmt: skip
     serve.add_argument(
         "--metrics-public",

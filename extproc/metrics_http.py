@@ -4,12 +4,15 @@ Off by default. The address must be loopback (127.0.0.0/8, ::1, localhost) unles
 the operator adds `--metrics-public`: the counters name listeners, plugins and
 capabilities, which is reconnaissance for whoever can reach the port.
 
-One process (`--workers 1`) serves its own collectors (vmm.metrics.EXPORTED)
-from a thread. With `--workers N` the supervisor makes a private directory
-(mode 0700, fresh at start, removed at exit) and hands it to the workers as
-PROMETHEUS_MULTIPROC_DIR; their collectors write per-process files there and
-the supervisor's endpoint sums them (gauges such as active connections and
-pool depth are `livesum`: they add up the workers' current values).
+`lightcell serve` runs its workers under a supervisor (also with `--workers 1`,
+and a reload replaces them), so the supervisor serves the endpoint: it makes a
+private directory (mode 0700, fresh at start, removed at exit) and hands it to
+the workers as PROMETHEUS_MULTIPROC_DIR; their collectors write per-process
+files there and the supervisor's endpoint sums them (gauges such as active
+connections and pool depth are `livesum`: they add up the live workers' current
+values; counters and histograms of exited workers stay in the sum). The
+supervisor marks each exited worker dead (prometheus-client's
+mark_process_dead) and counts its own reloads (`lightcell_reloads_total`).
 """
 
 from __future__ import annotations

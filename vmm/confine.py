@@ -1,8 +1,11 @@
 """Confine a serving process once it has started: no-new-privileges and a seccomp allow list.
 
-`lightcell serve` (each worker of `--workers N`) calls `confine()` after its listeners
-are loaded (plugins compiled, pools booted, sockets bound). From then on the process,
-every thread of it, may make only the system calls serving needs:
+Each `lightcell serve` worker calls `confine()` after its listeners are loaded (plugins
+compiled, pools booted, sockets bound). From then on the process, every thread of it, may
+make only the system calls serving needs; it can never load another configuration, so a
+reload is the unconfined supervisor's (extproc/workers.py): it starts new workers, which
+load and then confine themselves, and retires the old ones. The supervisor runs no plugin
+code, touches no guest memory and runs no VM.
 
 - unlisted calls fail with EPERM: a path the list missed costs one event or connection
   (Python raises PermissionError, the sandbox faults), not the whole sidecar;
@@ -16,8 +19,9 @@ every thread of it, may make only the system calls serving needs:
 - no listening socket can be made (bind, listen: EPERM), no file looked up by name
   (stat: EPERM; fstat is allowed);
 - no file can be opened (open/openat/openat2 answer EPERM), nor created, renamed or
-  removed (but the server's own socket, by unlinkat in its directory's fd): the files
-  serving needs are open already (/dev/kvm, sockets, memfds).
+  removed (a server outside a supervisor may keep unlinkat in its socket's directory fd,
+  to remove its socket; a supervisor's workers leave their sockets to the supervisor):
+  the files serving needs are open already (/dev/kvm, sockets, memfds).
 
 The set was found by tracing a server under the Envoy tests (strace -f) in both tiers;
 `prepare()` imports what Python would otherwise import lazily at run time.
