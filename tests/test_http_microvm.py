@@ -506,6 +506,27 @@ def _python_comparable(outcome: Outcome) -> Outcome:
     return outcome
 
 
+async def test_on_open_runs_ahead_when_every_request_would_open_alike(
+        python_http: dict[tuple[str, str], Any], built_plugins: dict[str, Path]) -> None:
+    """guard's on-open (CPython reseeding `random` from the start-up zeros when the listener
+    does not grant `random`) is in the pool's snapshot; with `random` granted each request
+    opens itself, with real randomness. Both give wasmtime's decisions."""
+    config = "block=/admin"
+    want, _ = _python_request(python_http["wasmtime", "guard"], ObservedKv(10, 64), "guard", config,
+                              frozenset(), "/shop")
+    for grants, opened in ((frozenset(), ("http-listener", config)), (frozenset({"random"}), None)):
+        spec = SandboxSpec("http-listener", str(built_plugins["guard"]), Grants(grants), PY_LIMITS, config)
+        factory = await load_http(spec, pool_size=1)
+        try:
+            assert factory.pool.opened_with == opened
+            got, calls = _python_request(factory, ObservedKv(10, 64), "guard", config, grants, "/shop")
+            assert got == want and all(o[0] == "decision" for o in got)
+            assert calls == ([("random_bytes", (256,), "-")] * 9 + [("random_bytes", (192,), "-")]
+                             if grants else [])  # the reseed: 624 words, as componentize-py reads them
+        finally:
+            await factory.aclose()
+
+
 def test_outside_a_connection_only_answers_that_need_none_are_given() -> None:
     """Boot, wanted-phases' VM, on-open ahead: no connection. A plugin's (empty) arguments
     and an immediate poll are the same for every connection; a grant is not (GRANTED is

@@ -31,6 +31,7 @@ from vmm.microvm.http_instance import MicroVmHttpInstance, encode_pairs, http_fa
 from vmm.microvm.pool import PooledVm, VmPool
 from vmm.microvm.tier import _Shared, compile_template, deadline_runner
 from vmm.microvm.vm import MicroVm, VmFault
+from vmm.microvm.wasip2_host import ahead_host
 from vmm.policy import Grants, SandboxSpec
 from vmm.runner import HttpRunner
 from vmm.sandbox import FaultKind, PluginFault, PluginLoadError
@@ -178,7 +179,7 @@ def load_http_sync(spec: SandboxSpec, shared: _Shared, pool_size: int) -> MicroV
                          run, opened)
     pool = VmPool(shared.system, template, shared.threads, target=pool_size, warm=warm,
                   open_ahead=(spec.listener, spec.plugin_config), run=run, probe=probe,
-                  listener=spec.listener)
+                  listener=spec.listener, open_host=ahead_host(spec))
     try:
         pool.start()
     except (VmFault, PluginLoadError) as e:

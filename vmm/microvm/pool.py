@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from vmm.capabilities import HostCapabilities
 from vmm.kvm import System
 from vmm.metrics import METRICS
 from vmm.microvm import abi
@@ -49,7 +50,8 @@ class VmPool:
                  warm: Callable[[MicroVm], None] = warm_up,
                  open_ahead: tuple[str, str] | None = None,
                  run: Callable[[MicroVm, Callable[[], object]], object] = lambda _vm, fn: fn(),
-                 probe: Callable[[MicroVm], None] | None = None, listener: str = "") -> None:
+                 probe: Callable[[MicroVm], None] | None = None, listener: str = "",
+                 open_host: HostCapabilities | None = None) -> None:
         self.system = system
         self.listener = listener
         """Label of the pool's gauges (microvm_pool_idle/live), moved by deltas so that
@@ -59,6 +61,8 @@ class VmPool:
         (e.g. reading wanted-phases: nothing it does reaches a connection)."""
         self.warm = warm
         self._open_ahead = open_ahead
+        self._open_host = open_host
+        """The host on-open ahead runs with (wasip2_host.AheadHost; None: every call denied)."""
         self._run = run
         self.opened_with: tuple[str, str] | None = None
         """(listener, config) on-open already ran with in the snapshot, if it did."""
@@ -114,15 +118,17 @@ class VmPool:
         """Run on-open once, with no capabilities, and snapshot after it.
 
         Without capabilities on-open is a function of (listener, config) and
-        the booted state alone (no clock, randomness or I/O reach it), so
-        every connection of this listener restored from the opened snapshot
-        is exactly as if it had run on-open itself, one VM entry sooner. A
-        plugin whose on-open calls a capability (or fails) gets on-open per
-        connection, with that connection's grants, from the booted snapshot.
+        the booted state alone (no clock, randomness or I/O reach it; the
+        open host answers only what every connection of the listener is
+        answered alike: its grants, no arguments), so every connection of
+        this listener restored from the opened snapshot is exactly as if it
+        had run on-open itself, one VM entry sooner. A plugin whose on-open
+        calls a capability (or fails) gets on-open per connection, with that
+        connection's grants, from the booted snapshot.
         """
         lb, cb = listener.encode(), config.encode()
         try:
-            self._run(vm, lambda: vm.call(abi.Op.OPEN, len(lb), len(cb), lb + cb))
+            self._run(vm, lambda: vm.call(abi.Op.OPEN, len(lb), len(cb), lb + cb, host=self._open_host))
         except VmFault as e:
             LOG.debug("on-open runs per connection (%s)", e)
             base.restore(vm)

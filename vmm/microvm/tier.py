@@ -34,6 +34,7 @@ from vmm.microvm.machine import LayoutError, Template, build_template
 from vmm.microvm.pool import VmPool
 from vmm.microvm.snapshot import rehearse
 from vmm.microvm.vm import MicroVm, VmFault
+from vmm.microvm.wasip2_host import ahead_host
 from vmm.microvm.watchdog import Watchdog
 from vmm.microvm.worker import ThreadSet
 from vmm.policy import SandboxSpec
@@ -163,7 +164,8 @@ def _load_sync(spec: SandboxSpec, shared: _Shared, pool_size: int) -> MicroVmFac
 
     pool = VmPool(shared.system, template, shared.threads, target=pool_size,
                   warm=rehearse(spec.listener, spec.plugin_config, deadline, opened=opened),
-                  open_ahead=(spec.listener, spec.plugin_config), run=deadline, listener=spec.listener)
+                  open_ahead=(spec.listener, spec.plugin_config), run=deadline, listener=spec.listener,
+                  open_host=ahead_host(spec))
     try:
         pool.start()
     except VmFault as e:

@@ -24,17 +24,23 @@ import enum
 import ipaddress
 import struct
 import time
+from pathlib import Path
 from typing import Protocol
 
-from vmm.capabilities import CapabilityMisuse, HostCapabilities
+from vmm.capabilities import CapabilityDenied, CapabilityMisuse, HostCapabilities
 from vmm.contract import SendError
+from vmm.kvstore import KvStore
+from vmm.metrics import Metrics
 from vmm.microvm.abi import HostcallStatus
+from vmm.policy import SandboxSpec
 
 __all__ = [
     "GRANT_QUERY",
     "MAX_WAIT_S",
+    "AheadHost",
     "ErrorCode",
     "UdpService",
+    "ahead_host",
     "arguments",
     "granted",
     "poll",
@@ -87,6 +93,25 @@ def _addr(blob: bytes) -> tuple[str, int]:
 
 def _pack(ip: str, port: int) -> bytes:
     return _ADDR.pack(ipaddress.IPv4Address(ip).packed, port)
+
+
+class AheadHost(HostCapabilities):
+    """The host of on-open run once ahead of any connection, for the pool's snapshot
+    (VmPool open_host): GRANTED answers the listener's grants, which every connection
+    of its pool shares (each reload makes new pools), and ARGUMENTS and POLL answer as
+    for any plugin; every call that needs a grant is refused, and not logged or
+    counted (no connection made it), so on-open then runs per connection. An on-open
+    that completes here got exactly the answers each connection would get: e.g.
+    componentize-py's reseed, without `random`, the STARTUP_RANDOM_BYTES zeros."""
+
+    def check(self, capability: str) -> None:
+        raise CapabilityDenied(capability)
+
+
+def ahead_host(spec: SandboxSpec) -> AheadHost:
+    """The AheadHost of `spec`'s pool: the listener's grants, a throwaway kv and metrics."""
+    plugin = Path(spec.plugin_path).name.removesuffix(".wasm")
+    return AheadHost(spec.listener, plugin, spec.grants, spec.limits, KvStore(1, 1), metrics=Metrics())
 
 
 Result = tuple[HostcallStatus, int, bytes]
