@@ -528,9 +528,9 @@ async def test_on_open_runs_ahead_when_every_request_would_open_alike(
 
 
 def test_outside_a_connection_only_answers_that_need_none_are_given() -> None:
-    """Boot, wanted-phases' VM, on-open ahead: no connection. A plugin's (empty) arguments
-    and an immediate poll are the same for every connection; a grant is not (GRANTED is
-    denied, so no snapshot bakes in "not granted"), nor is anything else."""
+    """Boot, warm-up rehearsals: no host at all. A plugin's (empty) arguments and an
+    immediate poll are the same for every connection; a grant is not (GRANTED is denied,
+    so no snapshot bakes in "not granted"), nor is anything else."""
     assert hostcalls.dispatch(None, abi.HostFn.ARGUMENTS, 0, b"", b"") == hostcalls.HostcallResult(
         abi.HostcallStatus.OK, 0, b"")
     assert hostcalls.dispatch(None, abi.HostFn.POLL, 10**9, struct.pack("<I", 0), b"").status is (

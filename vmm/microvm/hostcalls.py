@@ -177,11 +177,12 @@ WITHOUT_CONNECTION: dict[int, _Answer] = {
     HostFn.ARGUMENTS: wasip2_host.arguments,
     HostFn.POLL: wasip2_host.poll,
 }
-"""Host calls answered with no connection (boot, `wanted-phases` at load, on-open
-ahead): a plugin's arguments are none and its poll returns at once, the same for
-every connection, so an answer here changes nothing a snapshot could carry over.
-Every other call is DENIED there: its answer would depend on a connection's
-grants (GRANTED included) or data, and the event ends cleanly."""
+"""Host calls answered with no host at all (boot, the pool's warm-up rehearsals):
+a plugin's arguments are none and its poll returns at once, the same for every
+connection, so an answer here changes nothing a snapshot could carry over. Every
+other call is DENIED there: its answer would depend on a connection's grants
+(GRANTED included) or data, and the event ends cleanly. (wanted-phases at load
+and on-open ahead get a host: a no-grant one, wasip2_host.AheadHost.)"""
 assert set(WITHOUT_CONNECTION) <= UNGATED
 
 

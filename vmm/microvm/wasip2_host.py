@@ -4,10 +4,10 @@ GRANTED answers whether the listener grants a capability, without recording
 a denial (the guest drops stdout when `log` is not granted, and gives
 STARTUP_RANDOM_BYTES zeros when `random` is not, as the wasmtime tier does).
 ARGUMENTS gives `lightcell run`'s command-line arguments (plugins have none).
-ARGUMENTS and POLL are answered outside a connection too (hostcalls.py
-WITHOUT_CONNECTION: a plugin's load-time `wanted-phases`, on-open ahead):
-their answer is the same for every connection of a plugin. GRANTED is not:
-its answer is the listener's grants, which a snapshot must not bake in.
+ARGUMENTS and POLL are answered with no host too (hostcalls.py
+WITHOUT_CONNECTION: boot, warm-up): their answer is the same for every
+connection of a plugin. GRANTED is not: it needs a host that knows the
+grants (a connection's, wanted-phases' no-grant one, or AheadHost).
 UDP_BIND / UDP_RECV / UDP_SEND need `egress` (hostcalls.py checks it); a
 plugin's HostCapabilities has no UDP service, so it cannot bind or receive,
 and its datagrams go through the egress allow list (`send_datagram`) exactly
