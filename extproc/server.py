@@ -32,7 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from extproc import http_service, plugins, stream_edge, tcp_service
+from extproc import http_service, plugins, reuseport, stream_edge, tcp_service
 from extproc.config import ConfigError, LightcellConfig
 from extproc.control import RETIRE_SIGNAL, ControlWriter
 from extproc.listener import HttpListener, Listener
@@ -345,6 +345,8 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(RETIRE_SIGNAL, retire.set)
+    if control is not None and server.port is not None:
+        reuseport.steer_to_newest(server.port)  # a reload's new worker takes every new connection
     if seccomp:
         _confine(server)
     else:

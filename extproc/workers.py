@@ -56,8 +56,9 @@ __all__ = ["Slot", "Supervisor", "temporary_socket", "worker_command", "worker_s
 LOG = logging.getLogger("lightcell.workers")
 POLL_S = 0.05
 ACK_TIMEOUT_S = 30.0
-"""How long a retiring worker may take to confirm it takes no new streams (it is told by a
-signal its event loop handles at once; past this the reload is logged anyway, with a warning)."""
+"""How long a retiring worker may take to confirm it takes no new streams (about two seconds:
+extproc.server's connection age and margin; past this the reload is logged anyway, with a
+warning)."""
 
 
 def worker_socket(path: Path, index: int) -> Path:
@@ -302,7 +303,13 @@ class Supervisor:
             LOG.exception("reload failed")
             self._refused(f"{self.config_path}: {type(e).__name__}: {e}")
             return
-        old = self._handover(fresh)
+        try:
+            self._take_addresses(fresh)
+        except OSError as e:
+            self._stop_these(fresh, signal.SIGTERM)
+            self._refused(f"handing the socket over: {e}")
+            return
+        old = self._retire(fresh)
         lines, unchanged = changes(self._prints, prints)
         self._prints = prints
         for line in lines:
@@ -314,19 +321,25 @@ class Supervisor:
         )  # fmt: skip
         self.on_reload(ReloadResult(True, None, tuple(lines), unchanged))
 
-    def _handover(self, fresh: list[_Running]) -> list[_Running]:
-        """New workers take each address (rename over the socket path: atomic, so every connect
-        finds a listener), then the old ones stop taking streams and drain."""
+    @staticmethod
+    def _take_addresses(fresh: list[_Running]) -> None:
+        """Each new worker's socket renamed over its slot's path: atomic, so every connect finds
+        a listener, the old one until this instant and the new one from it. (A TCP port is
+        shared already: the new worker bound it beside the old, SO_REUSEPORT.)"""
         for worker in fresh:
             final = worker.slot.socket_path
             if final is not None and worker.bound is not None and worker.bound != final:
                 os.rename(worker.bound, final)
                 worker.bound = final
+
+    def _retire(self, fresh: list[_Running]) -> list[_Running]:
+        """The new workers serve; the old ones hand Envoy over (their connections age out), stop
+        taking streams, and exit when their open streams have ended."""
         old, self.current = self.current, fresh
         for worker in old:
             _signal(worker, RETIRE_SIGNAL)
         deadline = time.monotonic() + ACK_TIMEOUT_S
-        for worker in old:  # GOAWAY sent: Envoy's next stream goes to a new connection
+        for worker in old:  # its connections aged out: Envoy's streams go to the new workers
             while not worker.draining and worker.proc.poll() is None and time.monotonic() < deadline:
                 worker.read()
                 time.sleep(POLL_S / 5)

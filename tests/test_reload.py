@@ -17,6 +17,7 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -42,6 +43,7 @@ from extproc.harness import (
 )
 from extproc.harness.upstream import free_port
 from extproc.policy_table import PolicyTable
+from extproc.reuseport import steer_to_newest
 from extproc.workers import temporary_socket, worker_socket
 
 IO_TIMEOUT = 30.0
@@ -319,6 +321,33 @@ async def test_every_worker_reloads_and_a_dead_one_still_stops_the_supervisor(
         if proc.poll() is None:
             proc.terminate()
             await asyncio.to_thread(proc.wait, 60)
+
+
+def test_a_reuseport_group_sends_new_connections_to_the_newest_listener() -> None:
+    def listener(port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # as gRPC: v4-mapped on AF_INET6
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("::ffff:127.0.0.1", port))
+        s.listen(64)
+        s.setblocking(False)
+        return s
+
+    old = listener(0)
+    port = old.getsockname()[1]
+    try:
+        assert steer_to_newest(port)  # as the first worker does at start
+        with listener(port) as new:  # a reload's worker binds beside it
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+            for _ in clients:
+                new.accept()[0].close()  # every one is queued at the newest listener ...
+            with pytest.raises(BlockingIOError):
+                old.accept()  # ... none at the old one, whose close would reset them
+            for c in clients:
+                c.close()
+        with socket.create_connection(("127.0.0.1", port)):  # one listener: the kernel's hash
+            old.accept()[0].close()
+    finally:
+        old.close()
 
 
 # ----------------------------------------------------------------------------- the leases
