@@ -1,5 +1,7 @@
 """What the services look policies up in: a swappable table, and the leases that keep a
-replaced plugin open until the last stream using it ends (extproc/reload.py swaps them).
+replaced plugin open until the last stream using it ends. `lightcell serve` never swaps a
+running worker's tables (a reload replaces whole worker processes: extproc/workers.py);
+`replace` is for a program that embeds LightcellServer unconfined.
 
 A stream takes a Lease on the factory of the policy it was served (synchronously, with the
 lookup); a `replace` retires every factory no longer served, and a retired factory is closed
