@@ -21,6 +21,8 @@ import time
 __all__ = ["CpuMeter"]
 
 _IDLE = -1.0
+_thread_time = time.thread_time  # two reads per exit: module globals are the cheap lookup
+_get_ident = threading.get_ident
 
 
 class CpuMeter:
@@ -37,17 +39,17 @@ class CpuMeter:
 
     def enter(self) -> float:
         """On the vCPU's thread, right before KVM_RUN: returns the start to pass to leave()."""
-        ident = threading.get_ident()
+        ident = _get_ident()
         if ident != self._ident:  # the VM moved threads (the loop's, then its vCPU thread's)
             self._clock = time.pthread_getcpuclockid(ident)
             self._ident = ident
-        start = time.thread_time()  # the same clock as _clock, read as the calling thread
+        start = _thread_time()  # the same clock as _clock, read as the calling thread
         self._start = start  # published after _clock: a reader that sees it in a run has the clock
         return start
 
     def leave(self, start: float) -> None:
         """On the vCPU's thread, right after KVM_RUN returned."""
-        end = time.thread_time()
+        end = _thread_time()
         self._start = _IDLE  # first: a reader between these two lines under-counts, never doubles
         self.charged += max(end - start, 0.0)
 
