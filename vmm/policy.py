@@ -57,8 +57,9 @@ class Limits:
     memory_bytes: int = 16 * 1024 * 1024
     """Cap on the plugin's linear memory (and the micro-VM's wasm heap)."""
     event_cpu_ms: int = 50
-    """Budget of one hook call (open, one chunk, close): CPU time of the thread(s)
-    running it, with a wall-clock cap of 20x (at least 2 s); the same in every tier
+    """Budget of one hook call (open, one chunk, close): CPU time spent running it
+    (micro-VM: the guest's own, inside KVM_RUN plus its host calls; wasmtime: the
+    thread's), with a wall-clock cap of 20x (at least 2 s) in every tier
     (vmm/microvm/watchdog.py, vmm/wasmtime_tier/_budget.py)."""
     max_datagram_bytes: int = 1400
     egress: EgressLimits = field(default_factory=EgressLimits)
