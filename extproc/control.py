@@ -34,8 +34,16 @@ class ControlWriter:
             os.write(self._fd, line.encode())
 
 
+MAX_LINE = 64 * 1024
+"""A worker's message is at most this long: the supervisor treats workers as untrusted (a
+plugin runs in them), so a longer line ends the pipe instead of growing a buffer."""
+
+
+_READS_PER_CALL = 16
+
+
 class ControlReader:
-    """The supervisor's end: non-blocking, whole lines only."""
+    """The supervisor's end: non-blocking, whole lines only, each at most MAX_LINE bytes."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -44,8 +52,12 @@ class ControlReader:
         self.closed = False
 
     def messages(self) -> list[dict[str, Any]]:
-        """Every whole message that arrived since the last call."""
-        while not self.closed:
+        """The whole messages that arrived since the last call (a bounded read per call: a
+        worker flooding its pipe cannot hold the supervisor here)."""
+        lines: list[bytes] = []
+        for _ in range(_READS_PER_CALL):
+            if self.closed:
+                break
             try:
                 chunk = os.read(self._fd, 65536)
             except BlockingIOError:
@@ -53,12 +65,14 @@ class ControlReader:
             if not chunk:
                 self.close()
                 break
-            self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
+            *whole, self._buffer = (self._buffer + chunk).split(b"\n")
+            lines += whole
+            if len(self._buffer) > MAX_LINE:
+                self.close()
         out = []
         for line in lines:
             with contextlib.suppress(ValueError):
-                message = json.loads(line)
+                message = json.loads(line) if len(line) <= MAX_LINE else None
                 if isinstance(message, dict):
                     out.append(message)
         return out

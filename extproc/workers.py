@@ -114,7 +114,8 @@ def worker_command(
 
 @dataclass
 class _Running:
-    """One worker process and what it told us."""
+    """One worker process and what it told us (untrusted: plugins ran in it; its messages are
+    bounded, checked, and only ever logged or used as the port it was given)."""
 
     slot: Slot
     proc: subprocess.Popen[bytes]
@@ -130,7 +131,10 @@ class _Running:
         for message in self.control.messages():
             kind = message.get("kind")
             if kind == "serving":
-                self.serving, self.port = True, message.get("port")
+                self.serving = True
+                port = message.get("port")  # kept only if sane: the next generation binds it
+                if isinstance(port, int) and 0 < port < 65536 and self.slot.port in (0, port):
+                    self.port = port
             elif kind == "draining":
                 self.draining = True
             elif kind == "error":

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from extproc import cli
+from extproc.control import MAX_LINE, ControlReader, ControlWriter
 from extproc.harness import (
     EnvoyProcess,
     ListenerSpec,
@@ -149,3 +150,21 @@ def test_bad_config_fails_once(built_plugins: dict[str, Path], tmp_path: Path) -
     assert "'edge'" in result.stderr and "failure_mode_allow" in result.stderr
     with contextlib.suppress(FileNotFoundError):
         assert not list(tmp_path.glob("lc.*.sock"))
+
+
+def test_the_control_pipe_takes_whole_bounded_json_objects_only() -> None:
+    read_fd, write_fd = os.pipe()
+    reader, writer = ControlReader(read_fd), ControlWriter(write_fd)
+    try:
+        writer.send("serving", port=7)
+        os.write(write_fd, b'not json\n[1, 2]\n{"kind": "drain')  # garbage, a list, half a line
+        assert reader.messages() == [{"kind": "serving", "port": 7}]
+        os.write(write_fd, b'ing"}\n')
+        assert reader.messages() == [{"kind": "draining"}]
+        for _ in range(2):  # a line longer than MAX_LINE (in two writes: a pipe holds 64 KiB)
+            os.write(write_fd, b"x" * (MAX_LINE // 2 + 1))
+            assert reader.messages() == []
+        assert reader.closed  # a worker flooding the supervisor is cut off
+    finally:
+        reader.close()
+        os.close(write_fd)
