@@ -43,7 +43,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -296,7 +296,8 @@ class Supervisor:
 
         LOG.info("reloading %s", self.config_path)
         try:
-            prints = fingerprints(load_config(self.config_path))
+            with _quiet("lightcell.config"):  # the new workers log the file's warnings
+                prints = fingerprints(load_config(self.config_path))
             fresh = self._start_generation(handover=True)
         except (ConfigError, _Refused) as e:
             self._refused(str(e))
@@ -362,7 +363,7 @@ class Supervisor:
         lines approximate: every reload restarts every worker on the whole file)."""
         from extproc.config import ConfigError, load_config
 
-        with contextlib.suppress(ConfigError, OSError):
+        with contextlib.suppress(ConfigError, OSError), _quiet("lightcell.config"):
             self._prints = fingerprints(load_config(self.config_path))
 
     # ------------------------------------------------------------------ ends
@@ -424,6 +425,17 @@ class _Refused(Exception):
         super().__init__(message)
         self.code = code if code > 0 else 1
         self.from_worker = from_worker
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Without `logger`'s warnings: the workers log them (once each, not twice)."""
+    log = logging.getLogger(logger)
+    was, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = was
 
 
 def _signal(worker: _Running, signum: int) -> None:
