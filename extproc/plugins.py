@@ -92,18 +92,21 @@ def _auto_tier(spec: SandboxSpec) -> TierChoice:
     return TierChoice(Tier.MICROVM, "/dev/kvm works: the wasm sandbox runs inside a KVM micro-VM")
 
 
-AUTO_MICROVM_MAX_CODE_BYTES = 8 << 20
+AUTO_MICROVM_MAX_CODE_BYTES = 16 << 20
 """The most code one core module may have for tier auto to pick the micro-VM.
-Its ahead-of-time compile (wasm2c, then zig at -O2) grows with the code: the
-6 MiB of CPython's core module take about a minute, the 9 MiB of SpiderMonkey
-inside a componentize-js plugin over 7 minutes and 12 GB of RAM."""
+Its ahead-of-time compile (wasm2c, then zig -O2 in pieces, each cached) grows
+with the code: the 9 MiB of SpiderMonkey inside a componentize-js plugin take
+about 17 CPU-minutes (under 9 minutes on 2 idle cores, under 1 GB of RAM; a
+later JS plugin reuses all but a few pieces), CPython's core module about 11
+minutes; past this a first start would compile for far longer than anyone
+expects of tier auto."""
 
 
 def _microvm_refusal(path: Path) -> str | None:
     """Why the micro-VM cannot run this plugin, or None: core modules and
     components of either world (all their core modules, with generated glue) it
-    can; not yet JavaScript components (SpiderMonkey is not compiled for the
-    guest)."""
+    can, and componentize-js plugins built without WASI (one core module); not
+    yet JavaScript components with WASI."""
     from vmm.microvm.component_parse import ComponentFormatError, parse_component
     from vmm.wasm_module import WasmFormatError, largest_code_section, unwrap_core
 
@@ -123,7 +126,7 @@ def _microvm_refusal(path: Path) -> str | None:
     except ComponentFormatError as e:
         return f"the plugin is a component the micro-VM cannot run ({e})"
     if "JavaScript" in component.producers.get("language", []):
-        return "the plugin is a JavaScript component, not compiled for the micro-VM yet"
+        return "the plugin is a JavaScript component with WASI, not compiled for the micro-VM yet"
     return None
 
 

@@ -81,6 +81,9 @@ RUNTIME_SOURCES = tuple(
 
 WASM2C_FLAGS = ("--disable-exceptions", "--disable-memory64")
 """Features the runtime does not implement: wasm2c refuses such modules."""
+SPLIT_CORE_BYTES = 1 << 20
+"""A core module bigger than this compiles in pieces, each cached on its own
+(component_compile.split_object); a smaller one as one C file."""
 NATIVE_SHIM = RUNTIME_DIR / "native_shim.c"
 """Stands in for guest/boot in the native target (never linked into a guest image)."""
 
@@ -333,7 +336,12 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
 
         return compile_component(data, path.name, target=target, root=root, world=world)
     core, contract = load_core(data, path.name, world)
-    key = hashlib.sha256(core + sources_digest(target).encode()).hexdigest()[:32]
+    digest = sources_digest(target)
+    if len(core) > SPLIT_CORE_BYTES:  # its pieces' flags decide the image too
+        from vmm.microvm.component_compile import piece_digest
+
+        digest += piece_digest(target)
+    key = hashlib.sha256(core + digest.encode()).hexdigest()[:32]
     suffix = ".so" if target == "native" else ".elf"
     image = root / f"{key}{suffix}"
     if trusted(image):
@@ -346,7 +354,14 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
             work = Path(tmp)
             core_file = work / "plugin.wasm"
             core_file.write_bytes(core)
-            c_file, h_file = compile_core_c(core_file, work)
+            if len(core) > SPLIT_CORE_BYTES:  # SpiderMonkey (componentize-js): in cached pieces
+                from vmm.microvm.component_compile import split_object
+
+                plugin_obj, h_file = split_object(core_file, work, bind.MODULE_NAME, target, root)
+            else:
+                c_file, h_file = compile_core_c(core_file, work)
+                plugin_obj = work / "plugin.o"
+                cc(c_file, plugin_obj, target, generated=True)
             exports = frozenset(e.name for e in contract.info.exports)
             try:
                 bind_src = bind.generate_bind(h_file.read_text(), h_file.name, exports, contract.world)
@@ -354,8 +369,7 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
                 raise CompileError(f"{path.name}: {e}") from e
             bind_file = work / "bind.c"
             bind_file.write_text(bind_src)
-            objs = [work / "plugin.o", work / "bind.o"]
-            cc(c_file, objs[0], target, generated=True)
+            objs = [plugin_obj, work / "bind.o"]
             cc(bind_file, objs[1], target, extra=[f"-I{work}"])
             out = work / f"image{suffix}"
             link([*objs, *runtime], out, target)

@@ -28,7 +28,7 @@ from vmm.microvm.component_glue import GlueError, ModuleHeader, generate_glue, m
 from vmm.microvm.component_parse import ComponentFormatError, parse_component
 from vmm.wasm_module import CoreContract, CoreHttpContract, CoreModuleInfo
 
-__all__ = ["compile_component", "component_runtime_sources", "wasip2_declared"]
+__all__ = ["compile_component", "component_runtime_sources", "split_object", "wasip2_declared"]
 
 MODULE_OBJECT_VERSION = 2
 """Bump when _module_object changes how it builds (its cache key)."""
@@ -125,11 +125,15 @@ function, and it runs once, at boot, before the snapshot."""
 _DEFINITION = re.compile(rb"^(?:static )?[a-z0-9_]+\*? w2c_\w+\(.*\{$", re.M)
 
 
-def _unoptimise_huge_functions(c_file: Path) -> int:
-    """Mark every huge function definition in `c_file` optnone; returns how many."""
+def _unoptimise_huge_functions(c_file: Path, straight_line_only: bool = False) -> int:
+    """Mark every huge function definition in `c_file` optnone (only those
+    without a branch if `straight_line_only`: SpiderMonkey's longest, 81,000
+    lines with branches, take under a minute at -O2 without debug info, and
+    such a function may be its interpreter); returns how many."""
     text = c_file.read_bytes()
     starts = [m.start() for m in _DEFINITION.finditer(text)] + [len(text)]
-    huge = [a for a, b in itertools.pairwise(starts) if text.count(b"\n", a, b) > HUGE_FUNCTION_LINES]
+    huge = [a for a, b in itertools.pairwise(starts) if text.count(b"\n", a, b) > HUGE_FUNCTION_LINES
+            and not (straight_line_only and text.find(b"goto ", a, b) >= 0)]
     if not huge:
         return 0
     out, last = bytearray(), 0
@@ -170,6 +174,55 @@ def _module_object(module: bytes, index: int, target: aot.Target, root: Path,
             publish(h_file.read_bytes(), header)
             publish(out.read_bytes(), obj)
     return obj, header.read_text()
+
+
+PIECE_FLAGS = ("-g0",)
+"""Extra zig cc flags for the pieces of a split core module (split_object).
+zig cc adds DWARF by default: a 9 MiB SpiderMonkey module as one C file at -O2
+then took over 7 minutes and 12 GB; in pieces without debug info it takes a
+few hundred MB per compile (benchmarks/measure_aot_compile.py). A guest image
+is never debugged symbolically, so nothing is lost. (zig cc maps -O1 to -O2:
+a lower clang level would have to be `-Xclang -O1`.)"""
+
+PIECE_VERSION = 1
+"""Bump when split_object changes how it builds a piece (its cache key)."""
+
+
+def piece_digest(target: aot.Target) -> str:
+    """What besides its C text and its -impl.h decides a piece's object."""
+    return hashlib.sha256(f"{module_digest(target)}\0{PIECE_FLAGS}\0{PIECE_VERSION}".encode()).hexdigest()
+
+
+def split_object(wasm: Path, work: Path, name: str, target: aot.Target, root: Path) -> tuple[Path, Path]:
+    """A big core module compiled in pieces: (one relocatable object in `work`,
+    wasm2c's header). Each piece's object is cached by its C text, so two
+    plugins on the same engine (every componentize-js plugin carries the same
+    SpiderMonkey; only its data and a build timestamp differ) share all but a
+    few pieces, and a runtime change relinks without recompiling."""
+    pieces = max(2, min(64, wasm.stat().st_size // SPLIT_BYTES))
+    c_files, h_file = _wasm2c(wasm, work, name, pieces)
+    impl = (work / f"{name}-impl.h").read_bytes() + h_file.read_bytes()
+    digest = piece_digest(target).encode()
+
+    def piece(c_file: Path) -> Path:
+        key = hashlib.sha256(c_file.read_bytes() + impl + digest).hexdigest()[:32]
+        obj = root / f"piece-{key}.o"
+        if trusted(obj):
+            return obj
+        with locked(root / f"piece-{key}.lock"):
+            if not trusted(obj):
+                _unoptimise_huge_functions(c_file, straight_line_only=True)
+                out = c_file.with_suffix(".o")
+                aot.cc(c_file, out, target, generated=True, extra=PIECE_FLAGS)
+                publish(out.read_bytes(), obj)
+        return obj
+
+    jobs = max(1, int(os.environ.get(JOBS_ENV, "2")))
+    with ThreadPoolExecutor(jobs) as pool:  # biggest first: the long compiles overlap the short ones
+        objs = list(pool.map(piece, sorted(c_files, key=lambda c: -c.stat().st_size)))
+    merged = work / f"{name}.o"
+    aot._run([*aot._zig_cc()[:3], "ld.lld", "-r", *objs, "-o", merged], "merging a module's objects")
+    return merged, h_file
 
 
 def _capabilities(imports: list[str]) -> frozenset[str]:
