@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_microvm.py [--n 300] [--vms 1000]
     .venv/bin/python benchmarks/bench_microvm.py --http [--n 300]
     .venv/bin/python benchmarks/bench_microvm.py --component counter [--n 300]
+    .venv/bin/python benchmarks/bench_microvm.py --js jsonpatch [--n 100]
 
 
 Steps: cold boot to ready; a VM taken from the warm pool; a new connection's
@@ -20,6 +21,10 @@ the snapshot, and the snapshot's resident bytes (each live VM holds them).
 example, a typical header set), through HttpRunner, in a fresh sandbox per
 request: a micro-VM from the warm pool, and the same through the wasmtime
 tier, in the same run.
+
+--js NAME (e.g. jsonpatch, componentize-js): a fresh sandbox's open and first
+~1 KiB JSON body event (rewritten), then a second body event's round trip,
+in the micro-VM and in the wasmtime tier.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from vmm.microvm.snapshot import Snapshot, warm_up  # noqa: E402
 from vmm.microvm.vm import MicroVm, VmFault  # noqa: E402
 from vmm.microvm.watchdog import Watchdog  # noqa: E402
 from vmm.policy import SandboxSpec  # noqa: E402
+from vmm.wasmtime_tier import load_http as load_http_wasmtime  # noqa: E402
 
 
 def report(name: str, samples_us: list[float]) -> None:
@@ -276,8 +282,6 @@ HTTP_HEADERS = [(":method", b"GET"), (":path", b"/api/items?page=2"), (":authori
 async def http_steps(n: int) -> None:
     from vmm.http_abi import Header
     from vmm.microvm.tier import load_http
-    from vmm.wasmtime_tier import load_http as load_http_wasmtime
-
     spec = SandboxSpec("bench", str(plugin_build.build("addheader")), plugin_config="x-bench=1")
     headers = [Header(k, v) for k, v in HTTP_HEADERS]
     attributes = [("request.path", "/api/items"), ("source.address", "127.0.0.1:5555")]
@@ -304,6 +308,38 @@ async def http_steps(n: int) -> None:
         await f.aclose()
 
 
+async def js_steps(name: str, n: int) -> None:
+    """A componentize-js http-filter plugin (SpiderMonkey inside) in both tiers."""
+    from vmm.policy import Limits
+
+    spec = SandboxSpec("bench", str(plugin_build.build(name)), limits=Limits(64 << 20, event_cpu_ms=5000))
+    body = b'{"user":"u1","items":[' + b",".join(b'{"id":%d,"qty":1}' % i for i in range(54)) + b"]}"
+    config = "set=meta.src:bench;drop=user"
+    for label, load in (("microvm", lambda: tier.load_http(spec, pool_size=4)),
+                        ("wasmtime", lambda: load_http_wasmtime(spec))):
+        t0 = time.perf_counter()
+        f = await load()
+        print(f"{name} {label}: load (compile or cache, boot, snapshot, pool) "
+              f"{(time.perf_counter() - t0) * 1e3:.1f} ms", flush=True)
+        first, rt = [], []
+        for _ in range(n):
+            await asyncio.sleep(0.01)  # let the background restore/refill finish
+            t0 = time.perf_counter()
+            s = await f.new_sandbox(host())
+            await s.open("bench", config)
+            d = await s.request_body(body, True)
+            t1 = time.perf_counter()
+            await s.request_body(body, True)
+            t2 = time.perf_counter()
+            await s.close()
+            assert d.body is not None and b'"src":"bench"' in d.body, d
+            first.append((t1 - t0) * 1e6)
+            rt.append((t2 - t1) * 1e6)
+        report(f"{name} {label}: new request, first {len(body)} B body event", first)
+        report(f"{name} {label}: body event round trip", rt)
+        await f.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -312,10 +348,14 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--http", action="store_true", help="the HTTP request-headers figures only")
     parser.add_argument("--component", metavar="NAME", help="an example component's figures only (counter)")
+    parser.add_argument("--js", metavar="NAME", help="a JavaScript http-filter's figures only (jsonpatch)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     if args.component:
         asyncio.run(component_steps(args.component, args.n))
+        return
+    if args.js:
+        asyncio.run(js_steps(args.js, args.n))
         return
     if args.http:
         asyncio.run(http_steps(args.n))
