@@ -178,11 +178,14 @@ def _module_object(module: bytes, index: int, target: aot.Target, root: Path,
 
 PIECE_FLAGS = ("-g0",)
 """Extra zig cc flags for the pieces of a split core module (split_object).
-zig cc adds DWARF by default: a 9 MiB SpiderMonkey module as one C file at -O2
-then took over 7 minutes and 12 GB; in pieces without debug info it takes a
-few hundred MB per compile (benchmarks/measure_aot_compile.py). A guest image
-is never debugged symbolically, so nothing is lost. (zig cc maps -O1 to -O2:
-a lower clang level would have to be `-Xclang -O1`.)"""
+zig cc adds DWARF by default: SpiderMonkey's 9 MiB module as one C file at -O2
+then took over 7 minutes and 12 GB. Without debug info a piece compiles in
+~40% less CPU and ~60% less memory, the same code (a 4.9 MB piece: 20.8 s and
+556 MB -> 12.7 s and 217 MB; the longest function, 81,000 lines: 1.0 GB ->
+0.6 GB); the whole module in 23 pieces: 1032 s CPU, at most 0.93 GB
+(benchmarks/measure_aot_compile.py). A guest image is never debugged
+symbolically. zig cc maps -O1 to -O2 (`-Xclang -O1` reaches clang): it saves
+~1% here; -O1 with -mllvm -fast-isel ~30% for 3-20% more code, not taken."""
 
 PIECE_VERSION = 1
 """Bump when split_object changes how it builds a piece (its cache key)."""
