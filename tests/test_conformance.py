@@ -1,6 +1,8 @@
 """WebAssembly core spec tests through the micro-guest's wasm engine
 (devtools/conformance.py): a representative subset in the host-native
-harness, a few files in real micro-VMs, and proof that the runner can fail."""
+harness beside the reference interpreter (devtools/spec_reference.py), a few
+files natively and in real micro-VMs with equal results, the spec semantics
+the runner must honour, and proof that the runner can fail."""
 
 from __future__ import annotations
 
