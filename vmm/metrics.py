@@ -4,9 +4,10 @@
 in memory (`get`, which tests and private per-sandbox instances use); the
 process-wide `METRICS` also mirrors every record into prometheus-client
 collectors (`EXPORTED`), which `extproc.metrics_http` serves. Under
-`serve --workers N --metrics-address` the supervisor sets PROMETHEUS_MULTIPROC_DIR
-before it starts the workers, so their collectors write to per-process files the
-supervisor's one endpoint sums (prometheus-client's multiprocess mode).
+`serve --metrics-address` the supervisor sets PROMETHEUS_MULTIPROC_DIR before it
+starts any worker (also those a reload starts), so their collectors write to
+per-process files the supervisor's one endpoint sums (prometheus-client's
+multiprocess mode; an exited worker is marked dead).
 
 Label cardinality stays bounded: labels are listener and route names from the
 configuration, plugin names, tiers, hooks, fault kinds, capabilities and reasons;
