@@ -5,9 +5,11 @@ The plugin's CPU time is that of the thread running the hook, less the
 garbage collector's passes on that thread (gc.callbacks, timed per thread):
 a pass can start at any allocation, in our own lowering code or a host call,
 and took 36-80 ms of CPU under load; charged to the plugin, one failed a
-trivial hook as over its 50 ms budget. Host calls are charged as they run
-(their payloads are capped, so honest ones take microseconds): a plugin
-spinning on them is charged for it.
+trivial hook as over its 50 ms budget. Host calls are charged in full, less
+passes (payloads are capped, so honest ones take microseconds): a plugin
+spinning on them pays for it. No per-call cap as in the micro-VM: a host call
+here can run plugin code (kv.get lowers its value with the plugin's
+cabi_realloc), which a cap would let a plugin pass off as host time.
 
 The engine's epoch ticks on wall time (_engine.py). Each hook call starts with
 its deadline at its budget in ticks; when the deadline comes, wasmtime calls

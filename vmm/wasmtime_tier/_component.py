@@ -307,7 +307,7 @@ class ComponentInstanceBase(WasmtimeInstanceBase):
 
     def _instantiate_sync(self) -> None:
         store = wasmtime.Store(engine())
-        _budget.install(store)  # event_cpu_ms is CPU time of the running thread
+        _budget.install(store)  # event_cpu_ms is the plugin's own CPU time (see _budget.py)
         # wasmtime caps each memory separately; componentize-py needs one.
         store.set_limits(memory_size=self._limits.memory_bytes, table_elements=1 << 20, memories=1)
         store.set_wasi(self._wasi_config())

@@ -114,7 +114,7 @@ class CoreInstanceBase(WasmtimeInstanceBase):
     # on a worker thread, under the budget (WasmtimeInstance runs it before on-open).
     def _instantiate_sync(self) -> None:
         store = wasmtime.Store(engine())
-        _budget.install(store)  # event_cpu_ms is CPU time of the running thread
+        _budget.install(store)  # event_cpu_ms is the plugin's own CPU time (see _budget.py)
         # wasmtime caps each memory separately: one memory (checked at load)
         # and one instance make memory_size the sandbox's total.
         store.set_limits(

@@ -3,8 +3,9 @@
 CPU budget: epoch interruption. A ticker thread bumps the engine's epoch every
 TICK_SECONDS while any plugin is loaded; each hook call sets its deadline to
 ceil(event_cpu_ms / tick) + 1 ticks (the +1 covers a partial first tick). At
-the deadline _budget.py checks the CPU time the calling thread actually used
-and either moves the deadline on (a starved call) or ends the call.
+the deadline _budget.py checks the CPU time the call actually used (its
+thread's, less garbage-collector passes on it) and either moves the deadline
+on (a starved call) or ends the call.
 
 Epoch or fuel, measured (`python benchmarks/bench_wasmtime_tier.py`, 2 shared
 cores, p50): a tight guest loop over 1 MiB takes 1.07 ms with no budget,
