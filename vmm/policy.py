@@ -58,8 +58,8 @@ class Limits:
     """Cap on the plugin's linear memory (and the micro-VM's wasm heap)."""
     event_cpu_ms: int = 50
     """Budget of one hook call (open, one chunk, close): CPU time spent running it
-    (micro-VM: the guest's own, inside KVM_RUN plus its host calls; wasmtime: the
-    thread's), with a wall-clock cap of 20x (at least 2 s) in every tier
+    (micro-VM: the guest's own, inside KVM_RUN plus its host calls; wasmtime: its
+    thread's less garbage-collector passes), with a wall-clock cap of 20x (at least 2 s) in every tier
     (vmm/microvm/watchdog.py, vmm/wasmtime_tier/_budget.py)."""
     max_datagram_bytes: int = 1400
     egress: EgressLimits = field(default_factory=EgressLimits)
