@@ -246,18 +246,22 @@ class Supervisor:
     def _wait_serving(self, batch: list[_Running], started: list[_Running]) -> _Running | None:
         pending = list(batch)
         while pending:
-            if self._signalled:
-                self._stop_these(started, self._signalled[0])
-                raise _Aborted
             for worker in list(pending):
                 worker.read()
                 if worker.serving:
                     pending.remove(worker)
                     self._served = True
+                elif self._signalled:
+                    continue
                 elif worker.proc.poll() is not None:
                     worker.read()  # its last words: the error
                     self._reap(worker)
                     return worker
+            # Read before giving up: a SIGTERM right after a worker served must still
+            # find _served set, or its socket would be left behind.
+            if self._signalled:
+                self._stop_these(started, self._signalled[0])
+                raise _Aborted
             time.sleep(POLL_S)
         return None
 

@@ -34,7 +34,7 @@ CONTINUE = HttpDecision(DecisionKind.CONTINUE)
 Outcome = tuple[Any, ...]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed after this module: a wasmtime factory holds the epoch ticker
 async def js_http() -> AsyncIterator[dict[tuple[str, str], Any]]:
     """jsonpatch and tagjson loaded once per tier (every grant in the spec; each request's host
     carries its case's grants, as a listener's would)."""
