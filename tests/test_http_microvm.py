@@ -711,3 +711,58 @@ async def test_an_http_op_to_a_tcp_filter_image_is_refused() -> None:
     finally:
         f.pool.give_back(lease).result()
         await f.aclose()
+
+
+# --- a Python component that misbehaves, in the micro-VM ---------------------------------------
+
+MISBEHAVE_LIMITS = Limits(memory_bytes=64 << 20, event_cpu_ms=300)
+
+
+@pytest.fixture(scope="module")
+async def misbehave_py(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Any]]:
+    """tests/http_plugins/misbehave_py (raw componentize-py bindings) loaded in both tiers."""
+    out = tmp_path_factory.mktemp("misbehave-py") / "misbehave_py.wasm"
+    wasm = plugin_build.componentize_python(HERE / "http_plugins" / "misbehave_py", "app", "http-filter", out)
+    spec = SandboxSpec("http-listener", str(wasm), Grants(frozenset({"metadata"})), MISBEHAVE_LIMITS)
+    tiers: dict[str, Any] = {}
+    try:
+        tiers["microvm"] = await load_http(spec, pool_size=1)
+        tiers["wasmtime"] = await wt.load_http(spec)
+        yield tiers
+    finally:
+        for f in tiers.values():
+            await f.aclose()
+
+
+@pytest.mark.parametrize(("mode", "fault"), [
+    ("ok", None), ("loop", FaultKind.BUDGET), ("grow", FaultKind.MEMORY), ("raise", FaultKind.TRAP),
+    ("status", FaultKind.ABI), ("body", FaultKind.ABI),
+])  # fmt: skip
+def test_a_misbehaving_python_component_faults_alike_in_both_tiers(
+        misbehave_py: dict[str, Any], mode: str, fault: FaultKind | None) -> None:
+    """CPython spinning forever ends on its own CPU budget in the micro-VM (the watchdog), one
+    allocating forever on its memory cap, a raise as a trap, a contract violation as an ABI fault:
+    the same kind, in the same hook, as in wasmtime (but for the memory cap, below)."""
+    steps: list[tuple[str, tuple[Any, ...]]] = [
+        ("open", ("http-listener", f"mode={mode}")),
+        ("request_headers", ([Header(":path", b"/x")], [("request.path", "/x")], False)),
+        ("request_body", (b"body", True)),
+    ]
+    kinds = {}
+    grants = Grants(frozenset({"metadata"}))
+    for tier, factory in misbehave_py.items():
+        kv = ObservedKv(10, 64)
+        host = RecordingHost("http-listener", "misbehave_py", grants, MISBEHAVE_LIMITS, kv, Sent())
+        outcomes = _request(OnWorker(factory.new_instance(host)), steps)
+        kinds[tier] = [(o[0], o[1] if o[0] == "fault" else o[1].kind) for o in outcomes]
+    want = ([("decision", DecisionKind.CONTINUE)] * 2 + [("decision", DecisionKind.MODIFY)] * 1
+            + [("decision", DecisionKind.CONTINUE)] if fault is None
+            else [("decision", DecisionKind.CONTINUE), ("fault", fault)])  # fmt: skip
+    if mode == "grow":
+        # The one difference: CPython turns the refused memory.grow into MemoryError, an
+        # uncaught exception; the micro-VM sees the memory at its cap and says so, wasmtime's
+        # component path cannot read a component's memory size and reports the trap.
+        assert kinds["wasmtime"] == [("decision", DecisionKind.CONTINUE), ("fault", FaultKind.TRAP)]
+        assert kinds["microvm"] == want, kinds
+        return
+    assert kinds["microvm"] == kinds["wasmtime"] == want, kinds

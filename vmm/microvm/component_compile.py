@@ -145,10 +145,11 @@ def _unoptimise_huge_functions(c_file: Path, straight_line_only: bool = False) -
     return len(huge)
 
 
-def _module_object(module: bytes, index: int, target: aot.Target, root: Path,
-                   pool: ThreadPoolExecutor) -> tuple[Path, str]:
-    """(object, wasm2c header text) of one core module, cached by content."""
-    key = hashlib.sha256(module + f"{index}\0{module_digest(target)}".encode()).hexdigest()[:32]
+def _module_object(module: bytes, index: int, target: aot.Target, root: Path) -> tuple[Path, str]:
+    """(object, wasm2c header text) of one core module, cached by content; a big
+    one (CPython's libpython) is compiled in cached pieces by split_object."""
+    salt = f"{index}\0{module_digest(target)}\0{PIECE_FLAGS}".encode()
+    key = hashlib.sha256(module + salt).hexdigest()[:32]
     obj, header = root / f"mod-{key}.o", root / f"mod-{key}.h"
     if trusted(obj) and trusted(header):
         return obj, header.read_text()
@@ -159,18 +160,13 @@ def _module_object(module: bytes, index: int, target: aot.Target, root: Path,
             work = Path(tmp)
             wasm = work / f"m{index}.wasm"
             wasm.write_bytes(strip_custom(module))
-            pieces = max(1, min(64, len(module) // SPLIT_BYTES))
-            c_files, h_file = _wasm2c(wasm, work, module_c_name(index), pieces)
-            for c in c_files:
-                _unoptimise_huge_functions(c)
-            objs = [c.with_suffix(".o") for c in c_files]
-            jobs = zip(c_files, objs, strict=True)
-            list(pool.map(lambda co: aot.cc(co[0], co[1], target, generated=True), jobs))
-            out = work / "m.o"
-            if len(objs) == 1:
-                out = objs[0]
-            else:  # one relocatable object per module, as the cache keeps it
-                aot._run([*aot._zig_cc()[:3], "ld.lld", "-r", *objs, "-o", out], "merging a module's objects")
+            if len(module) >= 2 * SPLIT_BYTES:
+                out, h_file = split_object(wasm, work, module_c_name(index), target, root)
+            else:
+                (c_file,), h_file = _wasm2c(wasm, work, module_c_name(index), 1)
+                _unoptimise_huge_functions(c_file)
+                out = c_file.with_suffix(".o")
+                aot.cc(c_file, out, target, generated=True, extra=PIECE_FLAGS)
             publish(h_file.read_bytes(), header)
             publish(out.read_bytes(), obj)
     return obj, header.read_text()
@@ -252,7 +248,8 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
     wasip2 = wasip2_declared() if uses_wasi else frozenset()
     glue_code = [Path(__file__).with_name(n)
                  for n in ("component_glue.py", "component_parse.py", "component_types.py", "bind.py")]
-    digest = aot.sources_digest(target) + aot._tree_digest([*sources, *glue_code])
+    # piece_digest: how module objects are built (their flags), which the image embeds
+    digest = aot.sources_digest(target) + aot._tree_digest([*sources, *glue_code]) + piece_digest(target)
     key = hashlib.sha256(data + digest.encode()).hexdigest()[:32]
     suffix = ".so" if target == "native" else ".elf"
     image = root / f"c-{key}{suffix}"
@@ -260,10 +257,11 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
         return aot.CompiledPlugin(image, contract, True, time.perf_counter() - t0)
     used = sorted({m for kind, m, _ in comp.core_instances if kind == "instantiate" and m is not None})
     jobs = max(1, int(os.environ.get(JOBS_ENV, "2")))
-    # biggest first: the long compiles overlap the short ones
+    # biggest first: its pieces (compiled `jobs` at a time) overlap the small modules
     order = sorted(used, key=lambda m: -len(comp.modules[m]))
     with ThreadPoolExecutor(jobs) as pool:
-        built = {m: _module_object(comp.modules[m], m, target, root, pool) for m in order}
+        objects = pool.map(lambda m: _module_object(comp.modules[m], m, target, root), order)
+        built = dict(zip(order, objects, strict=True))
     runtime = aot.runtime_objects(target, root, sources)
     headers: dict[int, ModuleHeader] = {m: read_header(built[m][1], m) for m in used}
     try:
