@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import wasmtime
@@ -67,6 +68,7 @@ class Loaded:
     def instance(self, config: str = "") -> HttpCoreInstance:
         """A fresh synchronous instance, on-open done."""
         i = self.factory.new_instance(self.host())
+        assert isinstance(i, HttpCoreInstance)  # these plugins are core modules
         i.open(self.spec.listener, config)
         return i
 
@@ -83,7 +85,7 @@ LoadFn = Callable[..., Awaitable[Loaded]]
 async def load(cache: Path) -> AsyncIterator[LoadFn]:
     opened: list[wt.HttpFactory] = []
 
-    async def _load(path: Path, grants: frozenset[str] = frozenset(), **limits: int) -> Loaded:
+    async def _load(path: Path, grants: frozenset[str] = frozenset(), **limits: Any) -> Loaded:
         spec = SandboxSpec("http-listener", str(path), Grants(grants), Limits(**limits))
         factory = await wt.load_http(spec, cache)
         opened.append(factory)
@@ -226,6 +228,7 @@ async def test_phases_are_read_by_calling_wanted_phases_once_at_load(load: LoadF
 
 async def test_unwanted_hooks_do_not_even_instantiate(load: LoadFn, misbehave: Path) -> None:
     p = await load(misbehave)
+    assert p.factory.warm is not None
     await asyncio.to_thread(p.factory.warm.stop)  # no instances made ahead: each made by its first hook
     i = p.factory.new_instance(p.host())
     assert i.response_body(b"x", True) == CONTINUE
@@ -323,11 +326,13 @@ async def test_requests_take_instances_made_ahead_each_used_once(load: LoadFn, a
     """As for TCP (_warm.py): the first hook of a request runs on an instance made ahead,
     never one another request used; the request's own capabilities are bound to it."""
     p = await load(answer, grants=frozenset({"metadata"}))
+    warm = p.factory.warm
+    assert warm is not None  # a core plugin: instances are made ahead
     for _ in range(200):  # the pool fills on a worker thread
-        if len(p.factory.warm.ready) == WARM_INSTANCES:
+        if len(warm.ready) == WARM_INSTANCES:
             break
         await asyncio.sleep(0.01)
-    ready = set(map(id, p.factory.warm.ready))
+    ready = set(map(id, warm.ready))
     assert len(ready) == WARM_INSTANCES
     instances = [p.factory.new_instance(p.host()) for _ in range(3)]
     assert len({id(i) for i in instances}) == 3 and {id(i) for i in instances} <= ready
@@ -336,4 +341,4 @@ async def test_requests_take_instances_made_ahead_each_used_once(load: LoadFn, a
         blocked = i.request_headers([], [("request.path", "/blocked")], True)
         assert blocked.status == 403 and dict(blocked.metadata) == {"blocked": "yes"}  # bound grants
         i.release()
-    assert not {id(i) for i in instances} & set(map(id, p.factory.warm.ready))
+    assert not {id(i) for i in instances} & set(map(id, warm.ready))
