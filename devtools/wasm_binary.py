@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vmm.wasm_module import ByteReader, WasmFormatError
+
 __all__ = ["BinaryError", "Export", "Import", "Limits", "ModuleInfo", "read_module"]
 
 FUNC, TABLE, MEMORY, GLOBAL, TAG = 0, 1, 2, 3, 4
 KIND_NAMES = {FUNC: "func", TABLE: "table", MEMORY: "memory", GLOBAL: "global", TAG: "tag"}
 
 
-class BinaryError(ValueError):
-    pass
+BinaryError = WasmFormatError
+"""What this reader cannot read (the runtime reader's error: one type to catch)."""
 
 
 @dataclass(frozen=True)
@@ -86,30 +88,17 @@ _ABSTRACT = {0x70: "funcref", 0x6F: "externref", 0x6E: "anyref", 0x6D: "eqref", 
              0x72: "nullexternref", 0x73: "nullfuncref", 0x74: "nullexnref"}
 
 
-class _Reader:
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
-        self.data, self.pos, self.end = data, pos, len(data) if end is None else end
-
-    def byte(self) -> int:
-        if self.pos >= self.end:
-            raise BinaryError("unexpected end")
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
+class _Reader(ByteReader):
+    """The runtime's byte reader (bounds, names) plus the signed LEB128 and the
+    GC-era types only the spec tests need."""
 
     def uleb(self, bits: int = 64) -> int:
-        result = shift = 0
-        while True:
-            b = self.byte()
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-            if shift > bits + 7:
-                raise BinaryError("LEB128 too long")
-        return result
+        return self._leb(bits + 7, signed=False)
 
     def sleb(self) -> int:
+        return self._leb(70, signed=True)
+
+    def _leb(self, max_shift: int, signed: bool) -> int:
         result = shift = 0
         while True:
             b = self.byte()
@@ -117,22 +106,11 @@ class _Reader:
             shift += 7
             if not b & 0x80:
                 break
-            if shift > 70:
+            if shift > max_shift:
                 raise BinaryError("LEB128 too long")
-        if b & 0x40:
+        if signed and b & 0x40:
             result -= 1 << shift
         return result
-
-    def name(self) -> str:
-        n = self.uleb(32)
-        if self.pos + n > self.end:
-            raise BinaryError("name past the section")
-        raw = self.data[self.pos:self.pos + n]
-        self.pos += n
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BinaryError("name is not UTF-8") from None
 
     def val_type(self) -> str:
         b = self.byte()
@@ -146,7 +124,7 @@ class _Reader:
             return f"(ref {'null ' if b == 0x63 else ''}{heap})"
         raise BinaryError(f"value type {b:#x}")
 
-    def limits(self) -> Limits:
+    def full_limits(self) -> Limits:
         flags = self.byte()
         if flags & ~0x0F:
             raise BinaryError(f"limits flags {flags:#x}")
@@ -195,11 +173,11 @@ def _import(r: _Reader, module: str, name: str, kind: int, info: ModuleInfo) -> 
         info.funcs.append(t)
         return Import(module, name, kind, func_type=_type(info, t))
     if kind == TABLE:
-        ref, lim = r.val_type(), r.limits()
+        ref, lim = r.val_type(), r.full_limits()
         info.tables.append((ref, lim))
         return Import(module, name, kind, ref_type=ref, limits=lim)
     if kind == MEMORY:
-        lim = r.limits()
+        lim = r.full_limits()
         info.memories.append(lim)
         return Import(module, name, kind, limits=lim)
     if kind == GLOBAL:
@@ -315,13 +293,13 @@ def read_module(data: bytes) -> ModuleInfo:
             for _ in range(s.uleb(32)):
                 if s.pos < s.end and s.data[s.pos] == 0x40:  # table with an initialiser expression
                     s.pos += 2
-                    ref, lim = s.val_type(), s.limits()
+                    ref, lim = s.val_type(), s.full_limits()
                     _skip_const_expr(s)
                 else:
-                    ref, lim = s.val_type(), s.limits()
+                    ref, lim = s.val_type(), s.full_limits()
                 info.tables.append((ref, lim))
         elif sid == 5:
-            info.memories += [s.limits() for _ in range(s.uleb(32))]
+            info.memories += [s.full_limits() for _ in range(s.uleb(32))]
         elif sid == 6:
             for _ in range(s.uleb(32)):
                 vt, mut = s.val_type(), s.byte() == 1

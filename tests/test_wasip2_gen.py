@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmm.microvm import wasip2_gen
-from vmm.wasm_module import _Reader, parse_core
+from vmm.wasm_module import ByteReader, parse_core
 
 
 def _all_modules(component: bytes) -> list[bytes]:
     out = []
-    for sid, start, end in _Reader(component, 8).sections():
+    for sid, start, end in ByteReader(component, 8).sections():
         if sid == 1:  # core module
             out.append(component[start:end])
         elif sid == 4:  # nested component

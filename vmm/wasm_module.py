@@ -147,7 +147,9 @@ class CoreModuleInfo:
 # --- byte reader -------------------------------------------------------------
 
 
-class _Reader:
+class ByteReader:
+    """Bounds-checked reads over a wasm binary (LEB128, names, limits, sections)."""
+
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
         self.data = data
         self.pos = pos
@@ -252,7 +254,7 @@ def core_modules(component: bytes) -> list[bytes]:
     if classify(component) is not BinaryKind.COMPONENT:
         raise WasmFormatError("not a component")
     modules = []
-    for sid, start, end in _Reader(component, 8).sections():
+    for sid, start, end in ByteReader(component, 8).sections():
         if sid == _COMPONENT_SECTION_CORE_MODULE:
             modules.append(component[start:end])
         elif sid == _COMPONENT_SECTION_COMPONENT:
@@ -266,7 +268,7 @@ def largest_code_section(data: bytes) -> int:
     ahead-of-time compile grows with."""
     core = classify(data) is BinaryKind.CORE
     largest = 0
-    for sid, start, end in _Reader(data, 8).sections():
+    for sid, start, end in ByteReader(data, 8).sections():
         if core and sid == _SEC_CODE:
             largest = max(largest, end - start)
         elif not core and sid in (_COMPONENT_SECTION_CORE_MODULE, _COMPONENT_SECTION_COMPONENT):
@@ -330,8 +332,8 @@ def parse_core(data: bytes) -> CoreModuleInfo:
     exports: list[Export] = []
     memory_min: int | None = None
     memory_count = 0
-    for sid, start, end in _Reader(data, 8).sections():
-        r = _Reader(data, start, end)
+    for sid, start, end in ByteReader(data, 8).sections():
+        r = ByteReader(data, start, end)
         if sid == _SEC_TYPE:
             types = _parse_types(r)
         elif sid == _SEC_IMPORT:
@@ -385,7 +387,7 @@ def _type_at(types: list[FuncSig | None], index: int) -> FuncSig | None:
     return types[index]
 
 
-def _parse_types(r: _Reader) -> list[FuncSig | None]:
+def _parse_types(r: ByteReader) -> list[FuncSig | None]:
     out: list[FuncSig | None] = []
     for _ in range(r.leb_u()):
         form = r.byte()
@@ -670,8 +672,8 @@ def constant_i32_export(core: bytes, name: str) -> int | None:
     imported_funcs = 0
     index: int | None = None
     code: tuple[int, int] | None = None
-    for sid, start, end in _Reader(core, 8).sections():
-        r = _Reader(core, start, end)
+    for sid, start, end in ByteReader(core, 8).sections():
+        r = ByteReader(core, start, end)
         if sid == _SEC_IMPORT:
             for _ in range(r.leb_u()):
                 r.name()
@@ -700,7 +702,7 @@ def constant_i32_export(core: bytes, name: str) -> int | None:
             code = (start, end)
     if index is None or code is None or index < imported_funcs:
         return None
-    r = _Reader(core, *code)
+    r = ByteReader(core, *code)
     count = r.leb_u()
     local = index - imported_funcs
     if local >= count:

@@ -28,7 +28,7 @@ from vmm.microvm.compile import (
     runtime_objects,
     sources_digest,
 )
-from vmm.wasm_module import BinaryKind, WasmFormatError, _Reader, classify, parse_core
+from vmm.wasm_module import BinaryKind, ByteReader, WasmFormatError, classify, parse_core
 
 __all__ = ["RUN_EXPORT", "command_bind", "command_core", "compile_command"]
 
@@ -43,7 +43,7 @@ def _modules(component: bytes) -> list[bytes]:
     core modules of their own (wit-component's shim for an exported
     interface, such as wasi:cli/run's, is one)."""
     out = []
-    for sid, start, end in _Reader(component, 8).sections():
+    for sid, start, end in ByteReader(component, 8).sections():
         if sid == _CORE_MODULE:
             out.append(component[start:end])
         elif sid == _COMPONENT and _modules(component[start:end]):
