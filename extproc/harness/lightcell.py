@@ -38,16 +38,22 @@ async def wait_for_unix_socket(
     """True once `path` accepts a connection (existence alone is not enough)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and alive():
-        try:
-            _, writer = await asyncio.open_unix_connection(str(path))
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
+        if await accepts(path):
+            return True
+        await asyncio.sleep(0.05)
     return False
+
+
+async def accepts(path: Path) -> bool:
+    """Whether a Unix socket at `path` accepts a connection now."""
+    try:
+        _, writer = await asyncio.open_unix_connection(str(path))
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 # extproc.plugins.load_all logs one such line per listener ("auto -> microvm (why)").
@@ -94,6 +100,9 @@ class LightcellProcess:
             "--socket", str(self.socket_path),
             *self.extra_args,
         ]  # fmt: skip
+        # Readiness is "the socket accepts": a server still holding the path would pass for ours.
+        if await accepts(self.socket_path):
+            raise LightcellError(f"{self.socket_path} already accepts connections: another server holds it")
         self._proc = await spawn(argv, self.log_path)
         if not await wait_for_unix_socket(self.socket_path, timeout_s, lambda: self.running):
             code = self._proc.returncode
@@ -135,9 +144,19 @@ def _children(pid: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    """Running or exiting; a zombie (its exit done, its files closed) is not."""
+    """Running or exiting; a zombie (its exit done, its files closed) is not. Every thread
+    counts: a killed process's main thread can be a zombie while another thread still
+    holds the process's files (its listening socket among them)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    return any(_task_running(task) for task in tasks)
+
+
+def _task_running(task: Path) -> bool:
+    try:
+        state = (task / "stat").read_text().rpartition(")")[2].split()[0]
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
