@@ -215,6 +215,7 @@ def _supervise(
 ) -> int:
     """The supervisor (extproc.workers): workers serve, it reloads and stops them."""
     from extproc import workers
+    from extproc.background_compile import BackgroundBuild, job_command
     from extproc.metrics_http import Multiprocess
     from extproc.server import DefaultSocket
     from extproc.socket_path import prepare_default_socket
@@ -233,7 +234,8 @@ def _supervise(
         args.envoy_config, grace=args.grace, max_connections=args.max_connections,
         log_level=args.log_level, log_format=args.log_format, seccomp=_seccomp_wanted(args),
     )  # fmt: skip
-    supervisor = workers.Supervisor(args.envoy_config, slots, command, watch=args.watch)
+    builds = BackgroundBuild(job_command(args.envoy_config, args.log_level, args.log_format))
+    supervisor = workers.Supervisor(args.envoy_config, slots, command, watch=args.watch, builds=builds)
     if metrics is None:
         return supervisor.run()
     try:

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from extproc import background_compile
 from extproc.harness import (
     POLICY_NAMESPACE,
     SIDECAR_CLUSTER,
@@ -292,6 +293,10 @@ async def run(once: bool, source: Path, any_port: bool = False) -> int:
                 ok = await _traffic(envoy, Upstreams(echo, http_echo), _describe(config, lightcell.tiers()))
                 if not ok:
                     print("\nlightcell log (tail):\n" + "\n".join(lightcell.log().splitlines()[-20:]))
+                if background_compile.STARTED in lightcell.log():
+                    print("\nnote: a plugin ran in wasmtime (one wall) because its micro-VM build is not "
+                          "cached yet;\n      lightcell serve builds it in the background, then reloads it "
+                          "into the micro-VM.", flush=True)  # fmt: skip
                 if once:
                     return 0 if ok else 1
                 tcp = ", ".join(

@@ -79,6 +79,8 @@ class TierChoice:
     tier: Tier
     reason: str
     requested: Tier = Tier.AUTO
+    awaiting_compile: bool = False
+    """Served in wasmtime only until the supervisor has compiled it for the micro-VM."""
 
     @property
     def one_wall(self) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "choose_tier",
     "close_all",
     "close_http",
+    "compile_pending",
     "load_all",
     "load_http_all",
     "load_http_policy",
@@ -62,19 +64,32 @@ class TierUnavailable(PluginLoadError):
     """The requested tier is not part of this build (or cannot load)."""
 
 
-def choose_tier(spec: SandboxSpec, requested: Tier) -> TierChoice:
+def choose_tier(spec: SandboxSpec, requested: Tier, background_compile: bool = False) -> TierChoice:
     """The concrete tier a policy's `tier` runs in, and why.
 
     Called once per listener, by load_listener; `check`, the start-up log and
-    the demo all report that one choice (Listener.tier).
+    the demo all report that one choice (Listener.tier). `background_compile`:
+    a supervisor compiles what tier auto would wait minutes for (compile_pending).
     """
     if requested is not Tier.AUTO:
         return TierChoice(requested, "asked for by the listener policy", requested)
-    return _auto_tier(spec)
+    return _auto_tier(spec, background_compile)
 
 
-def _auto_tier(spec: SandboxSpec) -> TierChoice:
+def _auto_tier(spec: SandboxSpec, background_compile: bool = False) -> TierChoice:
     """What `tier: auto` resolves to for this plugin, and why (either world)."""
+    choice = _auto_tier_now(spec)
+    if background_compile and choice.tier is Tier.MICROVM and _slow_and_uncompiled(spec):
+        return TierChoice(
+            Tier.WASMTIME,
+            "its micro-VM build is not cached yet and takes minutes: served here until the "
+            "supervisor has compiled it in the background, then a reload moves it to the micro-VM",
+            awaiting_compile=True,
+        )
+    return choice
+
+
+def _auto_tier_now(spec: SandboxSpec) -> TierChoice:
     from vmm.microvm.layout import MAX_MEMORY_BYTES
     from vmm.microvm.tier import kvm_available
 
@@ -100,6 +115,45 @@ about 17 CPU-minutes (under 9 minutes on 2 idle cores, under 1 GB of RAM; a
 later JS plugin reuses all but a few pieces), CPython's core module about 11
 minutes; past this a first start would compile for far longer than anyone
 expects of tier auto."""
+
+
+BACKGROUND_COMPILE_ENV = "LIGHTCELL_BACKGROUND_COMPILE_BYTES"
+BACKGROUND_COMPILE_BYTES = 1 << 20
+"""Under `lightcell serve`, tier auto does not wait for the micro-VM build of a plugin with
+a core module of at least this much code (CPython, SpiderMonkey: minutes): it serves the
+plugin in wasmtime while the supervisor compiles it, then reloads. A smaller one (a C
+plugin: about a second) compiles before serving. BACKGROUND_COMPILE_ENV overrides it."""
+
+
+def _background_threshold() -> int:
+    try:
+        return max(0, int(os.environ.get(BACKGROUND_COMPILE_ENV, BACKGROUND_COMPILE_BYTES)))
+    except ValueError:
+        return BACKGROUND_COMPILE_BYTES
+
+
+def _slow_and_uncompiled(spec: SandboxSpec) -> bool:
+    from vmm.microvm.compile import is_compiled
+    from vmm.wasm_module import WasmFormatError, largest_code_section
+
+    path = Path(spec.plugin_path)
+    try:
+        code = largest_code_section(path.read_bytes())
+    except (OSError, WasmFormatError):
+        return False  # the micro-VM tier's loader reports the real problem
+    return code >= _background_threshold() and not is_compiled(path)
+
+
+def compile_pending(config: LightcellConfig) -> list[Path]:
+    """The plugins tier auto serves in wasmtime under a supervisor until they are compiled
+    for the micro-VM (choose_tier's background_compile), each once, in the config's order."""
+    policies = [*config.listeners.values(), *config.http_listeners.values(), *config.routes.values()]
+    pending: dict[Path, None] = {}
+    for policy in policies:
+        auto = policy.tier is Tier.AUTO and _auto_tier_now(policy.spec).tier is Tier.MICROVM
+        if auto and _slow_and_uncompiled(policy.spec):
+            pending[Path(policy.spec.plugin_path)] = None
+    return list(pending)
 
 
 def _microvm_refusal(path: Path) -> str | None:
@@ -147,15 +201,17 @@ def _loader(tier: Tier) -> Loader:
     return cast(Loader, load)
 
 
-async def load_listener(policy: ListenerPolicy) -> Listener:
+async def load_listener(policy: ListenerPolicy, background_compile: bool = False) -> Listener:
     """Load (and check) the plugin of one listener. Raises PluginLoadError."""
-    choice = choose_tier(policy.spec, policy.tier)
+    choice = choose_tier(policy.spec, policy.tier, background_compile)
     factory = await _loader(choice.tier)(policy.spec)
     limits = policy.spec.limits
     return Listener(policy, factory, KvStore(limits.kv_max_keys, limits.kv_max_value_bytes), choice)
 
 
-async def load_listeners(policies: Iterable[ListenerPolicy]) -> dict[str, Listener | PluginLoadError]:
+async def load_listeners(
+    policies: Iterable[ListenerPolicy], background_compile: bool = False
+) -> dict[str, Listener | PluginLoadError]:
     """Load every listener's plugin concurrently; each result is a Listener or its load error.
 
     Successfully loaded factories are the caller's to close (also when another failed).
@@ -164,7 +220,7 @@ async def load_listeners(policies: Iterable[ListenerPolicy]) -> dict[str, Listen
 
     async def one(policy: ListenerPolicy) -> Listener | PluginLoadError:
         try:
-            return await load_listener(policy)
+            return await load_listener(policy, background_compile)
         except PluginLoadError as e:
             return e
 
@@ -172,12 +228,12 @@ async def load_listeners(policies: Iterable[ListenerPolicy]) -> dict[str, Listen
     return {p.name: r for p, r in zip(policies, results, strict=True)}
 
 
-async def load_all(config: LightcellConfig) -> dict[str, Listener]:
+async def load_all(config: LightcellConfig, background_compile: bool = False) -> dict[str, Listener]:
     """Every listener of `config` loaded, or ConfigError naming each plugin that failed.
 
     All or nothing: on any failure the plugins that did load are closed again.
     """
-    results = await load_listeners(config.listeners.values())
+    results = await load_listeners(config.listeners.values(), background_compile)
     errors = [
         f"{config.path}: listener {name!r}: metadata.filter_metadata.{POLICY_NAMESPACE}.plugin: {result}"
         for name, result in results.items()
@@ -219,17 +275,17 @@ class HttpLoaded:
         return [*self.listeners.values(), *self.routes.values()]
 
 
-def choose_http_tier(policy: ListenerPolicy) -> TierChoice:
+def choose_http_tier(policy: ListenerPolicy, background_compile: bool = False) -> TierChoice:
     """The tier an HTTP policy's plugin runs in: the one it names, or for `auto` as for a TCP
     listener (_auto_tier)."""
     if policy.tier is not Tier.AUTO:
         return TierChoice(policy.tier, "asked for by the policy", policy.tier)
-    return _auto_tier(policy.spec)
+    return _auto_tier(policy.spec, background_compile)
 
 
-async def load_http_policy(policy: ListenerPolicy) -> HttpListener:
+async def load_http_policy(policy: ListenerPolicy, background_compile: bool = False) -> HttpListener:
     """Load (and check) the http-filter plugin of one HTTP listener or route. Raises PluginLoadError."""
-    choice = choose_http_tier(policy)
+    choice = choose_http_tier(policy, background_compile)
     module_name = _TIER_MODULES[choice.tier]
     try:
         load_http = importlib.import_module(module_name).load_http
@@ -240,14 +296,14 @@ async def load_http_policy(policy: ListenerPolicy) -> HttpListener:
     return HttpListener(policy, factory, KvStore(limits.kv_max_keys, limits.kv_max_value_bytes), choice)
 
 
-async def load_http_all(config: LightcellConfig) -> HttpLoaded:
+async def load_http_all(config: LightcellConfig, background_compile: bool = False) -> HttpLoaded:
     """Every HTTP listener and route policy of `config` loaded, or ConfigError naming each plugin
     that failed (all or nothing, as load_all)."""
     policies = [*config.http_listeners.values(), *config.routes.values()]
 
     async def one(policy: ListenerPolicy) -> HttpListener | PluginLoadError:
         try:
-            return await load_http_policy(policy)
+            return await load_http_policy(policy, background_compile)
         except PluginLoadError as e:
             return e
 

@@ -133,11 +133,14 @@ class LightcellServer:
         max_connections: int = stream_edge.DEFAULT_MAX_CONNECTIONS,
         own_socket: bool = True,
         connection_age: float | None = None,
+        background_compile: bool = False,
     ) -> LightcellServer:
         """Load every plugin, bind, start serving. Raises ConfigError (nothing left running).
 
         `loaded` skips plugin loading (tests hand in listeners with fake factories); then the
         HTTP policies are `http_loaded` (none if not given), also the caller's to close.
+        `background_compile`: tier auto serves a plugin in wasmtime rather than wait minutes
+        for its micro-VM build (a supervisor compiles it, then reloads).
         """
         if socket_path is None and port is None:
             raise ConfigError("nothing to listen on: give a Unix socket path or a TCP port")
@@ -152,9 +155,9 @@ class LightcellServer:
             listeners = dict(loaded)
             http = http_loaded if http_loaded is not None else plugins.HttpLoaded()
         else:
-            listeners = await plugins.load_all(config)
+            listeners = await plugins.load_all(config, background_compile)
             try:
-                http = await plugins.load_http_all(config)
+                http = await plugins.load_http_all(config, background_compile)
             except BaseException:
                 await plugins.close_all(listeners.values())
                 raise
@@ -340,6 +343,7 @@ async def serve(
     server = await LightcellServer.start(
         config, socket_path=socket_path, port=port, max_connections=max_connections,
         own_socket=control is None, connection_age=None if control is None else CONNECTION_AGE_S,
+        background_compile=control is not None,
     )  # fmt: skip
     stop, retire = asyncio.Event(), asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -352,7 +356,8 @@ async def serve(
     else:
         LOG.warning("seccomp: off (--no-seccomp or $%s): this process is not confined", confine.DISABLE_ENV)
     if control is not None:
-        control.send("serving", port=server.port, pid=os.getpid())
+        awaiting = [p for p in [*server.listeners.values(), *server.http.all()] if p.tier.awaiting_compile]
+        control.send("serving", port=server.port, pid=os.getpid(), awaiting_compile=bool(awaiting))
     retired = False
     try:
         await _first(stop, retire)

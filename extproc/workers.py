@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from extproc.background_compile import BackgroundBuild
 from extproc.control import RETIRE_SIGNAL, ControlReader
 from extproc.reload import FileWatch, Prints, ReloadResult, changes, fingerprints
 
@@ -123,6 +124,8 @@ class _Running:
     bound: Path | None
     """The socket path it bound (a temporary one until the handover renames it)."""
     serving: bool = False
+    awaiting_compile: bool = False
+    """It serves a plugin in wasmtime until its micro-VM build exists (a hint only)."""
     draining: bool = False
     port: int | None = None
     error: str | None = None
@@ -132,6 +135,7 @@ class _Running:
             kind = message.get("kind")
             if kind == "serving":
                 self.serving = True
+                self.awaiting_compile = message.get("awaiting_compile") is True
                 port = message.get("port")  # kept only if sane: the next generation binds it
                 if isinstance(port, int) and 0 < port < 65536 and self.slot.port in (0, port):
                     self.port = port
@@ -165,6 +169,8 @@ class Supervisor:
     _hups: list[int] = field(default_factory=list)
     _prints: Prints | None = None
     _ports: dict[int, int] = field(default_factory=dict)
+    builds: BackgroundBuild | None = None
+    """Runs the micro-VM builds a worker's tier auto did not wait for (None: none are run)."""
     _served: bool = False
     """A worker served: the socket paths are ours to remove at the end (not before: a start
     refused because another server listens there must leave that server's socket alone)."""
@@ -172,9 +178,13 @@ class Supervisor:
     def run(self) -> int:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda s, _f: self._hups.append(s))
+        if self.builds is not None:
+            self.builds.env = self.env
         try:
             return self._run()
         finally:
+            if self.builds is not None:
+                self.builds.stop()
             for proc in self._everyone():  # only on an unexpected error: the rest were reaped
                 if proc.proc.poll() is None:
                     proc.proc.kill()
@@ -201,9 +211,14 @@ class Supervisor:
             return e.code
         self.current = started
         LOG.info("%d workers serving (pids %s)", len(started), _pids(started))
+        self._compile_awaited()
         while not self._signalled:
             if self._hups or (watch is not None and watch.changed()):
                 self._hups.clear()
+                self._reload()
+                continue
+            if self.builds is not None and self.builds.poll():
+                LOG.info("reloading, so that new streams run the plugins just built in the micro-VM")
                 self._reload()
                 continue
             crashed = next((w for w in self.current if w.proc.poll() is not None), None)
@@ -329,6 +344,16 @@ class Supervisor:
             self.config_path, len(lines), unchanged, _pids(fresh), _pids(old),
         )  # fmt: skip
         self.on_reload(ReloadResult(True, None, tuple(lines), unchanged))
+        self._compile_awaited()
+
+    def _compile_awaited(self) -> None:
+        """If a worker serves a plugin in wasmtime until its micro-VM build exists, start the
+        build job (extproc/background_compile.py): once per configuration, so a build that
+        failed is not retried until a policy or plugin changes."""
+        if self.builds is None or not any(worker.awaiting_compile for worker in self.current):
+            return
+        configuration = None if self._prints is None else repr(sorted(self._prints.items()))
+        self.builds.start(configuration)
 
     @staticmethod
     def _take_addresses(fresh: list[_Running]) -> None:
@@ -396,6 +421,8 @@ class Supervisor:
         """Send `signum` to every worker (serving and retiring), wait for all; 0 if the serving
         ones exited 0."""
         LOG.info("stopping %d worker(s) (%s)", len(self._everyone()), signal.Signals(signum).name)
+        if self.builds is not None:
+            self.builds.stop()
         retiring = list(self.retiring)
         self._stop_these(self._everyone(), signum)
         self.retiring = []

@@ -106,9 +106,9 @@ def test_check_reports_the_tier_chosen_once_at_load(
     real = plugins.choose_tier
     calls: list[str] = []
 
-    def counted(spec: SandboxSpec, requested: Tier) -> TierChoice:
+    def counted(spec: SandboxSpec, requested: Tier, background_compile: bool = False) -> TierChoice:
         calls.append(spec.listener)
-        choice = real(spec, requested)
+        choice = real(spec, requested, background_compile)
         return TierChoice(choice.tier, f"choice #{len(calls)}", choice.requested)
 
     monkeypatch.setattr(plugins, "choose_tier", counted)
@@ -332,13 +332,13 @@ def test_check_loads_and_lists_http_listeners_and_route_policies(
     real, real_http = plugins.choose_tier, plugins.choose_http_tier
     loaded: list[str] = []
 
-    def counted(spec: SandboxSpec, requested: Tier) -> TierChoice:
+    def counted(spec: SandboxSpec, requested: Tier, background_compile: bool = False) -> TierChoice:
         loaded.append(spec.listener)
-        return real(spec, requested)
+        return real(spec, requested, background_compile)
 
-    def counted_http(policy: ListenerPolicy) -> TierChoice:
+    def counted_http(policy: ListenerPolicy, background_compile: bool = False) -> TierChoice:
         loaded.append(policy.name)
-        return real_http(policy)
+        return real_http(policy, background_compile)
 
     monkeypatch.setattr(plugins, "choose_tier", counted)
     monkeypatch.setattr(plugins, "choose_http_tier", counted_http)

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from extproc.harness._proc import spawn, tail, terminate
@@ -69,12 +69,19 @@ class LightcellProcess:
     """`lightcell serve --envoy-config CONFIG --socket SOCKET` as a subprocess."""
 
     def __init__(
-        self, config_path: Path, socket_path: Path, log_path: Path, extra_args: Sequence[str] = ()
+        self,
+        config_path: Path,
+        socket_path: Path,
+        log_path: Path,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.config_path = config_path
         self.socket_path = socket_path
         self.log_path = log_path
         self.extra_args = list(extra_args)
+        self.env = env
+        """The process's whole environment (None: this one's)."""
         self._proc: asyncio.subprocess.Process | None = None
         self._killed: list[int] = []
 
@@ -103,7 +110,7 @@ class LightcellProcess:
         # Readiness is "the socket accepts": a server still holding the path would pass for ours.
         if await accepts(self.socket_path):
             raise LightcellError(f"{self.socket_path} already accepts connections: another server holds it")
-        self._proc = await spawn(argv, self.log_path)
+        self._proc = await spawn(argv, self.log_path, self.env)
         if not await wait_for_unix_socket(self.socket_path, timeout_s, lambda: self.running):
             code = self._proc.returncode
             await self.stop()

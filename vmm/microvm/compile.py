@@ -58,6 +58,8 @@ __all__ = [
     "cache_dir",
     "compile_core_c",
     "compile_plugin",
+    "image_path",
+    "is_compiled",
     "link",
     "load_core",
     "main",
@@ -336,18 +338,12 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
 
         return compile_component(data, path.name, target=target, root=root, world=world)
     core, contract = load_core(data, path.name, world)
-    digest = sources_digest(target)
-    if len(core) > SPLIT_CORE_BYTES:  # its pieces' flags decide the image too
-        from vmm.microvm.component_compile import piece_digest
-
-        digest += piece_digest(target)
-    key = hashlib.sha256(core + digest.encode()).hexdigest()[:32]
-    suffix = ".so" if target == "native" else ".elf"
-    image = root / f"{key}{suffix}"
+    image = _core_image(core, target, root)
+    suffix = image.suffix
     if trusted(image):
         return CompiledPlugin(image, contract, True, time.perf_counter() - t0)
     runtime = runtime_objects(target, root)
-    with locked(root / f"{key}.lock"):
+    with locked(image.with_suffix(".lock")):
         if trusted(image):
             return CompiledPlugin(image, contract, True, time.perf_counter() - t0)
         with tempfile.TemporaryDirectory(prefix="lc-aot-") as tmp:
@@ -375,6 +371,41 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
             link([*objs, *runtime], out, target)
             publish(out.read_bytes(), image, 0o700 if target == "native" else 0o600)
     return CompiledPlugin(image, contract, False, time.perf_counter() - t0)
+
+
+def _core_image(core: bytes, target: Target, root: Path) -> Path:
+    """Where the image of a core module is cached: keyed by its bytes and the runtime's."""
+    digest = sources_digest(target)
+    if len(core) > SPLIT_CORE_BYTES:  # its pieces' flags decide the image too
+        from vmm.microvm.component_compile import piece_digest
+
+        digest += piece_digest(target)
+    key = hashlib.sha256(core + digest.encode()).hexdigest()[:32]
+    return root / f"{key}{'.so' if target == 'native' else '.elf'}"
+
+
+def image_path(path: Path, *, target: Target = "guest", root: Path | None = None) -> Path:
+    """Where compile_plugin caches the image of the plugin at `path`, computed without
+    compiling anything; CompileError if it cannot be compiled at all."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CompileError(f"{path}: {e}") from e
+    root = root or cache_dir()
+    if _whole_component(data):
+        from vmm.microvm.component_compile import component_image
+
+        return component_image(data, Path(path).name, target=target, root=root)
+    core, _ = load_core(data, Path(path).name, None)
+    return _core_image(core, target, root)
+
+
+def is_compiled(path: Path, *, target: Target = "guest", root: Path | None = None) -> bool:
+    """Whether the plugin's image is in the cache already (compile_plugin would not compile)."""
+    try:
+        return trusted(image_path(path, target=target, root=root))
+    except CompileError:
+        return False
 
 
 def _whole_component(data: bytes) -> bool:

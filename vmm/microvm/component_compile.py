@@ -25,7 +25,7 @@ from vmm.cachefiles import locked, publish, trusted
 from vmm.contract import CAPABILITY_OF_MODULE, HTTP_WORLD, TCP_WORLD
 from vmm.microvm import compile as aot
 from vmm.microvm.component_glue import GlueError, ModuleHeader, generate_glue, module_c_name, read_header
-from vmm.microvm.component_parse import ComponentFormatError, parse_component
+from vmm.microvm.component_parse import Component, ComponentFormatError, parse_component
 from vmm.wasm_module import CoreContract, CoreHttpContract, CoreModuleInfo
 
 __all__ = ["compile_component", "component_runtime_sources", "split_object", "wasip2_declared"]
@@ -228,6 +228,30 @@ def _capabilities(imports: list[str]) -> frozenset[str]:
     return frozenset(CAPABILITY_OF_MODULE[n] for n in imports if n in CAPABILITY_OF_MODULE)
 
 
+def _uses_wasi(comp: Component) -> bool:
+    return any(n.startswith("wasi:") for n in comp.imports)
+
+
+def _image_of(data: bytes, comp: Component, target: aot.Target, root: Path) -> Path:
+    """Where the image of this component is cached: keyed by its bytes and everything that
+    goes into the image (runtime sources, the glue generator, how module pieces are built)."""
+    glue_code = [Path(__file__).with_name(n)
+                 for n in ("component_glue.py", "component_parse.py", "component_types.py", "bind.py")]
+    sources = component_runtime_sources(_uses_wasi(comp))
+    # piece_digest: how module objects are built (their flags), which the image embeds
+    digest = aot.sources_digest(target) + aot._tree_digest([*sources, *glue_code]) + piece_digest(target)
+    key = hashlib.sha256(data + digest.encode()).hexdigest()[:32]
+    return root / f"c-{key}{'.so' if target == 'native' else '.elf'}"
+
+
+def component_image(data: bytes, name: str, *, target: aot.Target, root: Path) -> Path:
+    """Where compile_component caches this component's image (nothing is compiled)."""
+    try:
+        return _image_of(data, parse_component(data), target, root)
+    except ComponentFormatError as e:
+        raise aot.CompileError(f"{name}: {e}; {aot.WASMTIME_TIER_HINT}") from e
+
+
 def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
                       world: str | None) -> aot.CompiledPlugin:
     t0 = time.perf_counter()
@@ -243,16 +267,10 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
         contract = CoreContract(info, caps, False, frozenset(), TCP_WORLD)
     else:
         contract = CoreHttpContract(info, caps, False, frozenset(), None)
-    uses_wasi = any(n.startswith("wasi:") for n in comp.imports)
+    uses_wasi = _uses_wasi(comp)
     sources = component_runtime_sources(uses_wasi)
     wasip2 = wasip2_declared() if uses_wasi else frozenset()
-    glue_code = [Path(__file__).with_name(n)
-                 for n in ("component_glue.py", "component_parse.py", "component_types.py", "bind.py")]
-    # piece_digest: how module objects are built (their flags), which the image embeds
-    digest = aot.sources_digest(target) + aot._tree_digest([*sources, *glue_code]) + piece_digest(target)
-    key = hashlib.sha256(data + digest.encode()).hexdigest()[:32]
-    suffix = ".so" if target == "native" else ".elf"
-    image = root / f"c-{key}{suffix}"
+    image = _image_of(data, comp, target, root)
     if trusted(image):
         return aot.CompiledPlugin(image, contract, True, time.perf_counter() - t0)
     used = sorted({m for kind, m, _ in comp.core_instances if kind == "instantiate" and m is not None})
@@ -268,7 +286,7 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
         glue = generate_glue(comp, headers, world, wasip2)
     except (GlueError, ComponentFormatError) as e:
         raise aot.CompileError(f"{name}: {e}; {aot.WASMTIME_TIER_HINT}") from e
-    with locked(root / f"c-{key}.lock"), tempfile.TemporaryDirectory(prefix="lc-aotc-") as tmp:
+    with locked(image.with_suffix(".lock")), tempfile.TemporaryDirectory(prefix="lc-aotc-") as tmp:
         work = Path(tmp)
         for m in used:
             (work / f"{module_c_name(m)}.h").write_text(built[m][1])
@@ -276,7 +294,7 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
         glue_file.write_text(glue)
         glue_obj = work / "glue.o"
         aot.cc(glue_file, glue_obj, target, extra=[f"-I{work}"])
-        out = work / f"image{suffix}"
+        out = work / f"image{image.suffix}"
         aot.link([glue_obj, *(built[m][0] for m in used), *runtime], out, target)
         publish(out.read_bytes(), image, 0o700 if target == "native" else 0o600)
     return aot.CompiledPlugin(image, contract, False, time.perf_counter() - t0)
