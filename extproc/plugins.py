@@ -8,6 +8,9 @@ Tier `auto` prefers the micro-VM tier (two walls: wasm sandbox + KVM) where
 /dev/kvm works and the plugin is a core module or a component it compiles
 (componentize-py ones of both worlds included; JavaScript components not
 yet); otherwise it falls back to wasmtime (one wall) with a start-up warning.
+Under a supervisor (`background_compile`), a plugin whose micro-VM build is
+not cached and would take minutes is served in wasmtime meanwhile
+(extproc/background_compile.py builds it, then the supervisor reloads).
 
 HTTP policies (listeners and routes, issue 8) load http-filter plugins with
 the tier's `load_http` (vmm.microvm.tier, vmm.wasmtime_tier), the tier

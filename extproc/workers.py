@@ -30,6 +30,10 @@ and removes the socket files (it owns them: a reload renames a newer worker's ov
 restarts nothing: if a serving worker dies, the others are stopped and the supervisor exits
 non-zero, so the orchestrator (systemd, Kubernetes, compose) restarts the whole set. If the
 supervisor is killed, its workers are killed with it.
+
+When a worker serves a tier-auto plugin in wasmtime because its micro-VM build would take
+minutes, the supervisor runs that build in the background and reloads once it is done
+(extproc/background_compile.py).
 """
 
 from __future__ import annotations
