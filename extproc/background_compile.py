@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -30,6 +29,8 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from extproc.child import die_with_parent
 
 __all__ = ["NOTHING_BUILT", "STARTED", "BackgroundBuild", "build_pending", "job_command", "main"]
 
@@ -129,9 +130,7 @@ def _group_alive(group: int) -> bool:
 
 def _child_setup() -> None:
     """In the job before exec: killed with the supervisor, and at low priority."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    die_with_parent()
     os.nice(NICENESS)
 
 

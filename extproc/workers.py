@@ -39,7 +39,6 @@ minutes, the supervisor runs that build in the background and reloads once it is
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -53,6 +52,7 @@ from pathlib import Path
 from types import FrameType
 
 from extproc.background_compile import BackgroundBuild
+from extproc.child import die_with_parent
 from extproc.control import RETIRE_SIGNAL, ControlReader
 from extproc.reload import FileWatch, Prints, ReloadResult, changes, fingerprints
 
@@ -302,7 +302,7 @@ class Supervisor:
             # Own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it
             # once (a second SIGINT would cut a worker's graceful drain short).
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+                argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
                 env=None if self.env is None else dict(self.env), pass_fds=(write_fd,),
             )  # fmt: skip
         except BaseException:
@@ -485,12 +485,6 @@ def _remove_socket(path: Path) -> None:
             path.unlink()
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it if the supervisor dies (a killed sidecar is
-    killed whole, and its restart finds the socket free)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _pids(workers: Sequence[_Running]) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from extproc.child import die_with_parent
 
 __all__ = ["spawn", "tail", "terminate"]
 
@@ -29,11 +30,6 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the parent thread dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 async def spawn(
@@ -46,7 +42,7 @@ async def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     _LIVE.add(proc.pid)
     return proc

@@ -256,8 +256,12 @@ class MicroVm:
         if status != abi.Status.OK:
             why = abi.ABI_DETAILS.get(detail, "") if status == abi.Status.ABI else ""
             if status == abi.Status.DENIED and detail in abi.HostFn._value2member_map_:
-                # worded as the wasmtime tier words a denial (CapabilityDenied)
-                why = f"capability {host_fn_capability(abi.HostFn(detail))!r} not granted"
+                fn = abi.HostFn(detail)
+                capability = host_fn_capability(fn)
+                # worded as the wasmtime tier words a denial (CapabilityDenied); a call that
+                # needs no grant is denied only where there is no connection (boot, warm-up)
+                why = (f"capability {capability!r} not granted" if capability is not None
+                       else f"host call {fn.name.lower()} refused outside a connection")
             raise VmFault(FaultReason.GUEST_STATUS,
                           f"{abi.Status(status).name} detail={detail}{f' ({why})' if why else ''}",
                           status=status, detail=detail)

@@ -1,0 +1,16 @@
+"""Set-up that runs in a child process between fork and exec."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+
+__all__ = ["die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGKILL this (child) process when the thread that started it dies: a killed parent
+    leaves nothing running (preexec_fn of subprocess, before exec)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
