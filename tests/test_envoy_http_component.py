@@ -1,7 +1,7 @@
 """End to end over HTTP with a Python component: real Envoy 1.40 (HTTP ext_proc) -> real
 `lightcell serve` -> the guard example (componentize-py, written with lightcell_sdk) -> a real
 HTTP/1.1 upstream on loopback (the helpers of test_envoy_http.py). Twice: policy `tier: auto`,
-which puts it in a KVM micro-VM per request (CPython compiled for the guest, cached), and
+which puts it in a KVM micro-VM per request (CPython compiled for the guest ahead, cached), and
 `tier: wasmtime`.
 
 Listener `web` runs guard with `block=/admin,/private`: other requests reach the upstream with
@@ -22,6 +22,7 @@ from test_envoy_http import IO_TIMEOUT, REPLY_PREFIX, HttpUpstream, Stack, _boot
 
 from extproc.harness import EnvoyProcess, LightcellProcess, write_config
 from plugins import build as plugin_build
+from vmm.microvm.compile import compile_plugin
 
 pytestmark = [pytest.mark.envoy, pytest.mark.kvm]
 
@@ -36,6 +37,10 @@ async def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     workdir = tmp_path_factory.mktemp("envoy_http_component")
     socket = workdir / "lightcell.sock"
     guard = await asyncio.to_thread(plugin_build.build, "guard")
+    if request.param == "auto":
+        # Built ahead, as a deployment would (`lightcell compile`): serve then picks the micro-VM
+        # at once instead of serving wasmtime while it builds (tests/test_background_compile.py).
+        await asyncio.to_thread(compile_plugin, guard, world=None)
     upstreams = {"web": await HttpUpstream().start()}
     policy = {**_policy(guard, "block=/admin,/private"), "tier": request.param, "limits": GUARD_LIMITS}
     web = _listener("web", upstreams["web"].port, policy)
