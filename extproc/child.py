@@ -10,7 +10,7 @@ __all__ = ["die_with_parent"]
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """SIGKILL this (child) process when the thread that started it dies: a killed parent
-    leaves nothing running (preexec_fn of subprocess, before exec)."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Send `signum` (SIGKILL: nothing to clean up) to this child process when the thread
+    that started it dies, so a killed parent leaves nothing running (a preexec_fn)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)

@@ -129,22 +129,33 @@ plugin: about a second) compiles before serving. BACKGROUND_COMPILE_ENV override
 
 
 def _background_threshold() -> int:
-    try:
-        return max(0, int(os.environ.get(BACKGROUND_COMPILE_ENV, BACKGROUND_COMPILE_BYTES)))
-    except ValueError:
+    """BACKGROUND_COMPILE_BYTES, or the environment's; PluginLoadError naming a bad value."""
+    text = os.environ.get(BACKGROUND_COMPILE_ENV)
+    if text is None:
         return BACKGROUND_COMPILE_BYTES
+    if not text.strip().isdigit():
+        raise PluginLoadError(f"${BACKGROUND_COMPILE_ENV}={text!r}: expected a whole number of bytes")
+    return int(text)
 
 
 def _slow_and_uncompiled(spec: SandboxSpec) -> bool:
-    from vmm.microvm.compile import is_compiled
+    """Whether the plugin's micro-VM build is missing and slow, and could be built in the
+    background. Not when the cache is unusable (not private to us, or not writable): then
+    the micro-VM tier's loader fails the load with the reason, as it always has, rather than
+    leave the plugin in one wall for the process's life."""
+    from vmm.cachefiles import private_dir
+    from vmm.microvm.compile import cache_dir, is_compiled
     from vmm.wasm_module import WasmFormatError, largest_code_section
 
+    threshold = _background_threshold()
     path = Path(spec.plugin_path)
     try:
         code = largest_code_section(path.read_bytes())
+        cache = cache_dir()
+        usable = private_dir(cache) and os.access(cache, os.W_OK | os.X_OK)
     except (OSError, WasmFormatError):
         return False  # the micro-VM tier's loader reports the real problem
-    return code >= _background_threshold() and not is_compiled(path)
+    return usable and code >= threshold and not is_compiled(path)
 
 
 def compile_pending(config: LightcellConfig) -> list[Path]:

@@ -6,7 +6,8 @@ files or map new code. The unconfined supervisor (extproc/workers.py) reloads in
 1. it re-reads the file with `load_config`: a file `lightcell check` refuses is refused with
    the same message and the running workers go on untouched;
 2. it starts a new generation of workers on the file, worker 0 alone first (it compiles the
-   new plugins, warming the compile cache for the others, and a plugin `check` would refuse
+   new plugins, large tier-auto ones in the background (extproc/background_compile.py),
+   warming the compile cache for the others, and a plugin `check` would refuse
    fails it: refused again, nothing changes), then the others;
 3. it hands every listening address over without a gap: a Unix socket is bound at a
    temporary path beside the real one and renamed over it (atomic: every connect finds a

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from extproc.background_compile import BackgroundBuild
+from extproc.background_compile import BackgroundBuild, JobEnd
 from extproc.child import die_with_parent
 from extproc.control import RETIRE_SIGNAL, ControlReader
 from extproc.reload import FileWatch, Prints, ReloadResult, changes, fingerprints
@@ -187,12 +187,12 @@ class Supervisor:
         try:
             return self._run()
         finally:
-            if self.builds is not None:
-                self.builds.stop()
             for proc in self._everyone():  # only on an unexpected error: the rest were reaped
                 if proc.proc.poll() is None:
                     proc.proc.kill()
                     proc.proc.wait()
+            if self.builds is not None:
+                self.builds.stop()
             for s, handler in old.items():
                 signal.signal(s, handler)
             self._remove_sockets()
@@ -219,11 +219,16 @@ class Supervisor:
         while not self._signalled:
             if self._hups or (watch is not None and watch.changed()):
                 self._hups.clear()
+                if self.builds is not None:
+                    self.builds.forget()  # the operator's reload: a failed build may be retried
                 self._reload()
                 continue
-            if self.builds is not None and self.builds.poll():
-                LOG.info("reloading, so that new streams run the plugins just built in the micro-VM")
-                self._reload()
+            if self.builds is not None and (ended := self.builds.poll()) is not None:
+                if ended is JobEnd.BUILT and self._file_unchanged():
+                    LOG.info("reloading, so that new streams run the plugins just built in the micro-VM")
+                    self._reload()
+                else:  # a change applied meanwhile may await another build
+                    self._compile_awaited()
                 continue
             crashed = next((w for w in self.current if w.proc.poll() is not None), None)
             if crashed is not None:
@@ -241,8 +246,8 @@ class Supervisor:
     def _start_generation(
         self, handover: bool, meanwhile: Callable[[], None] = lambda: None
     ) -> list[_Running]:
-        """Start one worker per slot, worker 0 alone first (it compiles what the cache lacks, and
-        fails first on a bad file), and wait until all serve. A failure stops the ones started
+        """Start one worker per slot, worker 0 alone first (it compiles what the cache lacks but
+        large tier-auto plugins, and fails first on a bad file), and wait until all serve. A failure stops the ones started
         and raises _Refused (`meanwhile` runs while worker 0 starts)."""
         started: list[_Running] = []
         for batch in (self.slots[:1], self.slots[1:]):
@@ -350,14 +355,29 @@ class Supervisor:
         self.on_reload(ReloadResult(True, None, tuple(lines), unchanged))
         self._compile_awaited()
 
+    def _file_unchanged(self) -> bool:
+        """Whether the file still says what was applied last: a build's reload must not also
+        apply an edit the operator has not asked for yet (SIGHUP applies both)."""
+        from extproc.config import ConfigError, load_config
+
+        try:
+            with _quiet("lightcell.config"):
+                unchanged = fingerprints(load_config(self.config_path)) == self._prints
+        except (ConfigError, OSError):
+            unchanged = False
+        if not unchanged:
+            LOG.warning("micro-VM images built, but %s changed since it was applied: a reload "
+                        "(SIGHUP, or --watch) applies the change and the new images",
+                        self.config_path)  # fmt: skip
+        return unchanged
+
     def _compile_awaited(self) -> None:
         """If a worker serves a plugin in wasmtime until its micro-VM build exists, start the
         build job (extproc/background_compile.py): once per configuration, so a build that
         failed is not retried until a policy or plugin changes."""
         if self.builds is None or not any(worker.awaiting_compile for worker in self.current):
             return
-        configuration = None if self._prints is None else repr(sorted(self._prints.items()))
-        self.builds.start(configuration)
+        self.builds.start(repr(sorted(self._prints.items())) if self._prints is not None else "")
 
     @staticmethod
     def _take_addresses(fresh: list[_Running]) -> None:
@@ -425,11 +445,11 @@ class Supervisor:
         """Send `signum` to every worker (serving and retiring), wait for all; 0 if the serving
         ones exited 0."""
         LOG.info("stopping %d worker(s) (%s)", len(self._everyone()), signal.Signals(signum).name)
-        if self.builds is not None:
-            self.builds.stop()
         retiring = list(self.retiring)
         self._stop_these(self._everyone(), signum)
         self.retiring = []
+        if self.builds is not None:
+            self.builds.stop()
         codes = [w.proc.returncode for w in self.current]
         for worker in retiring:
             if worker.proc.returncode != 0:
@@ -483,8 +503,6 @@ def _remove_socket(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()
-
-
 
 
 def _pids(workers: Sequence[_Running]) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from extproc.background_compile import NOTHING_BUILT, BackgroundBuild, build_pending, job_command
+from extproc.background_compile import NOTHING_BUILT, BackgroundBuild, JobEnd, build_pending, job_command
 from extproc.config import load_config
 from extproc.harness import (
     EnvoyProcess,
@@ -37,10 +37,13 @@ from extproc.harness import (
     write_config,
 )
 from extproc.plugins import BACKGROUND_COMPILE_ENV, choose_tier, compile_pending
+from extproc.reload import fingerprints
+from extproc.workers import Supervisor
 from plugins import build as plugin_build
 from vmm.microvm import compile as compile_module
 from vmm.microvm.compile import CompiledPlugin, CompileError, compile_plugin, image_path, is_compiled
 from vmm.policy import Limits, SandboxSpec, Tier
+from vmm.sandbox import PluginLoadError
 
 pytestmark = [pytest.mark.kvm]
 IO_TIMEOUT = 30.0
@@ -168,14 +171,16 @@ def test_a_failed_build_is_logged_and_the_others_go_on(
     assert build_pending(config) == NOTHING_BUILT
 
 
-def _wait_poll(build: BackgroundBuild, timeout: float = BUILD_TIMEOUT) -> list[bool]:
-    results = []
+def _wait_poll(build: BackgroundBuild, timeout: float = BUILD_TIMEOUT) -> list[JobEnd]:
+    """poll() until the job has ended: the ends it reported (one)."""
+    ends = []
     deadline = time.monotonic() + timeout
     while build.busy:
         assert time.monotonic() < deadline, "the background build did not end"
-        results.append(build.poll())
+        if (end := build.poll()) is not None:
+            ends.append(end)
         time.sleep(0.05)
-    return results
+    return ends
 
 
 def test_a_job_asks_for_one_reload_once_per_configuration(
@@ -186,25 +191,84 @@ def test_a_job_asks_for_one_reload_once_per_configuration(
     build = BackgroundBuild(job_command(config, "info", "text"))
     assert build.start("one")
     assert not build.start("two")  # one job at a time
-    assert _wait_poll(build).count(True) == 1
+    assert _wait_poll(build) == [JobEnd.BUILT]
+    assert build.poll() is None  # told once
     assert is_compiled(built_plugins["rewrite"])
     assert not build.start("one")  # tried
     assert build.start("two")  # nothing left to build: no reload
-    assert True not in _wait_poll(build)
+    assert _wait_poll(build) == [JobEnd.NOTHING]
+    build.forget()  # an operator's reload
+    assert build.start("one")
+    assert _wait_poll(build) == [JobEnd.NOTHING]
 
 
-def test_stop_ends_the_job_and_its_children(tmp_path: Path) -> None:
-    """A job's compilers (zig, clang) are its children: stop ends the whole process group."""
-    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
-    build = BackgroundBuild(lambda: [sys.executable, "-c", script])
-    assert build.start(None)
+def test_stop_ends_the_build_and_removes_its_files(
+    built_plugins: dict[str, Path], cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPython build (minutes on an empty cache) stopped early: its compilers end with it and
+    its temporary build directories (hundreds of MB) are removed."""
+    monkeypatch.setenv(BACKGROUND_COMPILE_ENV, "0")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    config = _config(tmp_path, {"c": (built_plugins["counter"], "auto")})
+    build = BackgroundBuild(job_command(config, "info", "text"), env={**os.environ, "TMPDIR": str(scratch)})
+    assert build.start("cold")
     proc = build._proc
     assert proc is not None
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while not any(scratch.iterdir()):  # wasm2c and zig under way
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
     build.stop()
-    assert proc.returncode is not None and not build.busy
+    assert proc.returncode == 128 + signal.SIGTERM and not build.busy
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # the whole group is gone
+    assert list(scratch.iterdir()) == []
+    assert not is_compiled(built_plugins["counter"])
+
+
+STOP_AS_SUBREAPER = """
+import ctypes, sys, time
+sys.path.insert(0, sys.argv[1])
+from extproc.background_compile import BackgroundBuild
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans come to us, as to PID 1
+script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+build = BackgroundBuild(lambda: [sys.executable, "-c", script])
+build.start("x")
+time.sleep(1.0)
+build.stop()
+print("stopped")
+"""
+
+
+def test_stop_ends_as_pid_one_would_see_it(tmp_path: Path) -> None:
+    """The supervisor as a container's PID 1 (or a subreaper) inherits the job's children as
+    zombies when the job dies first: stop reaps them instead of waiting for ever."""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", STOP_AS_SUBREAPER, str(repo)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "stopped" in result.stdout, result.stderr
+
+
+def test_an_unusable_cache_is_not_a_reason_to_wait_in_wasmtime(
+    built_plugins: dict[str, Path], cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache others can write is refused by the loader with its reason (fail closed), not
+    turned into a life in one wall."""
+    monkeypatch.setenv(BACKGROUND_COMPILE_ENV, "0")
+    spec = _spec(built_plugins["rewrite"])
+    cache.chmod(0o770)
+    assert choose_tier(spec, Tier.AUTO, background_compile=True).tier is Tier.MICROVM
+    with pytest.raises(CompileError, match="not a directory private"):
+        compile_plugin(built_plugins["rewrite"], world=None)
+
+
+def test_a_bad_threshold_is_refused_by_name(
+    built_plugins: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(BACKGROUND_COMPILE_ENV, "1MiB")
+    with pytest.raises(PluginLoadError, match=BACKGROUND_COMPILE_ENV):
+        choose_tier(_spec(built_plugins["rewrite"]), Tier.AUTO, background_compile=True)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -292,3 +356,18 @@ def test_the_first_demo_does_not_wait_for_cpython(cache: Path) -> None:
     assert "[rewrite]" in out and "tier=microvm" in out
     assert "lightcell serve builds it in the background" in out
     assert not is_compiled(plugin_build.DEFAULT_OUT / "counter.wasm")  # the build stopped with the demo
+
+
+def test_a_build_never_applies_an_edit_the_operator_has_not(
+    built_plugins: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reload after a build reloads the file as applied; an edit made since then waits
+    for the operator's reload (SIGHUP or --watch)."""
+    config = _config(tmp_path, {"a": (built_plugins["rewrite"], "auto")})
+    supervisor = Supervisor(config, [], lambda *_: [])
+    supervisor._prints = fingerprints(load_config(config))
+    assert supervisor._file_unchanged()
+    _config(tmp_path, {"a": (built_plugins["rewrite"], "wasmtime")})  # rewritten, not applied
+    with caplog.at_level(logging.WARNING, "lightcell.workers"):
+        assert not supervisor._file_unchanged()
+    assert "changed since it was applied" in caplog.text

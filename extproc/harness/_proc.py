@@ -30,8 +30,6 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
-
-
 async def spawn(
     argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
 ) -> asyncio.subprocess.Process:
