@@ -258,6 +258,7 @@ def _seccomp_wanted(args: argparse.Namespace) -> bool:
 
 def _check(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lightcell.microvm").setLevel(logging.INFO)  # a micro-VM build: minutes, said
     try:
         config = load_config(args.envoy_config)
         notes: list[str] = []
