@@ -150,12 +150,13 @@ def _slow_and_uncompiled(spec: SandboxSpec) -> bool:
     threshold = _background_threshold()
     path = Path(spec.plugin_path)
     try:
-        code = largest_code_section(path.read_bytes())
+        data = path.read_bytes()
+        code = largest_code_section(data)
         cache = cache_dir()
         usable = private_dir(cache) and os.access(cache, os.W_OK | os.X_OK)
     except (OSError, WasmFormatError):
         return False  # the micro-VM tier's loader reports the real problem
-    return usable and code >= threshold and not is_compiled(path)
+    return usable and code >= threshold and not is_compiled(path, data=data)
 
 
 def compile_pending(config: LightcellConfig) -> list[Path]:

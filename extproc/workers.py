@@ -247,8 +247,9 @@ class Supervisor:
         self, handover: bool, meanwhile: Callable[[], None] = lambda: None
     ) -> list[_Running]:
         """Start one worker per slot, worker 0 alone first (it compiles what the cache lacks but
-        large tier-auto plugins, and fails first on a bad file), and wait until all serve. A failure stops the ones started
-        and raises _Refused (`meanwhile` runs while worker 0 starts)."""
+        large tier-auto plugins, and fails first on a bad file), and wait until all serve. A
+        failure stops the ones started and raises _Refused (`meanwhile` runs while worker 0
+        starts)."""
         started: list[_Running] = []
         for batch in (self.slots[:1], self.slots[1:]):
             fresh = [self._spawn(slot, handover) for slot in batch]

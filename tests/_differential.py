@@ -8,15 +8,37 @@ their traces, their kv contents, metadata and sent datagrams are equal.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmm.capabilities import HostCapabilities
 from vmm.contract import DataEvent, Direction, SendError
 from vmm.kvstore import KvStore
+from vmm.policy import SandboxSpec
 from vmm.sandbox import FaultKind, PluginFault, SandboxFactory
+
+
+@contextlib.asynccontextmanager
+async def http_in_both_tiers(specs: Mapping[str, SandboxSpec]) -> AsyncIterator[dict[tuple[str, str], Any]]:
+    """Each named http-filter plugin loaded once per tier: {(tier, name): factory}, all closed
+    at the end (also when a later load fails)."""
+    import vmm.wasmtime_tier as wt
+    from vmm.microvm.tier import load_http
+
+    out: dict[tuple[str, str], Any] = {}
+    try:
+        for name, spec in specs.items():
+            out["microvm", name] = await load_http(spec, pool_size=1)
+            out["wasmtime", name] = await wt.load_http(spec)
+        yield out
+    finally:
+        for factory in out.values():
+            await factory.aclose()
+
 
 HostCall = tuple[str, tuple[object, ...], object]
 """(method, arguments, result). Clock and random results are not kept: their

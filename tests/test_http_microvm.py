@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _differential import ObservedKv, RecordingHost
+from _differential import ObservedKv, RecordingHost, http_in_both_tiers
 from _host_fakes import Sent
 from test_http_wasmtime import _misbehave_wat
 
@@ -464,16 +464,10 @@ async def python_http(built_plugins: dict[str, Path]) -> AsyncIterator[dict[tupl
     """guard and blockpath loaded once per tier (every grant in the spec; each request's host
     carries its case's grants, as a listener's would). Both tiers' compiles are cached in the
     user's cache (wasmtime's of CPython takes a minute)."""
-    out: dict[tuple[str, str], Any] = {}
-    try:
-        for plugin in ("guard", "blockpath"):
-            spec = SandboxSpec("http-listener", str(built_plugins[plugin]), Grants(CAPABILITIES), PY_LIMITS)
-            out["microvm", plugin] = await load_http(spec, pool_size=1)
-            out["wasmtime", plugin] = await wt.load_http(spec)
-        yield out
-    finally:
-        for f in out.values():
-            await f.aclose()
+    specs = {p: SandboxSpec("http-listener", str(built_plugins[p]), Grants(CAPABILITIES), PY_LIMITS)
+             for p in ("guard", "blockpath")}  # fmt: skip
+    async with http_in_both_tiers(specs) as loaded:
+        yield loaded
 
 
 def _python_request(factory: Any, kv: ObservedKv, plugin: str, config: str, grants: frozenset[str],

@@ -15,14 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from _differential import ObservedKv, RecordingHost
+from _differential import ObservedKv, RecordingHost, http_in_both_tiers
 from _host_fakes import Sent
 
-import vmm.wasmtime_tier as wt
 from plugins import build as plugin_build
 from vmm.contract import DecisionKind, HttpPhase
 from vmm.http_abi import HttpDecision
-from vmm.microvm.tier import load_http
 from vmm.policy import CAPABILITIES, Grants, Limits, SandboxSpec
 from vmm.sandbox import FaultKind, PluginFault
 
@@ -38,16 +36,10 @@ Outcome = tuple[Any, ...]
 async def js_http() -> AsyncIterator[dict[tuple[str, str], Any]]:
     """jsonpatch and tagjson loaded once per tier (every grant in the spec; each request's host
     carries its case's grants, as a listener's would)."""
-    out: dict[tuple[str, str], Any] = {}
-    try:
-        for plugin in ("jsonpatch", "tagjson"):
-            spec = SandboxSpec(LISTENER, str(plugin_build.build(plugin)), Grants(CAPABILITIES), LIMITS)
-            out["microvm", plugin] = await load_http(spec, pool_size=1)
-            out["wasmtime", plugin] = await wt.load_http(spec)
-        yield out
-    finally:
-        for f in out.values():
-            await f.aclose()
+    specs = {p: SandboxSpec(LISTENER, str(plugin_build.build(p)), Grants(CAPABILITIES), LIMITS)
+             for p in ("jsonpatch", "tagjson")}  # fmt: skip
+    async with http_in_both_tiers(specs) as loaded:
+        yield loaded
 
 
 def _outcome(step: Callable[[], HttpDecision | None]) -> Outcome:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -55,6 +56,7 @@ __all__ = [
     "CompileError",
     "CompiledPlugin",
     "Target",
+    "announce_build",
     "cache_dir",
     "compile_core_c",
     "compile_plugin",
@@ -67,6 +69,8 @@ __all__ = [
 ]
 
 Target = Literal["guest", "native"]
+
+LOG = logging.getLogger("lightcell.microvm")
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_DIR = REPO / "guest"
@@ -342,6 +346,7 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
     suffix = image.suffix
     if trusted(image):
         return CompiledPlugin(image, contract, True, time.perf_counter() - t0)
+    announce_build(path.name)
     runtime = runtime_objects(target, root)
     with locked(image.with_suffix(".lock")):
         if trusted(image):
@@ -373,6 +378,12 @@ def compile_plugin(path: Path, *, target: Target = "guest", root: Path | None = 
     return CompiledPlugin(image, contract, False, time.perf_counter() - t0)
 
 
+def announce_build(name: str) -> None:
+    """Logged at a cache miss, before the wait: a first build can take minutes."""
+    LOG.info("compiling %s for the micro-VM (not cached yet; the first Python or JavaScript "
+             "plugin takes minutes)", name)  # fmt: skip
+
+
 def _core_image(core: bytes, target: Target, root: Path) -> Path:
     """Where the image of a core module is cached: keyed by its bytes and the runtime's."""
     digest = sources_digest(target)
@@ -384,11 +395,13 @@ def _core_image(core: bytes, target: Target, root: Path) -> Path:
     return root / f"{key}{'.so' if target == 'native' else '.elf'}"
 
 
-def image_path(path: Path, *, target: Target = "guest", root: Path | None = None) -> Path:
-    """Where compile_plugin caches the image of the plugin at `path`, computed without
-    compiling anything; CompileError if it cannot be compiled at all."""
+def image_path(path: Path, *, target: Target = "guest", root: Path | None = None,
+               data: bytes | None = None) -> Path:
+    """Where compile_plugin caches the image of the plugin at `path` (whose bytes are `data`
+    if the caller read them already), computed without compiling anything; CompileError if it
+    cannot be compiled at all."""
     try:
-        data = Path(path).read_bytes()
+        data = Path(path).read_bytes() if data is None else data
     except OSError as e:
         raise CompileError(f"{path}: {e}") from e
     root = root or cache_dir()
@@ -400,10 +413,11 @@ def image_path(path: Path, *, target: Target = "guest", root: Path | None = None
     return _core_image(core, target, root)
 
 
-def is_compiled(path: Path, *, target: Target = "guest", root: Path | None = None) -> bool:
+def is_compiled(path: Path, *, target: Target = "guest", root: Path | None = None,
+                data: bytes | None = None) -> bool:
     """Whether the plugin's image is in the cache already (compile_plugin would not compile)."""
     try:
-        return trusted(image_path(path, target=target, root=root))
+        return trusted(image_path(path, target=target, root=root, data=data))
     except CompileError:
         return False
 

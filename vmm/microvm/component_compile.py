@@ -273,6 +273,7 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
     image = _image_of(data, comp, target, root)
     if trusted(image):
         return aot.CompiledPlugin(image, contract, True, time.perf_counter() - t0)
+    aot.announce_build(name)
     used = sorted({m for kind, m, _ in comp.core_instances if kind == "instantiate" and m is not None})
     jobs = max(1, int(os.environ.get(JOBS_ENV, "2")))
     # biggest first: its pieces (compiled `jobs` at a time) overlap the small modules

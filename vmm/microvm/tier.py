@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from vmm.capabilities import HostCapabilities
 from vmm.contract import TCP_WORLD
 from vmm.kvm import System
-from vmm.microvm.compile import CompiledPlugin, compile_plugin, is_compiled
+from vmm.microvm.compile import CompiledPlugin, compile_plugin
 from vmm.microvm.image import ImageError, load_image
 from vmm.microvm.instance import MicroVmInstance, fault_kind, fault_message
 from vmm.microvm.layout import Layout
@@ -131,9 +131,6 @@ class MicroVmFactory:
 
 def compile_template(spec: SandboxSpec, world: str) -> tuple[CompiledPlugin, Template]:
     """The plugin of `spec` compiled (cached) for `world`, and its VM template."""
-    if not is_compiled(Path(spec.plugin_path)):  # say why a start may take minutes
-        LOG.info("listener %s: compiling %s for the micro-VM (not cached yet; the first Python or "
-                 "JavaScript plugin takes minutes)", spec.listener, spec.plugin_path)  # fmt: skip
     compiled = compile_plugin(Path(spec.plugin_path), world=world)  # CompileError is a PluginLoadError
     if not compiled.cached:
         LOG.info("listener %s: compiled %s in %.0f s", spec.listener, spec.plugin_path, compiled.seconds)
