@@ -46,6 +46,9 @@ BUDGET_S = 0.01
 PAUSE_S = 0.008
 PAUSES_PER_ENTRY = 3
 """Collector pauses forced into each entry: 24 ms of the thread's CPU, over BUDGET_S."""
+OVER_BUDGET = 8
+"""Entries paused past their budget that a test needs before it may judge."""
+MAX_ENTRIES_PER_THREAD = 40
 
 
 class GcPauses:
@@ -125,6 +128,11 @@ def starved_host(pauses: GcPauses) -> Iterator[Callable[[], None]]:
             hog_thread.join()
 
 
+def over_budget(paused: list[int]) -> int:
+    """How many entries had more collector pause than budget."""
+    return sum(n * PAUSE_S > BUDGET_S for n in paused)
+
+
 def on_threads(count: int, body: Callable[[int], None]) -> None:
     errors: list[BaseException] = []
 
@@ -154,18 +162,24 @@ def test_collector_pauses_are_not_charged_to_honest_entries(system: System, temp
                                                             dog: Watchdog) -> None:
     """Three threads, a VM each, entries with a host call (two exits) under a
     10 ms budget while up to 24 ms of collector pauses land in each: none
-    fails. (Before the fix, every entry paused past its budget failed.)"""
+    fails. (Before the fix, every entry paused past its budget failed.)
+    Entries go on until OVER_BUDGET of them were paused past the budget: one
+    thread's pass holds off the others' collections, so how many of a fixed
+    number of entries get paused varies with the scheduler."""
     vms = [booted(system, template) for _ in range(3)]
     snaps = [Snapshot.take(vm) for vm in vms]
     pauses = GcPauses()
     outcomes: list[str] = []
     paused: list[int] = []
+
     try:
         with starved_host(pauses) as pin:
             def drive(i: int) -> None:
                 pin()
                 vm, grants = vms[i], host("kv")
-                for _ in range(8):
+                for _ in range(MAX_ENTRIES_PER_THREAD):
+                    if over_budget(paused) >= OVER_BUDGET:
+                        return
                     pauses.enroll(vm)
                     try:
                         r = dog.run(vm, BUDGET_S, lambda: vm.call(abi.Op.DATA, payload=b"!kv", host=grants))
@@ -179,9 +193,9 @@ def test_collector_pauses_are_not_charged_to_honest_entries(system: System, temp
     finally:
         for vm in vms:
             vm.close()
-    # most calls had more pause than budget (one thread's pass holds off the others')
-    assert sum(n * PAUSE_S > BUDGET_S for n in paused) >= 8, paused
-    assert outcomes == ["ok"] * 24, f"{24 - outcomes.count('ok')} failed"
+    assert over_budget(paused) >= OVER_BUDGET, paused  # the case under test happened
+    failed = len(outcomes) - outcomes.count("ok")
+    assert failed == 0, f"{failed} of {len(outcomes)} failed"
 
 
 def test_inline_slice_then_vcpu_thread_keeps_the_whole_budget(system: System, template: Template,
@@ -202,7 +216,9 @@ def test_inline_slice_then_vcpu_thread_keeps_the_whole_budget(system: System, te
             def drive(_: int) -> None:
                 nonlocal offloads
                 pin()
-                for _ in range(12):
+                for _ in range(MAX_ENTRIES_PER_THREAD):
+                    if over_budget(paused) >= OVER_BUDGET:
+                        return
                     lease = pool.take()
                     instance = MicroVmInstance(pool, lease, host("kv"), dog, BUDGET_S)
                     pauses.enroll(lease.vm)
@@ -224,8 +240,9 @@ def test_inline_slice_then_vcpu_thread_keeps_the_whole_budget(system: System, te
     finally:
         pool.close()
         threads.close()
-    assert sum(n * PAUSE_S > BUDGET_S for n in paused) >= 8, paused
-    assert outcomes == ["ok"] * 12, f"{12 - outcomes.count('ok')} failed, {offloads} offloads"
+    assert over_budget(paused) >= OVER_BUDGET, paused  # the case under test happened
+    failed = len(outcomes) - outcomes.count("ok")
+    assert failed == 0, f"{failed} of {len(outcomes)} failed, {offloads} offloads"
 
 
 def test_a_looping_guest_is_still_stopped_by_its_own_cpu_time(system: System, template: Template,
