@@ -360,9 +360,27 @@ METRICS = ("p50_us", "p99_us", "seq_rps", "rps", "cpu_us")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` (its threads included), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of `pid` and of its live descendants (threads included), from
+    /proc: `lightcell serve` is a supervisor whose worker does the serving."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):  # gone meanwhile
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from /proc/PID/task/*/children."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                found += kids
+                todo += kids
+    return found
 
 
 Samples = dict[str, dict[str, list[float]]]
