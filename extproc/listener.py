@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,13 @@ class ListenerPolicy:
     @property
     def plugin(self) -> str:
         """Short plugin name for logs and metrics: the file name without .wasm."""
-        name = Path(self.spec.plugin_path).name
-        return name.removesuffix(".wasm")
+        return _short_name(self.spec.plugin_path)
+
+
+@functools.lru_cache(maxsize=256)
+def _short_name(plugin_path: str) -> str:
+    """Cached: every new sandbox asks (for its host's labels)."""
+    return Path(plugin_path).name.removesuffix(".wasm")
 
 
 @dataclass(frozen=True, slots=True)
