@@ -53,6 +53,7 @@ from extproc.http_policy import (
 )
 from extproc.listener import FailureMode, ListenerPolicy, Protocol
 from extproc.tcp_protocol import METADATA_NAMESPACE
+from vmm.capabilities import MAX_EGRESS_HOST_BYTES
 from vmm.egress import MAX_PENDING
 from vmm.microvm.layout import MAX_MEMORY_BYTES
 from vmm.policy import CAPABILITIES, EgressLimits, EgressTarget, Grants, Limits, SandboxSpec, Tier
@@ -877,7 +878,8 @@ def _egress_allow(ctx: _Context, value: Any, capabilities: frozenset[str]) -> fr
             raise ctx.policy_error(
                 f"egress_allow[{i}]",
                 f'{item!r} is not "host:port" '
-                "(an IP address or host name, port 1-65535; IPv6 as [addr]:port)",
+                f"(an IP address or host name of at most {MAX_EGRESS_HOST_BYTES} bytes, port 1-65535; "
+                "IPv6 as [addr]:port)",
             )
         targets.add(target)
     return frozenset(targets)
@@ -900,6 +902,8 @@ def _target(item: Any) -> EgressTarget | None:
             return None
     elif ":" in host or any(c.isspace() for c in host):
         return None
+    if len(host.encode("utf-8", "surrogatepass")) > MAX_EGRESS_HOST_BYTES:
+        return None  # no DNS name is longer; the host refuses such a target unread
     return EgressTarget(host, port)
 
 

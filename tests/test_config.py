@@ -311,6 +311,10 @@ BAD: dict[str, tuple[Mutation, list[str]]] = {
         _policy(grants=["egress"], egress_allow=["127.0.0.1"]),
         ["'edge'", "egress_allow[0]", "host:port"],
     ),
+    "egress_host_over_a_dns_name": (
+        _policy(grants=["egress"], egress_allow=["a" * 254 + ":9125"]),
+        ["'edge'", "egress_allow[0]", "at most 253 bytes"],
+    ),
     "egress_port_out_of_range": (
         _policy(grants=["egress"], egress_allow=["127.0.0.1:70000"]),
         ["'edge'", "egress_allow[0]"],

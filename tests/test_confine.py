@@ -104,10 +104,15 @@ def n(name: str) -> int:
         ("ioctl", (3, (0xFFFF_FFFF << 32) | ioctls.KVM_RUN), bpf.ALLOW),  # cmd is an unsigned int
         ("ioctl", (3, 0x5401), EPERM),  # TCGETS
         ("ioctl", (3, 0x4004AE99), EPERM),  # another KVM request the monitor never makes
-        ("socket", (2,), bpf.ALLOW),
-        ("socket", (10,), bpf.ALLOW),
-        ("socket", (16,), EPERM),  # AF_NETLINK
-        ("socket", ((1 << 32) | 2,), EPERM),
+        ("socket", (2, 2 | 0x80000), bpf.ALLOW),  # AF_INET, SOCK_DGRAM | SOCK_CLOEXEC
+        ("socket", (10, 1 | 0x800 | 0x80000), bpf.ALLOW),  # AF_INET6 stream, non-blocking
+        ("socket", (1, 1), bpf.ALLOW),  # AF_UNIX stream
+        ("socket", (2, 3), EPERM),  # SOCK_RAW
+        ("socket", (2, 3 | 0x80000), EPERM),
+        ("socket", (1, 5), EPERM),  # SOCK_SEQPACKET
+        ("socket", (2, 10), EPERM),  # SOCK_PACKET
+        ("socket", (16, 2), EPERM),  # AF_NETLINK
+        ("socket", ((1 << 32) | 2, 2), EPERM),
         ("mmap", (0, 4096, 3), bpf.ALLOW),
         ("mmap", (0, 4096, 5), EPERM),  # PROT_EXEC
         ("mprotect", (0, 4096, 7), EPERM),

@@ -31,6 +31,12 @@ LOG = logging.getLogger("lightcell.capabilities")
 MAX_LOG_MESSAGE = 4096
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_BYTES = 4096
+"""Per entry: the UTF-8 bytes of key and value together."""
+MAX_EGRESS_HOST_BYTES = 253
+"""The longest DNS name: a longer egress host matches no allow-list entry, and a host
+tier need not decode it in full to refuse it."""
+SHOWN_HOST_CHARS = 80
+"""How much of a refused egress host the log shows (escaped)."""
 LOG_BURST_LINES = 200
 LOG_LINES_PER_SECOND = 100.0
 """Per connection: a plugin may log a burst, then this many lines a second;
@@ -103,6 +109,8 @@ class HostCapabilities:
     """Log lines dropped by the per-connection rate limit."""
     egress_dropped: int = 0
     """Datagrams refused over the connection's egress limits or queue share."""
+    egress_refused: int = 0
+    """Datagrams refused for a target outside the allow list."""
     clock: Callable[[], float] = time.monotonic
     """The egress rate limit's clock (tests pass a still one)."""
     _log_tokens: float = field(default=LOG_BURST_LINES, init=False, repr=False)
@@ -197,7 +205,8 @@ class HostCapabilities:
     def metadata_set(self, key: str, value: str) -> None:
         if key not in self.metadata and len(self.metadata) >= MAX_METADATA_ENTRIES:
             raise CapabilityMisuse(f"more than {MAX_METADATA_ENTRIES} metadata keys")
-        if len(key) + len(value) > MAX_METADATA_BYTES:
+        # Characters first (never more than the bytes): a huge value is refused unencoded.
+        if len(key) + len(value) > MAX_METADATA_BYTES or metadata_bytes(key, value) > MAX_METADATA_BYTES:
             raise CapabilityMisuse(f"metadata entry over {MAX_METADATA_BYTES} bytes")
         self.metadata[key] = value
 
@@ -213,13 +222,8 @@ class HostCapabilities:
     # egress ----------------------------------------------------------------
     def send_datagram(self, host: str, port: int, payload: bytes) -> SendError | None:
         target = EgressTarget(host, port)
-        if target not in self.grants.egress_allow:
-            LOG.warning(
-                "egress refused listener=%s plugin=%s target=%s (not in allow list)",
-                self.listener, self.plugin, target,
-            )
-            self.metrics.inc("egress_refused_total", listener=self.listener, plugin=self.plugin)
-            return SendError.DENIED
+        if _over_host_limit(host) or target not in self.grants.egress_allow:
+            return self._egress_refused(host, port)
         if len(payload) > self.limits.max_datagram_bytes:
             return SendError.TOO_LARGE
         if self.egress is None:
@@ -236,6 +240,22 @@ class HostCapabilities:
         self.metrics.inc("egress_datagrams_total", listener=self.listener, plugin=self.plugin)
         return None
 
+    def _egress_refused(self, host: str, port: int) -> SendError:
+        """Outside the allow list: `denied` to the plugin; logged once a connection, with
+        the host escaped and cut short (it is the plugin's text: it must neither forge a
+        log record nor flood the log), always counted."""
+        if self.egress_refused == 0:
+            shown = host[:SHOWN_HOST_CHARS].translate(_ESCAPE_CONTROLS)
+            more = f"... ({len(host)} characters)" if len(host) > SHOWN_HOST_CHARS else ""
+            LOG.warning(
+                "egress refused listener=%s plugin=%s target=%s%s:%d (not in allow list; "
+                "further refusals only counted)",
+                self.listener, self.plugin, shown, more, port,
+            )
+        self.egress_refused += 1
+        self.metrics.inc("egress_refused_total", listener=self.listener, plugin=self.plugin)
+        return SendError.DENIED
+
     def _egress_drop(self, reason: str, why: str) -> SendError:
         """Refused by a limit: `unreachable` to the plugin, like a lost datagram; logged once a
         connection (a plugin in a loop must not flood the log), always counted."""
@@ -247,3 +267,14 @@ class HostCapabilities:
         self.egress_dropped += 1
         self.metrics.inc("egress_dropped_total", listener=self.listener, plugin=self.plugin, reason=reason)
         return SendError.UNREACHABLE
+
+
+def metadata_bytes(key: str, value: str) -> int:
+    """What a metadata entry counts against MAX_METADATA_BYTES: its UTF-8 bytes."""
+    return len(key.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass"))
+
+
+def _over_host_limit(host: str) -> bool:
+    """Over MAX_EGRESS_HOST_BYTES of UTF-8 (characters first: never more than the bytes)."""
+    limit = MAX_EGRESS_HOST_BYTES
+    return len(host) > limit or len(host.encode("utf-8", "surrogatepass")) > limit

@@ -13,11 +13,14 @@ code, touches no guest memory and runs no VM.
   process (SIGSYS): nothing to retry or probe with;
 - ioctl only with the KVM requests the monitor uses and FIONBIO/FIOCLEX; clone only for
   threads (CLONE_THREAD); clone3 answers ENOSYS so that glibc falls back to clone, whose
-  flags a filter can see; socket only AF_UNIX/AF_INET/AF_INET6; mmap/mprotect never
+  flags a filter can see; socket only AF_UNIX/AF_INET/AF_INET6, stream or datagram
+  (no raw socket); mmap/mprotect never
   with PROT_EXEC (code is mapped at load); tgkill only inside this process (the
   watchdog's pthread_kill);
-- no listening socket can be made (bind, listen: EPERM), no file looked up by name
-  (stat: EPERM; fstat is allowed);
+- no listening socket can be made (bind, listen: EPERM); stat by name answers EPERM,
+  but `newfstatat` with AT_EMPTY_PATH is glibc's fstat(fd) and stays allowed, and the
+  filter cannot see its path: an exploited monitor can still learn a path's metadata
+  (not its content: nothing can be opened);
 - no file can be opened (open/openat/openat2 answer EPERM), nor created, renamed or
   removed (a server outside a supervisor may keep unlinkat in its socket's directory fd,
   to remove its socket; a supervisor's workers leave their sockets to the supervisor):
@@ -111,6 +114,14 @@ PROT_EXEC = 4
 AT_EMPTY_PATH = 0x1000
 CLONE_THREAD = 0x10000
 FIONBIO, FIOCLEX = 0x5421, 0x5451
+SOCK_STREAM, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_CLOEXEC = 1, 2, 0x800, 0x80000
+SOCKET_TYPES = frozenset(
+    kind | flags
+    for kind in (SOCK_STREAM, SOCK_DGRAM)
+    for flags in (0, SOCK_NONBLOCK, SOCK_CLOEXEC, SOCK_NONBLOCK | SOCK_CLOEXEC)
+)
+"""socket(2)'s type argument: streams and datagrams with either flag; no raw socket
+(root in a container has CAP_NET_RAW by default), no packet or seqpacket socket."""
 # Imported lazily by code that runs while serving (asyncio's default executor, hostname
 # encoding, tracebacks in logs, a connection's attributes).
 _PREIMPORT = (
@@ -144,7 +155,7 @@ def rules() -> list[bpf.Rule]:
         bpf.Rule(SYSCALLS["clone"], conditions=bpf.AllowIfAll(has_bits=[(0, CLONE_THREAD)]), name="clone"),
         bpf.Rule(SYSCALLS["clone3"], bpf.errno_action(errno.ENOSYS), name="clone3"),
         bpf.Rule(SYSCALLS["socket"], name="socket", otherwise=eperm, conditions=bpf.AllowIfAll(
-            equal=[(0, frozenset({AF_UNIX, AF_INET, AF_INET6}))])),
+            equal=[(0, frozenset({AF_UNIX, AF_INET, AF_INET6}))], low_equal=[(1, SOCKET_TYPES)])),
         bpf.Rule(SYSCALLS["newfstatat"], name="newfstatat", otherwise=eperm,  # fstat(fd), not stat(path)
                  conditions=bpf.AllowIfAll(has_bits=[(3, AT_EMPTY_PATH)])),
         bpf.Rule(SYSCALLS["tgkill"], name="tgkill", conditions=bpf.AllowIfAll(

@@ -14,7 +14,14 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vmm.capabilities import CapabilityDenied, CapabilityMisuse, HostCapabilities
+from vmm.capabilities import (
+    MAX_EGRESS_HOST_BYTES,
+    MAX_LOG_MESSAGE,
+    MAX_METADATA_BYTES,
+    CapabilityDenied,
+    CapabilityMisuse,
+    HostCapabilities,
+)
 from vmm.contract import IMPORT_MODULE, WASI_P1_MODULE, import_capability
 from vmm.microvm import wasip2_host
 from vmm.microvm.abi import HostcallStatus, HostFn
@@ -25,6 +32,8 @@ LOG_GRANT_CHECK = 255
 asks it (guest/runtime/lc_rt.h LC_LOG_GRANT_CHECK) to have the `log` grant
 checked, here, before it looks at its arguments."""
 _U64 = 2**64
+_LOG_DECODED_BYTES = 4 * MAX_LOG_MESSAGE
+"""A log line keeps MAX_LOG_MESSAGE characters: at most 4 UTF-8 bytes each."""
 
 
 class UnknownHostFn(Exception):
@@ -51,7 +60,8 @@ def _text(blob: bytes) -> str:
 def _log(h: HostCapabilities, a0: int, b0: bytes, _: bytes) -> HostcallResult:
     if a0 == LOG_GRANT_CHECK:  # dispatch() checked the grant: that was all
         return HostcallResult(_OK)
-    h.log(a0 if a0 < 5 else 2, b0.decode("utf-8", "replace"))
+    # Only what the log line can show is decoded (a guest may send megabytes).
+    h.log(a0 if a0 < 5 else 2, b0[:_LOG_DECODED_BYTES].decode("utf-8", "replace"))
     return HostcallResult(_OK)
 
 
@@ -82,6 +92,8 @@ def _kv_increment(h: HostCapabilities, a0: int, b0: bytes, _b1: bytes) -> Hostca
 
 
 def _metadata_set(h: HostCapabilities, _a0: int, b0: bytes, b1: bytes) -> HostcallResult:
+    if len(b0) + len(b1) > MAX_METADATA_BYTES:  # refused before megabytes are decoded
+        raise CapabilityMisuse(f"metadata entry over {MAX_METADATA_BYTES} bytes")
     h.metadata_set(_text(b0), _text(b1))
     return HostcallResult(_OK)
 
@@ -89,8 +101,17 @@ def _metadata_set(h: HostCapabilities, _a0: int, b0: bytes, b1: bytes) -> Hostca
 def _egress(h: HostCapabilities, a0: int, b0: bytes, b1: bytes) -> HostcallResult:
     if a0 > 0xFFFF:
         raise CapabilityMisuse(f"port {a0}")
-    err = h.send_datagram(_text(b0), a0, b1)
+    # A host over the longest DNS name matches no allow-list entry: refused (as one)
+    # with only its first bytes decoded.
+    host = _text(b0) if len(b0) <= MAX_EGRESS_HOST_BYTES else _overlong(b0)
+    err = h.send_datagram(host, a0, b1)
     return HostcallResult(_OK, 0 if err is None else 1 + int(err))
+
+
+def _overlong(blob: bytes) -> str:
+    """An egress host over MAX_EGRESS_HOST_BYTES, cut to one character over (so that
+    send_datagram refuses it by its length) and decoded leniently."""
+    return blob[: 4 * (MAX_EGRESS_HOST_BYTES + 1)].decode("utf-8", "replace")[: MAX_EGRESS_HOST_BYTES + 1]
 
 
 _ATTRIBUTE_LENGTHS = struct.Struct("<II")
