@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 try:
+    from componentize_py_types import Err
     from wit_world.imports import clock, egress, kv, metadata, random, types
+    from wit_world.imports import log as _log
 except ImportError:  # not inside a component: see the module docstring
     clock = egress = kv = metadata = random = types = _log = None
     Err = None
