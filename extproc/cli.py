@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, cast
+from typing import TYPE_CHECKING, NoReturn, TextIO, cast
 
 from extproc.config import ConfigError, LightcellConfig, load_config
 
@@ -379,5 +379,21 @@ def _delegate(command: str, argv: list[str]) -> int:
     return int(result) if result is not None else 0
 
 
+def entry() -> NoReturn:
+    """The `lightcell` console script and `python -m extproc.cli`: main(), then the exit
+    (extproc.child.exit_without_finalizing: wasmtime's threads may still call back)."""
+    from extproc.child import exit_without_finalizing
+
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's usage errors and --help; sys.exit(text) as Python would
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    exit_without_finalizing(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

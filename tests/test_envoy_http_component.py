@@ -98,3 +98,40 @@ async def test_a_blocked_path_gets_the_plugins_403(stack: Stack, path: str) -> N
     assert body == f"guard: {path} is blocked\n".encode()
     assert (headers["x-guard"], headers["content-type"]) == ("blocked", "text/plain")
     assert len(up.requests) == seen  # nothing reached the upstream
+
+
+async def test_a_python_trap_with_log_granted_does_not_crash_the_worker_at_exit(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """In wasmtime, a component's stdout/stderr reach the log through a Python callback that
+    wasmtime calls from its own (tokio) threads. After a Python plugin raised with `log`
+    granted (its traceback on stderr), such a thread could still be writing when the worker
+    exited: a native thread that needs the GIL once Python is finalizing is ended with
+    pthread_exit, Rust cannot unwind through that, and the worker aborted ("panic in a function
+    that cannot unwind"; SIGABRT after a reload, exit status 1 from serve). A worker exits
+    without finalizing, after flushing its logs."""
+    workdir = tmp_path_factory.mktemp("envoy_http_python_trap")
+    socket = workdir / "lightcell.sock"
+    guard = await asyncio.to_thread(plugin_build.build, "guard")
+    upstreams = {"web": await HttpUpstream().start()}
+    policy = {**_policy(guard, "block=admin"), "tier": "wasmtime", "grants": ["log"], "limits": GUARD_LIMITS}
+    bootstrap = _bootstrap([_listener("web", upstreams["web"].port, policy)], upstreams, socket)
+    lightcell = LightcellProcess(write_config(bootstrap, workdir / "lightcell.yaml"), socket,
+                                 workdir / "lightcell.log")  # fmt: skip
+    envoy = EnvoyProcess(bootstrap, workdir)
+    try:
+        await lightcell.start()
+        await envoy.start()
+        stack = Stack(envoy, lightcell, upstreams)
+        for i in range(3):  # on-open raises: "block prefixes must start with '/'"
+            status, _, _ = await fetch(stack, f"/shop/{i}")
+            assert status == 500, stack.diagnose()
+        assert "block prefixes must start with" in lightcell.log()  # its stderr, as log lines
+    finally:
+        await envoy.stop()
+        code = await lightcell.stop()
+        await upstreams["web"].stop()
+    log = lightcell.log()
+    # (the plugin's own stderr says "panicked": componentize-py's runtime, on the exception)
+    assert "tokio-rt-worker" not in log and "cannot unwind" not in log, log[-3000:]
+    assert code == 0, log[-3000:]

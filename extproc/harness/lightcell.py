@@ -29,7 +29,7 @@ def lightcell_command() -> list[str]:
     script = Path(sys.executable).parent / "lightcell"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from extproc.cli import main; sys.exit(main())"]
+    return [sys.executable, "-m", "extproc.cli"]
 
 
 async def wait_for_unix_socket(
