@@ -147,7 +147,11 @@ class PolicyTable(Mapping[str, T], Generic[T]):
     async def settled(self) -> None:
         """Wait until every factory already due to close is closed."""
         while self._closing:
-            await asyncio.gather(*self._closing)
+            closing = list(self._closing)
+            await asyncio.gather(*closing)
+            # Not left to the tasks' done callbacks: on Python 3.12+ a gather of tasks that are
+            # all done already returns without yielding, so those callbacks would never run.
+            self._closing.difference_update(closing)
 
     async def aclose(self) -> None:
         """Close every factory, served or retired (the server is stopping)."""
