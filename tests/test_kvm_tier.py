@@ -303,3 +303,32 @@ async def test_an_on_open_that_fails_ahead_runs_per_connection() -> None:
         await ok.close()
     finally:
         await f.aclose()
+
+
+@pytest.mark.parametrize(("plugin", "config", "grants", "data"), [
+    ("faulty", "mode=trap", (), b"x"),  # on-data: wasm trap: unreachable
+    ("faulty", "mode=loop", (), b"x"),  # on-data: CPU budget of 50 ms exhausted
+    ("faulty", "mode=bogus", (), b"x"),  # on-open traps on bad config
+    ("probe", "call=kv", (), b"x"),  # on-data: capability 'kv' not granted
+])  # fmt: skip
+async def test_a_fault_reads_as_in_wasmtime(
+    plugin: str, config: str, grants: tuple[str, ...], data: bytes
+) -> None:
+    """An operator reads the same fault line whichever tier ran the plugin: the hook, then
+    what went wrong in wasmtime's words (not the guest's status and detail numbers)."""
+    import vmm.wasmtime_tier as wt
+
+    path = plugin_build.build_core(plugin)
+    spec = SandboxSpec("lst", str(path), limits=Limits(event_cpu_ms=50), plugin_config=config)
+    messages = {}
+    for name, factory in (("microvm", await tier.load(spec, pool_size=1)), ("wasmtime", await wt.load(spec))):
+        try:
+            s = await factory.new_sandbox(host(*grants))
+            await s.open("lst", config)
+            with pytest.raises(PluginFault) as fault:
+                await s.on_data(_read(data))
+            messages[name] = (fault.value.kind, fault.value.message)
+            await s.close()
+        finally:
+            await factory.aclose()
+    assert messages["microvm"] == messages["wasmtime"], messages

@@ -23,7 +23,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from vmm.capabilities import CapabilityDenied
 from vmm.contract import (
     EXPORT_ON_CLOSE,
     EXPORT_ON_OPEN,
@@ -31,13 +30,11 @@ from vmm.contract import (
     MAX_EVENT_BYTES,
     DecisionKind,
     HttpPhase,
-    import_capability,
 )
 from vmm.http_abi import Header, HttpDecision, lift_decision
 from vmm.http_hooks import PhaseHooks
 from vmm.microvm import abi
-from vmm.microvm.hostcalls import IMPORT
-from vmm.microvm.instance import MicroVmInstanceBase, fault_kind
+from vmm.microvm.instance import MicroVmInstanceBase, fault_kind, fault_words
 from vmm.microvm.layout import GuestRangeError, checked_range
 from vmm.microvm.vm import FaultReason, MicroVm, Response, VmFault
 from vmm.sandbox import FaultKind, PluginFault
@@ -51,27 +48,6 @@ _HEADER_PHASES = HttpPhase.REQUEST_HEADERS | HttpPhase.RESPONSE_HEADERS
 _OP_HOOK = {abi.Op.OPEN: EXPORT_ON_OPEN, abi.Op.CLOSE: EXPORT_ON_CLOSE, abi.Op.PHASES: "wanted-phases"}
 _PAIR = struct.Struct("<II")
 _COUNT = struct.Struct("<I")
-
-# wasmtime's words for the traps the guest reports (wasmtime.TrapCode, lower case).
-_TRAP_WORDS: dict[int, str] = {
-    abi.Trap.UNREACHABLE: "unreachable",
-    abi.Trap.OOB: "memory out of bounds",
-    abi.Trap.INT_OVERFLOW: "integer overflow",
-    abi.Trap.DIV_BY_ZERO: "integer division by zero",
-    abi.Trap.INVALID_CONVERSION: "bad conversion to integer",
-    abi.Trap.CALL_INDIRECT: "bad signature",
-    abi.Trap.EXHAUSTION: "stack overflow",
-}
-# guest/runtime/lc_rt.h enum lc_abi_detail
-_ABI_WORDS = {
-    1: "a pointer outside the plugin's memory",
-    3: "the host's request was malformed",
-    5: "an enum argument out of range",
-    6: "the host refused the arguments of a host call",
-    7: "an import called from cabi_realloc or a post-return function",
-    8: "cabi_realloc returned a pointer not aligned as the ABI requires",
-}
-
 
 def phase_index(phase: HttpPhase) -> int:
     """The phase's bit index: LC_OP_HTTP's arg0."""
@@ -87,30 +63,10 @@ def encode_pairs(pairs: Sequence[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def _words(fault: VmFault, cap: int, budget_s: float) -> str:
-    if fault.reason is FaultReason.DEADLINE:
-        return f"CPU budget of {budget_s * 1000:.0f} ms exhausted"
-    if fault.reason is not FaultReason.GUEST_STATUS or fault.status is None:
-        return fault.message
-    status = abi.Status(fault.status)
-    if status is abi.Status.TRAP:
-        return f"wasm trap: {_TRAP_WORDS.get(fault.detail, 'other')}"
-    if status is abi.Status.MEMORY:
-        return f"memory cap of {cap} bytes hit"
-    if status is abi.Status.EXIT:
-        return f"plugin called proc_exit({fault.detail})"
-    if status is abi.Status.DENIED and fault.detail in IMPORT:
-        capability = import_capability(*IMPORT[fault.detail])
-        return str(CapabilityDenied(capability or "?"))
-    if status is abi.Status.ABI and fault.detail in _ABI_WORDS:
-        return _ABI_WORDS[fault.detail]
-    return fault.message
-
-
 def http_fault(fault: VmFault, hook: str, cap: int, budget_s: float) -> PluginFault:
     """A VmFault in `hook` (`cap`: the memory cap; `budget_s`: the event's CPU
     budget), as the wasmtime tier would report it."""
-    return PluginFault(fault_kind(fault), f"{hook}: {_words(fault, cap, budget_s)}")
+    return PluginFault(fault_kind(fault), f"{hook}: {fault_words(fault, cap, budget_s)}")
 
 
 def wasm_memory(vm: MicroVm, payload: bytes) -> tuple[memoryview, int]:
@@ -191,13 +147,6 @@ class MicroVmHttpInstance(PhaseHooks, MicroVmInstanceBase):
 
     def _fault(self, fault: VmFault, op: abi.Op) -> PluginFault:
         return http_fault(fault, self._hook_of(op), self._lease.vm.template.layout.memory_cap, self._budget_s)
-
-    def _check_deadline(self, op: abi.Op, token_hit: bool) -> None:
-        try:
-            super()._check_deadline(op, token_hit)
-        except PluginFault as e:  # the deadline fired as the guest answered: the same words
-            raise PluginFault(e.kind, f"{self._hook_of(op)}: CPU budget of {self._budget_s * 1000:.0f} ms "
-                                      "exhausted") from None
 
 
 def _headers(headers: Sequence[Header]) -> bytes:

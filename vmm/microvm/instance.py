@@ -16,17 +16,29 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
-from vmm.capabilities import HostCapabilities
-from vmm.contract import DataEvent, Verdict, VerdictKind, output_too_large
+from vmm.capabilities import CapabilityDenied, HostCapabilities
+from vmm.contract import (
+    EXPORT_ON_CLOSE,
+    EXPORT_ON_DATA,
+    EXPORT_ON_OPEN,
+    DataEvent,
+    Verdict,
+    VerdictKind,
+    import_capability,
+    output_too_large,
+)
 from vmm.kvm import KvmError
 from vmm.microvm import abi
+from vmm.microvm.hostcalls import IMPORT
 from vmm.microvm.pool import PooledVm, VmPool
 from vmm.microvm.vm import FaultReason, Preempted, Response, VmFault
 from vmm.microvm.watchdog import Watchdog
 from vmm.runner import Offload
 from vmm.sandbox import FaultKind, PluginFault
 
-__all__ = ["INLINE_SLICE_S", "MicroVmInstance", "MicroVmInstanceBase", "fault_kind", "fault_message"]
+__all__ = [
+    "INLINE_SLICE_S", "MicroVmInstance", "MicroVmInstanceBase", "fault_kind", "fault_message", "fault_words",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -65,12 +77,57 @@ def fault_kind(fault: VmFault) -> FaultKind:
     return _REASON_KIND.get(fault.reason, FaultKind.INTERNAL)
 
 
-def fault_message(fault: VmFault, op: abi.Op) -> str:
-    """The fault's message, worded as the wasmtime tier words it where they meet."""
+# wasmtime's words for the traps the guest reports (wasmtime.TrapCode, lower case).
+_TRAP_WORDS: dict[int, str] = {
+    abi.Trap.UNREACHABLE: "unreachable",
+    abi.Trap.OOB: "memory out of bounds",
+    abi.Trap.INT_OVERFLOW: "integer overflow",
+    abi.Trap.DIV_BY_ZERO: "integer division by zero",
+    abi.Trap.INVALID_CONVERSION: "bad conversion to integer",
+    abi.Trap.CALL_INDIRECT: "bad signature",
+    abi.Trap.EXHAUSTION: "stack overflow",
+}
+# The wasmtime tier's words where it has its own (guest/runtime/lc_rt.h enum lc_abi_detail);
+# abi.ABI_DETAILS for the rest.
+_ABI_WORDS = {
+    **abi.ABI_DETAILS,
+    1: "a pointer outside the plugin's memory",
+    3: "the host's request was malformed",
+    6: "the host refused the arguments of a host call",
+    8: "cabi_realloc returned a pointer not aligned as the ABI requires",
+}
+_OP_HOOK = {abi.Op.OPEN: EXPORT_ON_OPEN, abi.Op.DATA: EXPORT_ON_DATA, abi.Op.CLOSE: EXPORT_ON_CLOSE}
+
+
+def fault_words(fault: VmFault, cap: int, budget_s: float) -> str:
+    """What went wrong, worded as the wasmtime tier words it (`cap`: the memory cap;
+    `budget_s`: the event's CPU budget), so a log reads the same whichever tier ran."""
+    if fault.reason is FaultReason.DEADLINE:
+        return f"CPU budget of {budget_s * 1000:.0f} ms exhausted"
+    if fault.reason is not FaultReason.GUEST_STATUS or fault.status is None:
+        return fault.message
+    status = abi.Status(fault.status)
+    if status is abi.Status.TRAP:
+        return f"wasm trap: {_TRAP_WORDS.get(fault.detail, 'other')}"
+    if status is abi.Status.MEMORY:
+        return f"memory cap of {cap} bytes hit"
+    if status is abi.Status.EXIT:
+        return f"plugin called proc_exit({fault.detail})"
+    if status is abi.Status.DENIED and fault.detail in IMPORT:
+        capability = import_capability(*IMPORT[fault.detail])
+        return str(CapabilityDenied(capability or "?"))
+    if status is abi.Status.ABI and fault.detail in _ABI_WORDS:
+        return _ABI_WORDS[fault.detail]
+    return fault.message
+
+
+def fault_message(fault: VmFault, op: abi.Op, cap: int, budget_s: float) -> str:
+    """A tcp-filter hook's fault, `<hook>: <what>`, as the wasmtime tier words it."""
+    hook = _OP_HOOK.get(op, op.name.lower())
     if (op is abi.Op.DATA and fault.reason is FaultReason.GUEST_STATUS
             and fault.status == abi.Status.ABI and fault.detail == ABI_TOO_LARGE):
-        return f"on-data: {output_too_large()}"
-    return fault.message
+        return f"{hook}: {output_too_large()}"
+    return f"{hook}: {fault_words(fault, cap, budget_s)}"
 
 
 def _nothing(_: Response) -> None:
@@ -162,11 +219,12 @@ class MicroVmInstanceBase:
         if token_hit and vm.deadline_hit and vm.poisoned is None:
             # Fired as the guest answered: the event overran all the same.
             vm.poisoned = VmFault(FaultReason.DEADLINE, f"event took over {self._budget_s * 1000:.0f} ms")
-            raise PluginFault(FaultKind.BUDGET, vm.poisoned.message)
+            raise self._fault(vm.poisoned, op)
 
     def _fault(self, fault: VmFault, op: abi.Op) -> PluginFault:
         """The PluginFault a VmFault in `op` is reported as."""
-        return PluginFault(fault_kind(fault), fault_message(fault, op))
+        cap = self._lease.vm.template.layout.memory_cap
+        return PluginFault(fault_kind(fault), fault_message(fault, op, cap, self._budget_s))
 
     def _checked(self, op: abi.Op, call: Callable[[], Response]) -> Response:
         try:
