@@ -9,8 +9,10 @@ CLI:
 
 Outputs in out_dir (default plugins/examples/build/, gitignored):
     <name>.wasm       the plugin: a component for rewrite/probe/faulty/counter
-                      (world tcp-filter) and redact/guard (world http-filter);
-                      for wasi-log a bare core module (it imports wasi_snapshot_preview1)
+                      (world tcp-filter), redact/addheader/guard/blockpath/jsonpatch/
+                      tagjson (world http-filter) and udp-echo (a wasi:cli/command for
+                      `lightcell run`); for wasi-log a bare core module (it imports
+                      wasi_snapshot_preview1)
     <name>.core.wasm  the stripped core module (C plugins only)
 Each plugin is rebuilt only when the content hash of its sources, its SDK (C or Python),
 the WIT, this file and the toolchain versions changes. Outputs are written to a

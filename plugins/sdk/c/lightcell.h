@@ -113,7 +113,7 @@ static inline lc_verdict lc_close(void) { return (lc_verdict){LC_CLOSE, 0, 0}; }
 static inline lc_verdict lc_reset(void) { return (lc_verdict){LC_RESET, 0, 0}; }
 /* `ptr`: the input buffer, an lc_alloc() block, or static data (see top). */
 static inline lc_verdict lc_replace(uint8_t *ptr, size_t len) { return (lc_verdict){LC_REPLACE, ptr, len}; }
-/* Replace with a copy of the C string `s` (static, never freed). */
+/* Replace with the C string `s` itself (not a copy: it must be static data, never freed). */
 static inline lc_verdict lc_replace_cstr(const char *s) {
     return lc_replace((uint8_t *)s, lc_strlen(s));
 }
