@@ -10,9 +10,12 @@ session compiles it at most once and later sessions not at all."""
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from plugins import build as plugin_build
 from vmm import wasmtime_tier
 from vmm.contract import DataEvent, Direction, VerdictKind
 from vmm.microvm import tier
+from vmm.microvm.compile import compile_plugin
 from vmm.microvm.component_parse import FUNC, DefinedType, parse_component
 from vmm.microvm.component_types import Resource, defined_resource
 from vmm.microvm.tier import MicroVmFactory
@@ -223,3 +227,21 @@ async def test_a_defined_resource_behaves_as_in_wasmtime(resource_probe: Path) -
     finally:
         for f in factories.values():
             await f.aclose()
+
+
+def test_concurrent_loads_of_one_component_build_it_once(resource_probe: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A plugin several listeners name is loaded by all of them at once: one builds its image
+    (and says so), the others wait for it and find it built. (A nonce section makes this
+    component's image new to the cache; it is removed afterwards.)"""
+    nonce = b"\x05nonce" + os.urandom(16)
+    path = tmp_path / "probe.wasm"
+    path.write_bytes(resource_probe.read_bytes() + b"\x00" + bytes([len(nonce)]) + nonce)
+    with caplog.at_level(logging.INFO, logger="lightcell.microvm"), ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: compile_plugin(path, world=None), range(3)))
+    try:
+        assert len({r.image for r in results}) == 1
+        assert sorted(r.cached for r in results) == [False, True, True]
+        assert sum("not cached yet" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        results[0].image.unlink(missing_ok=True)

@@ -268,11 +268,24 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
     else:
         contract = CoreHttpContract(info, caps, False, frozenset(), None)
     uses_wasi = _uses_wasi(comp)
-    sources = component_runtime_sources(uses_wasi)
-    wasip2 = wasip2_declared() if uses_wasi else frozenset()
     image = _image_of(data, comp, target, root)
     if trusted(image):
         return aot.CompiledPlugin(image, contract, True, time.perf_counter() - t0)
+    # One build per image: a plugin several listeners name is loaded concurrently, and the
+    # loads after the first wait here, then find it built.
+    with locked(image.with_suffix(".lock")):
+        if trusted(image):
+            return aot.CompiledPlugin(image, contract, True, time.perf_counter() - t0)
+        _build_image(comp, name, image, world, uses_wasi, target, root)
+    return aot.CompiledPlugin(image, contract, False, time.perf_counter() - t0)
+
+
+def _build_image(comp: Component, name: str, image: Path, world: str, uses_wasi: bool,
+                 target: aot.Target, root: Path) -> None:
+    """Compile every core module the component instantiates (each cached), generate the glue,
+    link the image and publish it (under the image's lock)."""
+    sources = component_runtime_sources(uses_wasi)
+    wasip2 = wasip2_declared() if uses_wasi else frozenset()
     aot.announce_build(name)
     used = sorted({m for kind, m, _ in comp.core_instances if kind == "instantiate" and m is not None})
     jobs = max(1, int(os.environ.get(JOBS_ENV, "2")))
@@ -287,7 +300,7 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
         glue = generate_glue(comp, headers, world, wasip2)
     except (GlueError, ComponentFormatError) as e:
         raise aot.CompileError(f"{name}: {e}; {aot.WASMTIME_TIER_HINT}") from e
-    with locked(image.with_suffix(".lock")), tempfile.TemporaryDirectory(prefix="lc-aotc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lc-aotc-") as tmp:
         work = Path(tmp)
         for m in used:
             (work / f"{module_c_name(m)}.h").write_text(built[m][1])
@@ -298,4 +311,3 @@ def compile_component(data: bytes, name: str, *, target: aot.Target, root: Path,
         out = work / f"image{image.suffix}"
         aot.link([glue_obj, *(built[m][0] for m in used), *runtime], out, target)
         publish(out.read_bytes(), image, 0o700 if target == "native" else 0o600)
-    return aot.CompiledPlugin(image, contract, False, time.perf_counter() - t0)
