@@ -46,8 +46,7 @@ def _outcome(step: Callable[[], HttpDecision | None]) -> Outcome:
     try:
         return ("decision", step() or CONTINUE)
     except PluginFault as e:
-        # wasmtime words a trap by the first line of its error, the micro-VM by the trap code
-        return ("fault", e.kind, e.message.split(":")[0] if e.kind is FaultKind.TRAP else e.message)
+        return ("fault", e.kind, e.message)
 
 
 def _request(factory: Any, kv: ObservedKv, plugin: str, grants: frozenset[str],

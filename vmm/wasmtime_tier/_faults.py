@@ -94,8 +94,33 @@ def classify_failure(
     return PluginFault(FaultKind.INTERNAL, f"{hook}: {type(cause).__name__}: {cause}")
 
 
+# wasmtime's own wording of a trap (its `Trap` Display), for errors that carry no trap code
+# (a component's call): the trap code's name, as for a core module's trap.
+_TRAP_TEXT = {
+    "wasm `unreachable` instruction executed": wasmtime.TrapCode.UNREACHABLE,
+    "out of bounds memory access": wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS,
+    "call stack exhausted": wasmtime.TrapCode.STACK_OVERFLOW,
+    "integer overflow": wasmtime.TrapCode.INTEGER_OVERFLOW,
+    "integer divide by zero": wasmtime.TrapCode.INTEGER_DIVISION_BY_ZERO,
+    "invalid conversion to integer": wasmtime.TrapCode.BAD_CONVERSION_TO_INTEGER,
+    "indirect call type mismatch": wasmtime.TrapCode.BAD_SIGNATURE,
+    "undefined element: out of bounds table access": wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS,
+    "uninitialized element": wasmtime.TrapCode.INDIRECT_CALL_TO_NULL,
+}
+
+
+def _trap_words(code: wasmtime.TrapCode) -> str:
+    return f"wasm trap: {code.name.lower().replace('_', ' ')}"
+
+
 def _first_line(error: BaseException) -> str:
+    """What went wrong, in one line: the trap code's name; for an error with a backtrace
+    (a component's trap: "error while executing at wasm backtrace: ..."), its cause."""
     if isinstance(error, wasmtime.Trap) and error.trap_code is not None:
-        return f"wasm trap: {error.trap_code.name.lower().replace('_', ' ')}"
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        return _trap_words(error.trap_code)
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    if "Caused by:" in lines:
+        cause = next((line for line in lines[lines.index("Caused by:") + 1:] if line), "")
+        text = cause.removeprefix("wasm trap: ")
+        return _trap_words(_TRAP_TEXT[text]) if text in _TRAP_TEXT else cause or lines[0]
+    return lines[0] if lines and lines[0] else type(error).__name__
