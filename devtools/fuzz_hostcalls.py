@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import vmm.microvm.vm as vm_module
-from vmm.capabilities import MAX_EGRESS_HOST_BYTES, HostCapabilities
+from vmm.capabilities import HostCapabilities
 from vmm.kvstore import KvStore
 from vmm.metrics import Metrics
 from vmm.microvm import abi, wasip2_host
@@ -248,9 +248,7 @@ class HostcallHarness:
         _check(status is not S.DENIED, "granted call DENIED")
         text_keys = (abi.HostFn.KV_GET, abi.HostFn.KV_SET, abi.HostFn.KV_DELETE,
                      abi.HostFn.KV_INCREMENT, abi.HostFn.METADATA_SET, abi.HostFn.EGRESS_SEND)
-        # An egress host over a DNS name's length is refused (denied) unread, UTF-8 or not.
-        read_whole = fn is not abi.HostFn.EGRESS_SEND or len(b0) <= MAX_EGRESS_HOST_BYTES
-        if fn in text_keys and read_whole and not _utf8(b0):
+        if fn in text_keys and not _utf8(b0):
             _check(status is S.MISUSE, f"non-UTF-8 key/host got {status.name}")
         if fn is abi.HostFn.RANDOM_BYTES:
             _check((status is S.MISUSE) == (a0 > MAX_RANDOM_BYTES), f"random_bytes {status.name}")

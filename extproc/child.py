@@ -5,7 +5,9 @@ its own (a tokio runtime) that call back into Python, e.g. to write a component'
 to the log. One that needs the GIL once Python is finalizing is ended by CPython with
 pthread_exit, which Rust cannot unwind through: the process aborts ("panic in a function
 that cannot unwind"), a crash for a supervisor or an orchestrator after a clean stop. So
-the process flushes what it has, runs its exit handlers, and exits without finalizing.
+the process runs its exit handlers (logging's flush among them), flushes stdio, and exits
+without finalizing: threads still running are not waited for (a command has stopped what it
+started by then; asyncio.run has shut its executor down).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import logging
 import os
 import signal
 import sys
@@ -34,8 +35,7 @@ def exit_without_finalizing(code: int) -> NoReturn:
     """End the process with `code` after its exit handlers and flushed logs and stdio, but
     without Python's finalization (see the module docstring)."""
     with contextlib.suppress(Exception):
-        atexit._run_exitfuncs()
-    logging.shutdown()
+        atexit._run_exitfuncs()  # logging.shutdown() is one
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

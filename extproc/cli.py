@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO, cast
@@ -392,6 +393,11 @@ def entry() -> NoReturn:
         else:
             print(e.code, file=sys.stderr)
             code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # what Python would print and exit 1 with, without its finalization
+        traceback.print_exc()
+        code = 1
     exit_without_finalizing(code)
 
 

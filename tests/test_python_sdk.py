@@ -50,7 +50,7 @@ def _request(factory: Any, config: str, grants: frozenset[str]) -> tuple[Any, Re
         try:
             outcome: Any = instance.submit(lambda: instance.request_headers(headers, [], True)).result()
         except PluginFault as e:
-            outcome = ("fault", e.kind, e.message.split(":")[0])
+            outcome = ("fault", e.kind, e.message)
     finally:
         instance.release()
     return outcome, host, kv
@@ -91,5 +91,5 @@ async def test_an_ungranted_or_bad_call_faults_the_request_alike(
 ) -> None:
     seen = {tier: _request(probe[tier, "probe"], config, grants) for tier in ("microvm", "wasmtime")}
     (mv, mv_host, _), (wt, wt_host, _) = seen["microvm"], seen["wasmtime"]
-    assert mv[:2] == wt[:2] == ("fault", fault)
+    assert mv == wt and mv[:2] == ("fault", fault)
     assert mv_host.calls == wt_host.calls

@@ -33,8 +33,7 @@ MAX_METADATA_ENTRIES = 64
 MAX_METADATA_BYTES = 4096
 """Per entry: the UTF-8 bytes of key and value together."""
 MAX_EGRESS_HOST_BYTES = 253
-"""The longest DNS name: a longer egress host matches no allow-list entry, and a host
-tier need not decode it in full to refuse it."""
+"""The longest DNS name: the longest host `egress_allow` takes (extproc/config.py)."""
 SHOWN_HOST_CHARS = 80
 """How much of a refused egress host the log shows (escaped)."""
 LOG_BURST_LINES = 200
@@ -222,7 +221,7 @@ class HostCapabilities:
     # egress ----------------------------------------------------------------
     def send_datagram(self, host: str, port: int, payload: bytes) -> SendError | None:
         target = EgressTarget(host, port)
-        if _over_host_limit(host) or target not in self.grants.egress_allow:
+        if target not in self.grants.egress_allow:  # its hosts are at most MAX_EGRESS_HOST_BYTES
             return self._egress_refused(host, port)
         if len(payload) > self.limits.max_datagram_bytes:
             return SendError.TOO_LARGE
@@ -272,9 +271,3 @@ class HostCapabilities:
 def metadata_bytes(key: str, value: str) -> int:
     """What a metadata entry counts against MAX_METADATA_BYTES: its UTF-8 bytes."""
     return len(key.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass"))
-
-
-def _over_host_limit(host: str) -> bool:
-    """Over MAX_EGRESS_HOST_BYTES of UTF-8 (characters first: never more than the bytes)."""
-    limit = MAX_EGRESS_HOST_BYTES
-    return len(host) > limit or len(host.encode("utf-8", "surrogatepass")) > limit

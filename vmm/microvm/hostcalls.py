@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmm.capabilities import (
-    MAX_EGRESS_HOST_BYTES,
     MAX_LOG_MESSAGE,
     MAX_METADATA_BYTES,
     CapabilityDenied,
@@ -101,17 +100,8 @@ def _metadata_set(h: HostCapabilities, _a0: int, b0: bytes, b1: bytes) -> Hostca
 def _egress(h: HostCapabilities, a0: int, b0: bytes, b1: bytes) -> HostcallResult:
     if a0 > 0xFFFF:
         raise CapabilityMisuse(f"port {a0}")
-    # A host over the longest DNS name matches no allow-list entry: refused (as one)
-    # with only its first bytes decoded.
-    host = _text(b0) if len(b0) <= MAX_EGRESS_HOST_BYTES else _overlong(b0)
-    err = h.send_datagram(host, a0, b1)
+    err = h.send_datagram(_text(b0), a0, b1)  # strict: stops at the first bad byte, as wasmtime
     return HostcallResult(_OK, 0 if err is None else 1 + int(err))
-
-
-def _overlong(blob: bytes) -> str:
-    """An egress host over MAX_EGRESS_HOST_BYTES, cut to one character over (so that
-    send_datagram refuses it by its length) and decoded leniently."""
-    return blob[: 4 * (MAX_EGRESS_HOST_BYTES + 1)].decode("utf-8", "replace")[: MAX_EGRESS_HOST_BYTES + 1]
 
 
 _ATTRIBUTE_LENGTHS = struct.Struct("<II")

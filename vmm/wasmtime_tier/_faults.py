@@ -25,6 +25,8 @@ Precedence, first match wins:
 
 from __future__ import annotations
 
+import re
+
 import wasmtime
 
 from vmm.capabilities import CapabilityDenied, CapabilityMisuse
@@ -121,6 +123,7 @@ def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines()]
     if "Caused by:" in lines:
         cause = next((line for line in lines[lines.index("Caused by:") + 1:] if line), "")
+        cause = re.sub(r"^\d+: ", "", cause)  # several causes are numbered
         text = cause.removeprefix("wasm trap: ")
         return _trap_words(_TRAP_TEXT[text]) if text in _TRAP_TEXT else cause or lines[0]
     return lines[0] if lines and lines[0] else type(error).__name__
