@@ -40,6 +40,8 @@ BUDGET_MS = 10
 PAUSE_S = 0.008
 PAUSES_PER_CALL = 3
 """Collector pauses forced into each call: 24 ms of the thread's CPU, over the budget."""
+MAX_CALLS = 48
+"""Calls a test makes at most while waiting for 8 paused past their budget."""
 
 
 def burn(seconds: float) -> None:
@@ -205,14 +207,17 @@ CALLS = [("kv", "call=kv", b"kv="), ("log", "call=log", b"log=ok")]
 async def test_collector_pauses_are_not_charged_to_honest_calls(
     load: LoadFn, how: str, grant: str, config: str, answer: bytes
 ) -> None:
-    """Every call of a plugin making host calls (kv: three, log: one) gets 24 ms of
-    collector passes under a 10 ms budget: none fails. (Charging the thread's
-    whole CPU clock failed all 8, in all four variants.)"""
+    """Calls of a plugin making host calls (kv: three, log: one) get 24 ms of collector
+    passes under a 10 ms budget: none fails. (Charging the thread's whole CPU clock failed
+    all 8, in all four variants.) Calls go on until 8 were paused past their budget: on a
+    loaded machine a pass may find another thread's under way and not pause this call."""
     p = await load(plugin_build.build("probe"), frozenset({grant}))
     outcomes: list[str] = []
     sb = await p.sandbox(config)
     with forced_pauses(how) as pauses:
-        for i in range(8):
+        for i in range(MAX_CALLS):
+            if pauses.over_budget() >= 8:
+                break
             try:
                 verdict = await sb.on_data(ev(b"event %d" % i))
                 ok = verdict.kind is VerdictKind.REPLACE and verdict.data.startswith(answer)
@@ -223,7 +228,8 @@ async def test_collector_pauses_are_not_charged_to_honest_calls(
         over = pauses.over_budget()
     await sb.close()
     assert over >= 8, list(pauses.taken.values())  # the pauses did land in the calls
-    assert outcomes == ["ok"] * 8, f"{8 - outcomes.count('ok')} of 8 failed: {set(outcomes)}"
+    failed = len(outcomes) - outcomes.count("ok")
+    assert failed == 0, f"{failed} of {len(outcomes)} failed: {set(outcomes)}"
 
 
 @pytest.mark.parametrize("how", HOW)
