@@ -389,6 +389,8 @@ class Supervisor:
             final = worker.slot.socket_path
             if final is not None and worker.bound is not None and worker.bound != final:
                 os.rename(worker.bound, final)
+                # The worker logged the temporary name it bound: say where it serves now.
+                LOG.info("worker %d (pid %d) now serves on %s", worker.slot.index, worker.proc.pid, final)
                 worker.bound = final
 
     def _retire(self, fresh: list[_Running]) -> list[_Running]:

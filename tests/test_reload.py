@@ -179,6 +179,7 @@ async def test_a_reload_serves_new_streams_and_lets_open_ones_finish(
                 assert f"reload: {line}" in log
             assert "3 change(s), 1 policy(ies) unchanged" in log
             [new_worker] = [p for p in workers_of(served.pid) if p != old_worker]
+            assert f"worker 0 (pid {new_worker}) now serves on {served.sock}" in log
 
             # The open streams keep their sandbox and behaviour on the old worker ...
             assert await send(before, b"World") == b"WORLD"
