@@ -197,9 +197,9 @@ async def test_a_reload_serves_new_streams_and_lets_open_ones_finish(
             assert not gone(old_worker)
             assert await finish(leaving) is grpc.StatusCode.OK
         await until(lambda: gone(old_worker), "the old worker's exit", served.lightcell.log)
-        assert f"retired worker pid {old_worker} finished its open streams (exit code 0)" in (
-            served.lightcell.log()
-        )
+        # The supervisor logs the exit just after reaping it (which is when it is gone).
+        said = f"retired worker pid {old_worker} finished its open streams (exit code 0)"
+        await until(lambda: said in served.lightcell.log(), "the supervisor's word", served.lightcell.log)
         assert workers_of(served.pid) == [new_worker]
 
 
