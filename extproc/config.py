@@ -903,7 +903,7 @@ def _target(item: Any) -> EgressTarget | None:
     elif ":" in host or any(c.isspace() for c in host):
         return None
     if len(host.encode("utf-8", "surrogatepass")) > MAX_EGRESS_HOST_BYTES:
-        return None  # no DNS name is longer; the host refuses such a target unread
+        return None  # no DNS name is longer
     return EgressTarget(host, port)
 
 
